@@ -1,0 +1,48 @@
+# Set-up and entry points. `make demo` and `make test` do all set-up on a fresh machine.
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+STAMP  := $(VENV)/.higgs-ds-installed
+DEMO   ?= demo
+PYTEST_ARGS ?=
+
+.PHONY: help venv deps test test-fast demo bench clean
+
+help:
+	@echo "make demo   - fixtures + espeak-ng speech + shards + 2-rank DeepSpeed LoRA run + adapter export (CPU)"
+	@echo "make test   - the whole test suite (unit, multi-process DeepSpeed, local SLURM when root)"
+	@echo "make bench  - benchmarks, printed as ratios against baselines measured in the same run"
+
+# torch is pinned in the same pip call as deepspeed (else deepspeed pulls another torch build);
+# boson-multimodal is installed with --no-deps (its own pins replace torch); pyproject lists what it imports.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
+	$(PIP) install -q --disable-pip-version-check --no-deps boson-multimodal==0.1.1
+	touch $@
+
+venv: $(STAMP)
+
+# Debian packages: espeak-ng (speech for tests/demo). Installed only when running as root and missing.
+deps:
+	@if command -v espeak-ng >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing espeak-ng"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null; \
+	else echo "espeak-ng is missing: install it (apt-get install espeak-ng) and re-run"; exit 1; fi
+
+test: venv deps
+	$(VENV)/bin/pytest -q -rs $(PYTEST_ARGS) tests
+
+test-fast: venv deps
+	$(VENV)/bin/pytest -q -rs -m "not slow and not slurm" $(PYTEST_ARGS) tests
+
+demo: venv deps
+	$(PY) -m higgs_ds.demo --out $(DEMO)
+
+bench: venv deps
+	$(PY) -m bench.run
+
+clean:
+	rm -rf .cache $(DEMO) .pytest_cache

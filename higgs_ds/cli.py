@@ -1,0 +1,168 @@
+"""`higgs-ds`: fixtures, sample data, shard building/inspection, export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _log(msg: str) -> None:
+    print(f"[higgs-ds {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def cmd_fixtures(args) -> int:
+    from higgs_ds import fixtures
+
+    os.environ.update(fixtures.offline_env(args.out))  # before transformers is imported
+    out = fixtures.build_fixtures(args.out, seed=args.seed)
+    env = " ".join(f"{k}={v}" for k, v in fixtures.offline_env(out).items())
+    print(f"fixtures in {out}: model/ tokenizer/ audio_tokenizer/ hf_home/\nload them offline with: {env}")
+    return 0
+
+
+def cmd_sample_data(args) -> int:
+    from higgs_ds.sample_data import make_sample_data
+
+    info = make_sample_data(args.out, args.speakers, args.utterances)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def _limits(args):
+    from higgs_ds.audio import AudioLimits
+
+    return AudioLimits(min_seconds=args.min_seconds, max_seconds=args.max_seconds,
+                       min_sample_rate=args.min_sample_rate)
+
+
+def cmd_shards_build(args) -> int:
+    from higgs_ds.shards import BuildConfig, BuildFailed, build_shards, parse_part
+
+    cfg = BuildConfig(input=args.input, out=args.out, audio_tokenizer=args.audio_tokenizer,
+                      text_tokenizer=args.text_tokenizer, format=args.format, refs_per_target=args.refs_per_target,
+                      seed=args.seed, shard_size=args.shard_size, part=parse_part(args.part), workers=args.workers,
+                      cache_dir=args.cache_dir, max_reject_fraction=args.max_reject_fraction, limits=_limits(args))
+    t0 = time.time()
+    try:
+        summary = build_shards(cfg, log=_log)
+    except BuildFailed as e:
+        _log(f"build failed: {e}")
+        return 1
+    summary["seconds"] = round(time.time() - t0, 2)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_shards_validate(args) -> int:
+    from higgs_ds.shards import validate_manifest
+
+    total, problems = validate_manifest(args.input, args.format, args.refs_per_target, args.seed, _limits(args),
+                                        args.workers, args.text_tokenizer)
+    for p in problems:
+        print(p)
+    print(f"{total} records, {len(problems)} with problems", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def cmd_shards_inspect(args) -> int:
+    from higgs_ds.shards import inspect
+
+    info = inspect(args.dir)
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for k, v in info.items():
+            print(f"{k:>24}: {v}")
+    return 0
+
+
+def cmd_shards_verify(args) -> int:
+    from higgs_ds.shards import verify
+
+    problems = verify(args.dir, log=_log)
+    for p in problems:
+        print(f"BAD {p}")
+    print("ok" if not problems else f"{len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def cmd_shards_merge(args) -> int:
+    from higgs_ds.shards import write_index
+
+    index = write_index(args.dir)
+    print(f"{args.dir}: {index['samples']} samples in {len(index['shards'])} shards, {index['rejected']} rejected")
+    return 0
+
+
+def _add_build_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", required=True, help="manifest: ChatML JSONL or utterance JSONL")
+    p.add_argument("--format", choices=["auto", "chatml", "utterances"], default="auto")
+    p.add_argument("--refs-per-target", type=int, default=1, help="utterance manifests: references per target")
+    p.add_argument("--seed", type=int, default=0, help="seed of the reference pairing")
+    p.add_argument("--text-tokenizer", default=None, help="path or hub id; counts text tokens into the index")
+    p.add_argument("--workers", type=int, default=4, help="threads decoding and checking audio")
+    p.add_argument("--min-seconds", type=float, default=0.2)
+    p.add_argument("--max-seconds", type=float, default=60.0)
+    p.add_argument("--min-sample-rate", type=int, default=8000)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="higgs-ds", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fixtures", help="write a tiny random Higgs stack (model, tokenizers) for tests and the demo")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_fixtures)
+
+    p = sub.add_parser("sample-data", help="speak sample utterances with espeak-ng and write manifests")
+    p.add_argument("--out", required=True)
+    p.add_argument("--speakers", type=int, default=3)
+    p.add_argument("--utterances", type=int, default=4, help="utterances per speaker")
+    p.set_defaults(func=cmd_sample_data)
+
+    shards = sub.add_parser("shards", help="build, validate, inspect, verify, merge shard sets").add_subparsers(
+        dest="shards_command", required=True)
+    p = shards.add_parser("build", help="manifest -> WebDataset shards of ChatML + audio codes")
+    _add_build_common(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--audio-tokenizer", required=True, help="path or hub id (bosonai/higgs-audio-v2-tokenizer)")
+    p.add_argument("--shard-size", type=int, default=1000, help="records per shard")
+    p.add_argument("--part", default="0/1", help="I/N: build the shards j with j %% N == I")
+    p.add_argument("--cache-dir", default=None, help="code cache (default ~/.cache/higgs-ds/codes)")
+    p.add_argument("--max-reject-fraction", type=float, default=0.01)
+    p.set_defaults(func=cmd_shards_build)
+
+    p = shards.add_parser("validate", help="check every record without encoding audio")
+    _add_build_common(p)
+    p.set_defaults(func=cmd_shards_validate)
+
+    p = shards.add_parser("inspect", help="totals and length percentiles of a shard set")
+    p.add_argument("dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_shards_inspect)
+
+    p = shards.add_parser("verify", help="checksums, counts, every sample decodes")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_shards_verify)
+
+    p = shards.add_parser("merge", help="join the parts of a --part build into one index")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_shards_merge)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        _log(f"error: {e}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
