@@ -55,6 +55,10 @@ def load_audio_tokenizer(name_or_path: str, device: str | None = None):
         raise RuntimeError(f"audio tokenizer weights {path / 'model.pth'} do not match its config: "
                            f"{len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected "
                            f"(e.g. {unexpected[:3]})")
+    uninit = [n for n, b in tok.named_buffers() if n.endswith(".inited") and not bool(b.all())]
+    if uninit:
+        raise RuntimeError(f"audio tokenizer {path}: {len(uninit)} codebooks are not initialised (e.g. {uninit[0]}); "
+                           f"they would k-means-initialise on the first clip encoded, making codes depend on order")
     return tok
 
 

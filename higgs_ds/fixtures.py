@@ -14,6 +14,7 @@ SPECIAL_TOKENS = [
 TEXT_VOCAB = 512
 HUBERT_REPO = "bosonai/hubert_base"
 HUBERT_COMMIT = "0" * 40
+FIXTURES_VERSION = 2  # bump when what build_fixtures writes changes
 
 _CORPUS = """system user assistant Generate audio following instruction. The quick brown fox jumps over the lazy dog.
 Speak in the voice of the reference speaker. She sells sea shells by the sea shore. Hello world, this is a test.
@@ -95,6 +96,10 @@ def build_audio_tokenizer(out: Path, seed: int = 0) -> None:
 
     torch.manual_seed(seed)
     tok = HiggsAudioTokenizer(**AUDIO_TOKENIZER_CONFIG, device="cpu")
+    # The RVQ codebooks k-means-initialise on the first clip they see; do it here on seeded noise, or every
+    # process would get codebooks (and codes) that depend on whichever clip it happened to encode first.
+    gen = torch.Generator().manual_seed(seed)
+    tok.encode((0.1 * torch.randn(48000, generator=gen)).numpy(), 24000)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(AUDIO_TOKENIZER_CONFIG, indent=2))
     torch.save(tok.state_dict(), out / "model.pth")
@@ -111,5 +116,6 @@ def build_fixtures(out: str | Path, seed: int = 0) -> Path:
     tokenizer = build_text_tokenizer(out / "tokenizer")
     build_model(out / "model", tokenizer, seed)
     build_audio_tokenizer(out / "audio_tokenizer", seed)
-    (out / "FIXTURES.json").write_text(json.dumps({"seed": seed, "env": offline_env(out)}, indent=2))
+    (out / "FIXTURES.json").write_text(json.dumps({"version": FIXTURES_VERSION, "seed": seed,
+                                                   "env": offline_env(out)}, indent=2))
     return out

@@ -308,6 +308,9 @@ def build_shards(cfg: BuildConfig, log=print) -> dict:
     num_shards = settings["num_shards"]
     mine = [j for j in range(num_shards) if j % nparts == part]
     pending = [j for j in mine if not shard_done(out, j)]
+    for j in pending:  # torn writes of a killed run of this part (no other part writes these shards)
+        for stale in out.glob(f".{shard_name(j)}.tmp*"):
+            stale.unlink()
     log(f"{cfg.input}: {len(records) + len(rejects)} records ({fmt}); part {part}/{nparts}: {len(mine)} of "
         f"{num_shards} shards, {len(mine) - len(pending)} already done")
 

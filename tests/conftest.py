@@ -29,10 +29,12 @@ def run_cli(*args, check=True, env=None, timeout=600):
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    from higgs_ds.fixtures import build_fixtures
+    import json
+
+    from higgs_ds.fixtures import FIXTURES_VERSION, build_fixtures
 
     stamp = FIXTURES / "FIXTURES.json"
-    if not stamp.is_file():
+    if not stamp.is_file() or json.loads(stamp.read_text()).get("version") != FIXTURES_VERSION:
         shutil.rmtree(FIXTURES, ignore_errors=True)
         build_fixtures(FIXTURES)
     return FIXTURES

@@ -1,0 +1,158 @@
+"""Shard sets: round trip, byte-identical rebuilds, --part joins, resume after a kill, verify catches corruption."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import CLI, REPO, run_cli
+
+
+def _build(fixtures_dir, manifest, out, cache, *extra, check=True):
+    return run_cli("shards", "build", "--input", manifest, "--out", out, "--audio-tokenizer",
+                   fixtures_dir / "audio_tokenizer", "--text-tokenizer", fixtures_dir / "tokenizer",
+                   "--cache-dir", cache, *extra, check=check)
+
+
+def _files(d):
+    return {p.name: p.read_bytes() for p in sorted(d.glob("shard-*.tar"))} | {
+        n: (d / n).read_bytes() for n in ("index.npz", "index.json", "rejects.jsonl")}
+
+
+def test_round_trip_records_and_codes(shards, speech, fixtures_dir):
+    from higgs_ds.chatml import read_manifest
+    from higgs_ds.codec import AudioEncoder
+    from higgs_ds.shards import ShardIndex, iter_shard_samples
+
+    records, rejects, _ = read_manifest(speech / "utterances.jsonl")
+    assert not rejects
+    idx = ShardIndex.load(shards)
+    assert len(idx) == len(records) == 12
+    assert [s["samples"] for s in idx.meta["shards"]] == [5, 5, 2]
+    enc = AudioEncoder(str(fixtures_dir / "audio_tokenizer"), cache_dir=None, device="cpu")
+    for i, rec in enumerate(records):
+        meta, codes = idx.read(i)
+        assert meta["messages"] == rec.messages and meta["start_index"] == rec.start_index
+        assert meta["speaker"] == rec.speaker == idx.speaker(i)
+        assert [a["path"] for a in meta["audio"]] == rec.audio
+        expected = np.concatenate([enc.encode_file(p)[0] for p in rec.audio], axis=1)
+        np.testing.assert_array_equal(codes, expected)
+        assert idx.rows["audio_frames"][i] == codes.shape[1]
+        assert idx.rows["target_frames"][i] == meta["audio"][-1]["frames"]
+        assert idx.rows["text_tokens"][i] > 0
+    # WebDataset's own tar reader sees the same samples in the same order as the offset reader
+    streamed = [m["key"] for j in range(3) for m, _ in iter_shard_samples(idx.shard_path(j))]
+    assert streamed == [f"s{r.index:09d}" for r in records]
+
+
+def test_inspect_and_verify(shards):
+    info = json.loads(run_cli("shards", "inspect", shards, "--json").stdout)
+    assert info["samples"] == 12 and info["speakers"] == 3 and info["shards"] == 3
+    assert 0.01 < info["hours"] < 0.05
+    assert info["text_tokens_per_sample"]["p50"] > 0
+    proc = run_cli("shards", "verify", shards)
+    assert proc.stdout.strip().endswith("ok")
+
+
+def test_chatml_manifest_builds_and_rebuild_is_byte_identical(fixtures_dir, speech, code_cache, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    _build(fixtures_dir, speech / "chatml.jsonl", a, code_cache, "--shard-size", 4)
+    _build(fixtures_dir, speech / "chatml.jsonl", b, code_cache, "--shard-size", 4)
+    fa, fb = _files(a), _files(b)
+    assert set(fa) == {"shard-000000.tar", "shard-000001.tar", "shard-000002.tar", "index.npz", "index.json",
+                       "rejects.jsonl"}
+    for name in fa:
+        if name != "index.json":
+            assert fa[name] == fb[name], name
+    assert json.loads(fa["index.json"])["shards"] == json.loads(fb["index.json"])["shards"]
+
+
+def test_parts_join_to_the_single_build(fixtures_dir, speech, code_cache, shards, tmp_path):
+    out = tmp_path / "parts"
+    first = _build(fixtures_dir, speech / "utterances.jsonl", out, code_cache, "--shard-size", 5, "--part", "0/2")
+    assert "index not written yet" in first.stderr and not (out / "index.json").exists()
+    assert sorted(p.name for p in out.glob("shard-*.tar")) == ["shard-000000.tar", "shard-000002.tar"]
+    _build(fixtures_dir, speech / "utterances.jsonl", out, code_cache, "--shard-size", 5, "--part", "1/2")
+    joined, single = _files(out), _files(shards)
+    assert joined.keys() == single.keys()
+    for name in joined:
+        if name != "index.json":
+            assert joined[name] == single[name], name
+    run_cli("shards", "merge", out)  # explicit join is idempotent
+    assert _files(out)["index.npz"] == single["index.npz"]
+
+
+def test_other_settings_into_the_same_dir_is_refused(fixtures_dir, speech, code_cache, shards):
+    proc = _build(fixtures_dir, speech / "utterances.jsonl", shards, code_cache, "--shard-size", 3, check=False)
+    assert proc.returncode == 1 and "shard_size" in proc.stderr and "new --out" in proc.stderr
+
+
+def test_killed_build_resumes_without_duplicates(fixtures_dir, speech, shards, tmp_path):
+    out, cache = tmp_path / "killed", tmp_path / "fresh-cache"  # a cold cache makes the build slow enough to kill
+    args = CLI + ["shards", "build", "--input", str(speech / "utterances.jsonl"), "--out", str(out),
+                  "--audio-tokenizer", str(fixtures_dir / "audio_tokenizer"), "--text-tokenizer",
+                  str(fixtures_dir / "tokenizer"), "--cache-dir", str(cache), "--shard-size", "5"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ))
+    deadline = time.time() + 300
+    while not (out / "parts" / "shard-000000.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "build ended before its first shard"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "index.json").exists()
+    done_before = (out / "shard-000000.tar").read_bytes()
+    resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, env=dict(os.environ))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "1 already done" in resumed.stderr or "2 already done" in resumed.stderr
+    assert (out / "shard-000000.tar").read_bytes() == done_before  # kept, not rewritten
+    assert not list(out.glob(".shard-*"))  # no torn temporary files left behind
+    resumed_files, single = _files(out), _files(shards)
+    for name in single:
+        if name != "index.json":
+            assert resumed_files[name] == single[name], name
+    from higgs_ds.shards import ShardIndex
+
+    keys = ShardIndex.load(out).rows["record"]
+    assert len(keys) == len(set(keys)) == 12
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
+def test_verify_names_the_bad_shard(shards, tmp_path, damage):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    target = copy / "shard-000001.tar"
+    data = bytearray(target.read_bytes())
+    if damage == "flip":
+        data[1000] ^= 0xFF
+        target.write_bytes(bytes(data))
+    elif damage == "truncate":
+        target.write_bytes(bytes(data[:3000]))
+    else:
+        target.unlink()
+    proc = run_cli("shards", "verify", copy, check=False)
+    assert proc.returncode == 1
+    assert "shard-000001.tar" in proc.stdout and "Traceback" not in proc.stderr
+    assert {"flip": "sha256 mismatch", "truncate": "truncated", "delete": "missing"}[damage] in proc.stdout
+
+
+def test_corrupt_sample_bytes_give_a_clear_error(shards):
+    import io
+
+    from higgs_ds.shards import ShardError, ShardIndex, read_sample_at
+
+    idx = ShardIndex.load(shards)
+    data = bytearray(idx.shard_path(0).read_bytes())
+    off, size = int(idx.rows["offset"][1]), int(idx.rows["size"][1])
+    data[off + 600: off + 700] = b"\x00" * 100  # inside the first member's payload (.codes.npy header)
+    with pytest.raises(ShardError, match=r"shard-000000.tar.*s000000001"):
+        read_sample_at(io.BytesIO(bytes(data)), off, size, f"{idx.shard_path(0)} sample s000000001")
+    with pytest.raises(ShardError, match="truncated"):
+        read_sample_at(io.BytesIO(bytes(data[: off + 100])), off, size, "x")
