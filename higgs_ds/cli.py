@@ -97,6 +97,13 @@ def cmd_shards_merge(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from higgs_ds.checkpoint import export
+
+    export(args.checkpoint, args.out, args.merge, args.base, log=_log)
+    return 0
+
+
 def _add_build_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", required=True, help="manifest: ChatML JSONL or utterance JSONL")
     p.add_argument("--format", choices=["auto", "chatml", "utterances"], default="auto")
@@ -152,6 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = shards.add_parser("merge", help="join the parts of a --part build into one index")
     p.add_argument("dir")
     p.set_defaults(func=cmd_shards_merge)
+    p = sub.add_parser("export", help="a checkpoint's LoRA adapter (peft format), or a merged bf16 model")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint step dir, or a run dir (takes its latest)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--merge", action="store_true", help="fold the adapter into the base weights (bf16)")
+    p.add_argument("--base", default=None, help="base model path or hub id (default: the run's model.path)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

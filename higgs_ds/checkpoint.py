@@ -1,0 +1,148 @@
+"""Checkpoints: DeepSpeed save/resume with client state, per-rank RNG, an atomic `latest`, retention, and the
+LoRA adapter exported in peft format (fp32 master weights) beside each checkpoint.
+
+RUN/checkpoints/step00000100/   DeepSpeed's files (trainable weights, optimizer, scheduler) + rank*_rng.pt
+                              + adapter/ (adapter_config.json, adapter_model.safetensors) + COMPLETE
+RUN/checkpoints/latest        the tag of the newest checkpoint every rank finished writing
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+def tag(step: int) -> str:
+    return f"step{step:08d}"
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def full_trainable_state(engine) -> dict[str, torch.Tensor]:
+    """fp32 master copies of every trainable parameter (a collective under ZeRO: every rank must call it)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    out = {}
+    for name, p in engine.module.named_parameters():
+        if p.requires_grad:
+            full = safe_get_full_fp32_param(p)
+            out[name] = (full if full is not None else p.detach().float()).cpu().clone()
+    return out
+
+
+def export_adapter(engine, out: Path, is_main: bool) -> None:
+    """peft format: adapter_config.json + adapter_model.safetensors (loadable with PeftModel.from_pretrained)."""
+    state = full_trainable_state(engine)
+    if is_main:
+        engine.module.save_pretrained(str(out), state_dict=state, safe_serialization=True)
+
+
+def save(engine, run_dir: Path, step: int, client_state: dict, keep_last: int, is_main: bool, log=print) -> Path:
+    ckpt_root = run_dir / "checkpoints"
+    t = tag(step)
+    path = ckpt_root / t
+    if is_main and path.exists():
+        shutil.rmtree(path)  # a half-written save of the same step from a killed run
+    dist.barrier()
+    engine.save_checkpoint(str(ckpt_root), tag=t, client_state=client_state, save_latest=False,
+                           exclude_frozen_parameters=True)
+    torch.save(rng_state(), path / f"rank{dist.get_rank()}_rng.pt")
+    export_adapter(engine, path / "adapter", is_main)
+    dist.barrier()  # every rank has written its part: only now does this checkpoint become the resume point
+    if is_main:
+        (path / "COMPLETE").write_text(json.dumps({"step": step}))
+        tmp = ckpt_root / f".latest.tmp{os.getpid()}"
+        tmp.write_text(t)
+        os.replace(tmp, ckpt_root / "latest")
+        done = sorted(p for p in ckpt_root.glob("step*") if (p / "COMPLETE").exists())
+        for old in done[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+        log(f"saved checkpoint {path}")
+    dist.barrier()
+    return path
+
+
+def find_resume(run_dir: Path, resume: str) -> Path | None:
+    if resume == "never":
+        return None
+    if resume != "auto":
+        path = Path(resume)
+        if not (path / "COMPLETE").exists():
+            raise FileNotFoundError(f"{path} is not a complete checkpoint (no COMPLETE marker)")
+        return path
+    latest = run_dir / "checkpoints" / "latest"
+    if not latest.exists():
+        return None
+    path = run_dir / "checkpoints" / latest.read_text().strip()
+    if not (path / "COMPLETE").exists():
+        raise FileNotFoundError(f"{latest} points at {path}, which is not complete")
+    return path
+
+
+def load(engine, path: Path) -> dict:
+    """Restore weights, optimizer, scheduler and this rank's RNG; returns the client state."""
+    _, client = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=False,
+                                       load_optimizer_states=True, load_lr_scheduler_states=True)
+    if client is None:
+        raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
+    rng = path / f"rank{dist.get_rank()}_rng.pt"
+    if rng.exists():
+        set_rng_state(torch.load(rng, weights_only=False))
+    return client
+
+
+def run_config_of(ckpt: Path) -> dict:
+    """The training config a checkpoint was written with (from its client state)."""
+    states = sorted(ckpt.glob("mp_rank_*_model_states.pt"))
+    if not states:
+        raise FileNotFoundError(f"{ckpt} holds no DeepSpeed model states (not a checkpoint directory?)")
+    return torch.load(states[0], map_location="cpu", weights_only=False)["config"]
+
+
+def export(ckpt: str | Path, out: str | Path, merge: bool, base: str | None = None, log=print) -> Path:
+    """Copy the peft adapter of a checkpoint to OUT, or (merge) write a full bf16 model that
+    HiggsAudioModel.from_pretrained loads, with the adapter folded into the base weights."""
+    from boson_multimodal.model.higgs_audio import HiggsAudioModel
+    from peft import PeftModel
+
+    ckpt, out = Path(ckpt), Path(out)
+    if (ckpt / "checkpoints" / "latest").exists():  # a run dir: take its latest checkpoint
+        ckpt = ckpt / "checkpoints" / (ckpt / "checkpoints" / "latest").read_text().strip()
+    adapter = ckpt / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{adapter} has no adapter_config.json (is {ckpt} a complete checkpoint?)")
+    cfg = run_config_of(ckpt)
+    base = base or cfg["model"]["path"]
+    tokenizer = cfg["model"]["tokenizer"] or base
+    if not merge:
+        shutil.copytree(adapter, out, dirs_exist_ok=True)
+        log(f"adapter of {ckpt} -> {out} (load: PeftModel.from_pretrained(HiggsAudioModel.from_pretrained("
+            f"{base!r}), {str(out)!r}))")
+        return out
+    model = HiggsAudioModel.from_pretrained(base, torch_dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()  # fold in fp32, then cast
+    merged = merged.to(torch.bfloat16)
+    merged.save_pretrained(str(out), safe_serialization=True)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(tokenizer).save_pretrained(str(out))
+    log(f"merged {adapter} into {base} -> {out} (bf16; load with HiggsAudioModel.from_pretrained)")
+    return out

@@ -1,0 +1,242 @@
+"""Training configuration: dataclasses as the schema, YAML + dotted `key=value` overrides, one validate()."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    path: str = "bosonai/higgs-audio-v2-generation-3B-base"  # local dir or hub id
+    tokenizer: str | None = None  # defaults to `path`
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class LoraConfig:
+    preset: str = "attention_audio_ffn"  # or "heads" (the two output heads only), or "custom" (use `targets`)
+    targets: list[str] = field(default_factory=list)  # module-name suffixes, e.g. self_attn.q_proj
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    modules_to_save: list[str] = field(default_factory=list)  # trained in full, e.g. audio_codebook_embeddings
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # shard directory (holds index.json)
+    val: str | None = None  # shard directory for evaluation; None = no eval
+    micro_batch_size: int = 2
+    num_workers: int = 2
+    seed: int = 0
+    drop_last_partial: bool = True  # the tail that does not fill a whole step on every rank waits for the next epoch
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | linear | constant (after warmup)
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+
+
+@dataclass
+class LossConfig:
+    text_weight: float = 1.0
+    audio_weight: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"
+    steps: int = 1000
+    grad_accum: int = 1
+    precision: str = "bf16"  # bf16 | fp32
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 0  # 0 = only at the end (when data.val is set)
+    eval_batches: int = 0  # 0 = the whole validation set
+    save_every: int = 500
+    keep_last: int = 3
+    resume: str = "auto"  # auto | never | PATH to a checkpoint step dir
+    max_skipped_steps: int = 20  # non-finite steps (skipped on every rank) before stopping with an error
+    progress_bar: bool = True  # on a terminal; plain lines otherwise
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    def validate(self) -> "TrainConfig":
+        def need(ok: bool, key: str, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"{key}: {msg}")
+
+        need(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
+        need(self.grad_accum >= 1, "grad_accum", f"must be >= 1, got {self.grad_accum}")
+        need(self.precision in ("bf16", "fp32"), "precision", f"must be bf16 or fp32, got {self.precision!r}")
+        need(self.log_every >= 1, "log_every", "must be >= 1")
+        need(self.save_every >= 0, "save_every", "must be >= 0 (0 = only at the end)")
+        need(self.keep_last >= 1, "keep_last", "must be >= 1")
+        need(self.resume in ("auto", "never") or Path(self.resume).is_dir(), "resume",
+             f"must be auto, never or an existing checkpoint directory, got {self.resume!r}")
+        need(self.data.micro_batch_size >= 1, "data.micro_batch_size", f"must be >= 1, got {self.data.micro_batch_size}")
+        need(self.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+        need(bool(self.data.train), "data.train", "is required (a shard directory built by `higgs-ds shards build`)")
+        for key, path in (("data.train", self.data.train), ("data.val", self.data.val)):
+            if path:
+                need((Path(path) / "index.json").is_file(), key, f"{path} has no index.json (not a finished shard set)")
+        need(self.optim.lr > 0, "optim.lr", f"must be > 0, got {self.optim.lr}")
+        need(self.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        need(self.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        need(self.optim.schedule in ("cosine", "linear", "constant"), "optim.schedule",
+             f"must be cosine, linear or constant, got {self.optim.schedule!r}")
+        need(0 <= self.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+        need(self.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = no clipping)")
+        need(all(0 <= b < 1 for b in self.optim.betas), "optim.betas", "must be in [0, 1)")
+        need(self.loss.text_weight >= 0 and self.loss.audio_weight >= 0, "loss", "weights must be >= 0")
+        need(self.loss.text_weight + self.loss.audio_weight > 0, "loss", "text_weight + audio_weight must be > 0")
+        need(self.lora.preset in ("attention_audio_ffn", "heads", "custom"), "lora.preset",
+             f"must be attention_audio_ffn, heads or custom, got {self.lora.preset!r}")
+        need(self.lora.preset != "custom" or bool(self.lora.targets), "lora.targets", "preset custom needs targets")
+        need(self.lora.rank >= 1, "lora.rank", f"must be >= 1, got {self.lora.rank}")
+        need(self.lora.alpha > 0, "lora.alpha", "must be > 0")
+        need(0 <= self.lora.dropout < 1, "lora.dropout", "must be in [0, 1)")
+        local = self.model.path.startswith((".", "/")) or os.path.exists(self.model.path)
+        need(not local or (Path(self.model.path) / "config.json").is_file(), "model.path",
+             f"{self.model.path} has no config.json")
+        return self
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check/convert a YAML or CLI value to the field's type; ConfigError names the key."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
+            return None
+        return _coerce(value, next(a for a in args if a is not type(None)), key)
+    if dataclasses.is_dataclass(typ):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: must be a mapping, got {value!r}")
+        return _build(typ, value, key + ".")
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: must be a list, got {value!r}")
+        item = args[0] if args else Any
+        out = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        if origin is tuple:
+            if len(args) == 2 and args[1] is not Ellipsis and len(out) != 2:
+                raise ConfigError(f"{key}: must have {len(args)} items, got {len(out)}")
+            return tuple(out)
+        return out
+    if typ is Any:
+        return value
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{key}: must be true or false, got {value!r}")
+    if typ in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: must be a number, got {value!r}")
+        try:
+            number = typ(value) if isinstance(value, str) else value
+        except ValueError:
+            raise ConfigError(f"{key}: must be {'an integer' if typ is int else 'a number'}, got {value!r}") from None
+        if typ is int and (not isinstance(number, int) or isinstance(number, float)):
+            raise ConfigError(f"{key}: must be an integer, got {value!r}")
+        return float(number) if typ is float else number
+    if typ is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _unknown(key: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key.split(".")[-1], valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    types = _field_types(cls)
+    for k in data:
+        if k not in types:
+            raise _unknown(prefix + k, list(types))
+    return cls(**{k: _coerce(v, types[k], prefix + k) for k, v in data.items()})
+
+
+def _set_dotted(tree: dict, dotted: str, value: str, cls) -> None:
+    parts = dotted.split(".")
+    node, typ = tree, cls
+    for i, part in enumerate(parts):
+        types = _field_types(typ)
+        if part not in types:
+            raise _unknown(".".join(parts[: i + 1]), list(types))
+        if i == len(parts) - 1:
+            node[part] = yaml.safe_load(value) if value.strip() else value
+            if types[part] is str or typing.get_args(types[part]) == (str, type(None)):
+                node[part] = value  # keep strings verbatim ("007" stays "007")
+        else:
+            typ = types[part]
+            if not dataclasses.is_dataclass(typ):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])} is not a section")
+            node = node.setdefault(part, {})
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """defaults <- YAML file <- `key=value` overrides, then validate()."""
+    tree: dict = {}
+    if path:
+        if not Path(path).is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        with open(path) as f:
+            try:
+                tree = yaml.safe_load(f) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: must hold a mapping of config keys")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=3e-4)")
+        _set_dotted(tree, key.strip(), value, TrainConfig)
+    return _build(TrainConfig, tree).validate()
+
+
+def to_dict(cfg: TrainConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def dump_config(cfg: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

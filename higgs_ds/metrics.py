@@ -1,0 +1,62 @@
+"""Rank-0 metrics: JSONL rows and TensorBoard events in the run dir, and a progress line (a bar on a terminal)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+class Metrics:
+    def __init__(self, run_dir: Path, total_steps: int, enabled: bool, progress_bar: bool = True):
+        self.enabled, self.total = enabled, total_steps
+        self.tty = progress_bar and sys.stderr.isatty()
+        self._jsonl = self._tb = None
+        self._t0, self._step0 = time.time(), None
+        if enabled:
+            self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                self._tb = None
+
+    def log(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        row = {"time": round(time.time(), 3), **row}
+        self._jsonl.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            prefix = "eval/" if row.get("split") == "eval" else "train/"
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k not in ("step", "time"):
+                    self._tb.add_scalar(prefix + k, v, row["step"])
+
+    def progress(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        step = row["step"]
+        if self._step0 is None:
+            self._step0, self._t0 = step - 1, time.time()
+        rate = (time.time() - self._t0) / max(1, step - self._step0)
+        eta = rate * (self.total - step)
+        text = (f"step {step}/{self.total} loss {row['loss']:.4f} text {row['text_loss']:.4f} "
+                f"audio {row['audio_loss']:.4f} lr {row['lr']:.2e} gnorm {row['grad_norm']:.3f} "
+                f"tok/s {row['tokens_per_s']:.0f} audio-s/s {row['audio_seconds_per_s']:.1f} "
+                f"eta {int(eta // 60)}m{int(eta % 60):02d}s")
+        if self.tty:
+            width = 20
+            done = int(width * step / self.total)
+            print(f"\r[{'#' * done}{'.' * (width - done)}] {text}", end="", file=sys.stderr, flush=True)
+        else:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.tty and self.enabled:
+            print(file=sys.stderr)
+        if self._jsonl:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
