@@ -112,3 +112,16 @@ def test_resume_continues_exactly(fp32_straight, fixtures_dir, shards, tmp_path)
     assert [r["loss"] for r in resumed] == [r["loss"] for r in straight]
     assert [r["lr"] for r in resumed] == [r["lr"] for r in straight]
     assert s_resumed["rank_weight_checksums"] == s_straight["rank_weight_checksums"]
+
+
+def test_non_finite_steps_are_skipped_on_every_rank_then_stop(fixtures_dir, shards, tmp_path):
+    """A loss weight of 1e38 overflows fp32 to inf: DeepSpeed skips each update on all ranks; we count the skips
+    and stop with a clear error once max_skipped_steps is exceeded (instead of training on garbage or hanging)."""
+    run = tmp_path / "nan"
+    rc, out = launch_training("torchrun", 2, train_overrides(fixtures_dir, shards, run, precision="fp32",
+                                                             steps=10, max_skipped_steps=2,
+                                                             **{"loss.text_weight": 1e38}), check=False, timeout=300)
+    assert rc != 0
+    assert "step 1: non-finite gradients on some rank; every rank skipped the update (1 skipped so far)" in out
+    assert "3 steps had non-finite loss or gradients (max_skipped_steps=2)" in out
+    assert not (run / "summary.json").exists()  # it stopped; it did not finish
