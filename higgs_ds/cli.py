@@ -89,6 +89,33 @@ def cmd_shards_verify(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_shards_plan(args) -> int:
+    from higgs_ds.plan import PlanSettings, plan_epoch, random_batches_efficiency, sample_costs
+    from higgs_ds.shards import ShardIndex
+
+    index = ShardIndex.load(args.dir)
+    settings = PlanSettings(world=args.world_size, micro=args.micro_batch_size, accum=args.grad_accum,
+                            workers=args.workers, token_budget=args.token_budget, max_batch_size=args.max_batch_size,
+                            window=args.sort_window, speaker_cap=args.speaker_cap,
+                            speaker_temperature=args.speaker_temperature)
+    plan = plan_epoch(index.rows, args.seed, args.epoch, settings)
+    costs = sample_costs(index.rows) if (index.rows["text_tokens"] >= 0).all() else None
+    per_rank = plan.batches_per_rank
+    info = {"samples": len(index), "selected": plan.selected, "batches_per_rank": per_rank,
+            "samples_dropped": plan.dropped, "dropped_fraction": plan.dropped / max(1, plan.selected),
+            "padding_efficiency": plan.padding_efficiency,
+            "random_batching_padding_efficiency": random_batches_efficiency(costs, args.micro_batch_size)
+            if costs is not None else None,
+            "steps_per_epoch": per_rank[0] // args.grad_accum if per_rank else 0, "over_budget": plan.over_budget,
+            "tokens_per_epoch": int(costs.sum()) if costs is not None else None}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        for k, v in info.items():
+            print(f"{k:>36}: {v}")
+    return 0
+
+
 def cmd_shards_merge(args) -> int:
     from higgs_ds.shards import write_index
 
@@ -155,6 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = shards.add_parser("verify", help="checksums, counts, every sample decodes")
     p.add_argument("dir")
     p.set_defaults(func=cmd_shards_verify)
+
+    p = shards.add_parser("plan", help="batches per rank, drops and padding efficiency of an epoch's data plan")
+    p.add_argument("dir")
+    p.add_argument("--world-size", type=int, required=True)
+    p.add_argument("--workers", type=int, default=1, help="data loader workers per rank")
+    p.add_argument("--token-budget", type=int, default=0, help="padded tokens per micro-batch (0: fixed size)")
+    p.add_argument("--micro-batch-size", type=int, default=2, help="samples per micro-batch without a token budget")
+    p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--sort-window", type=int, default=2000)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--speaker-cap", type=int, default=0)
+    p.add_argument("--speaker-temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epoch", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_shards_plan)
 
     p = shards.add_parser("merge", help="join the parts of a --part build into one index")
     p.add_argument("dir")

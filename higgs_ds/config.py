@@ -42,7 +42,12 @@ class DataConfig:
     micro_batch_size: int = 2
     num_workers: int = 2
     seed: int = 0
-    drop_last_partial: bool = True  # the tail that does not fill a whole step on every rank waits for the next epoch
+    token_budget: int = 0  # > 0: batches of similar length under this many padded tokens; 0: micro_batch_size samples
+    max_batch_size: int = 64  # cap on samples per batch with token_budget
+    sort_window: int = 2000  # samples sorted by length together with token_budget
+    speaker_cap: int = 0  # at most this many samples per speaker per epoch (0 = no cap)
+    speaker_temperature: float = 1.0  # t < 1 subsamples speakers to counts ~ n_s ** t (1 = as is)
+    max_bad_samples: int = 100  # corrupt samples a reader process skips (logged) before it stops the run
 
 
 @dataclass
@@ -99,9 +104,15 @@ class TrainConfig:
              f"must be auto, never or an existing checkpoint directory, got {self.resume!r}")
         need(self.data.micro_batch_size >= 1, "data.micro_batch_size", f"must be >= 1, got {self.data.micro_batch_size}")
         need(self.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+        need(self.data.token_budget >= 0, "data.token_budget", "must be >= 0 (0 = fixed micro_batch_size)")
+        need(self.data.max_batch_size >= 1 and self.data.sort_window >= 1, "data.max_batch_size",
+             "max_batch_size and sort_window must be >= 1")
+        need(self.data.speaker_cap >= 0, "data.speaker_cap", "must be >= 0")
+        need(0 < self.data.speaker_temperature <= 1, "data.speaker_temperature", "must be in (0, 1]")
+        need(self.data.max_bad_samples >= 0, "data.max_bad_samples", "must be >= 0")
         need(bool(self.data.train), "data.train", "is required (a shard directory built by `higgs-ds shards build`)")
         for key, path in (("data.train", self.data.train), ("data.val", self.data.val)):
-            if path:
+            if path and "://" not in path:
                 need((Path(path) / "index.json").is_file(), key, f"{path} has no index.json (not a finished shard set)")
         need(self.optim.lr > 0, "optim.lr", f"must be > 0, got {self.optim.lr}")
         need(self.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")

@@ -1,22 +1,17 @@
-"""Shards -> ChatMLDatasetSample -> HiggsAudioSampleCollator batches, planned so every rank runs the same number of
-micro-batches, and resumable at any batch.
-
-The plan of an epoch depends only on (index, seed, epoch, world size, micro batch, accumulation): every rank computes
-it alone. Samples are permuted per epoch; micro-batch k of rank r holds permuted samples [(k*W + r)*B, +B), so one
-optimizer step covers the same W*B*A samples whatever the split into ranks (W) and accumulation steps (A). The tail
-that does not fill one whole step is dropped for that epoch (another permutation covers it the next epoch) and
-reported.
-"""
+"""Shards -> ChatMLDatasetSample -> HiggsAudioSampleCollator batches, following the epoch plan (plan.py) so every
+rank runs the same number of micro-batches, resumable at any batch, skipping corrupt samples under a budget."""
 
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from higgs_ds.shards import ShardIndex
+from higgs_ds.plan import PlanSettings, plan_epoch
+from higgs_ds.shards import ShardError, ShardIndex, open_binary
 
 
 @dataclass
@@ -26,35 +21,6 @@ class DataPosition:
 
     def to_dict(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch}
-
-
-@dataclass
-class EpochPlan:
-    batches: list[np.ndarray]  # this rank's micro-batches: index rows
-    dropped: int  # samples of the epoch no rank sees
-
-
-def plan_epoch(n: int, seed: int, epoch: int, rank: int, world: int, micro: int, accum: int) -> EpochPlan:
-    per_step = world * micro * accum
-    if n < per_step:
-        raise ValueError(f"the training set has {n} samples; one optimizer step needs {per_step} "
-                         f"(world {world} x micro batch {micro} x accumulation {accum})")
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    usable = n // per_step * per_step
-    per_rank = usable // (world * micro)
-    batches = [perm[(k * world + rank) * micro:(k * world + rank + 1) * micro] for k in range(per_rank)]
-    return EpochPlan(batches, n - usable)
-
-
-def plan_eval(n: int, rank: int, world: int, micro: int) -> list[tuple[np.ndarray, bool]]:
-    """Every validation sample exactly once across ranks; ranks with fewer batches repeat one with weight off, so
-    every rank runs the same number of forward passes."""
-    mine = np.arange(rank, n, world)
-    count = -(-(-(-n // world)) // micro)  # ceil(ceil(n / world) / micro)
-    out = [(mine[k * micro:(k + 1) * micro], True) for k in range(count) if len(mine[k * micro:(k + 1) * micro])]
-    while len(out) < count:
-        out.append((np.arange(min(micro, n)), False))
-    return out
 
 
 def to_dataset_sample(meta: dict, codes: np.ndarray, tokenizer):
@@ -75,10 +41,12 @@ def to_dataset_sample(meta: dict, codes: np.ndarray, tokenizer):
 
 
 class BatchReader:
-    """Reads and collates micro-batches given as index rows; keeps shard files open per process."""
+    """Reads and collates micro-batches given as index rows; keeps shard files open per process. A sample that does
+    not read or decode is skipped and logged with its shard and key; past `max_bad` in this process the run stops."""
 
-    def __init__(self, index: ShardIndex, tokenizer, collator):
+    def __init__(self, index: ShardIndex, tokenizer, collator, max_bad: int = 100, log=None):
         self.index, self.tokenizer, self.collator = index, tokenizer, collator
+        self.max_bad, self.bad, self.log = max_bad, 0, log
         self._files: dict[int, object] = {}
 
     def __getstate__(self):  # DataLoader workers open their own files
@@ -89,19 +57,43 @@ class BatchReader:
     def _file(self, shard: int):
         f = self._files.get(shard)
         if f is None:
-            f = self._files[shard] = open(self.index.shard_path(shard), "rb")
+            f = self._files[shard] = open_binary(self.index.shard_path(shard))
         return f
+
+    def sample(self, i: int):
+        meta, codes = self.index.read(int(i), self._file(int(self.index.rows["shard"][i])))
+        return to_dataset_sample(meta, codes, self.tokenizer)
 
     def samples(self, rows: np.ndarray) -> list:
         out = []
         for i in rows:
-            meta, codes = self.index.read(int(i), self._file(int(self.index.rows["shard"][i])))
-            out.append(to_dataset_sample(meta, codes, self.tokenizer))
+            try:
+                out.append(self.sample(i))
+            except (ShardError, ValueError, KeyError, OSError) as e:
+                self.bad += 1
+                msg = f"skipped corrupt sample {self.index.where(int(i))}: {e} ({self.bad} skipped in this reader)"
+                print(f"[higgs-ds] {msg}", file=sys.stderr, flush=True)
+                if self.bad > self.max_bad:
+                    raise ShardError(f"{self.bad} corrupt samples (data.max_bad_samples={self.max_bad}); last: "
+                                     f"{self.index.where(int(i))}: {e}; run `higgs-ds shards verify`") from None
         return out
 
     def collate(self, rows: np.ndarray):
+        samples = self.samples(rows)
+        if not samples:  # every sample of this micro-batch was corrupt: keep the ranks in step with one that trains
+            samples = [self._untrained(rows)]  # nothing (all labels masked)
         # the collator masks labels in place: hand it fresh samples every time
-        return self.collator([copy.copy(s) for s in self.samples(rows)])
+        return self.collator([copy.copy(s) for s in samples])
+
+    def _untrained(self, rows: np.ndarray):
+        for i in range(len(self.index)):
+            try:
+                s = self.sample(i)
+            except (ShardError, ValueError, KeyError, OSError):
+                continue
+            s.label_ids = torch.full_like(s.label_ids, -100)
+            return s
+        raise ShardError(f"no readable sample in {self.index.root}")
 
 
 class _PlannedBatches(torch.utils.data.Dataset):
@@ -115,20 +107,19 @@ class _PlannedBatches(torch.utils.data.Dataset):
         return self.reader.collate(self.batches[k])
 
 
-def stream_batches(reader: BatchReader, seed: int, rank: int, world: int, micro: int, accum: int,
-                   start: DataPosition, num_workers: int = 0, log=None):
+def stream_batches(reader: BatchReader, seed: int, rank: int, settings: PlanSettings, start: DataPosition,
+                   num_workers: int = 0, log=None):
     """Yield (DataPosition after this batch, collated batch) forever, epoch after epoch, from `start`."""
     epoch, skip = start.epoch, start.batch
-    n = len(reader.index)
     while True:
-        plan = plan_epoch(n, seed, epoch, rank, world, micro, accum)
+        plan = plan_epoch(reader.index.rows, seed, epoch, settings)
         if log and skip == 0:
-            log(f"epoch {epoch}: {len(plan.batches)} micro-batches per rank, {plan.dropped} of {n} samples left "
-                f"for later epochs (do not fill a whole step)")
-        loader = torch.utils.data.DataLoader(_PlannedBatches(reader, plan.batches[skip:]), batch_size=None,
+            log(f"epoch {epoch}: {plan.batches_per_rank[rank]} micro-batches per rank, {plan.dropped} of "
+                f"{plan.selected} samples left out to keep ranks equal, padding efficiency "
+                f"{plan.padding_efficiency:.3f}")
+        loader = torch.utils.data.DataLoader(_PlannedBatches(reader, plan.batches[rank][skip:]), batch_size=None,
                                              shuffle=False, num_workers=num_workers,
-                                             prefetch_factor=4 if num_workers else None,
-                                             persistent_workers=False)
+                                             prefetch_factor=4 if num_workers else None)
         for k, batch in enumerate(loader, start=skip):
             yield DataPosition(epoch, k + 1), batch
         epoch, skip = epoch + 1, 0

@@ -402,45 +402,64 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def is_url(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def open_binary(path: str | Path):
+    """A seekable binary file for a local path or an fsspec URL (s3://, gs://, http(s)://, file://); no shell."""
+    if is_url(path):
+        import fsspec
+
+        return fsspec.open(str(path), "rb").open()
+    return open(path, "rb")
+
+
 @dataclass
 class ShardIndex:
-    """A shard set's index: `meta` from index.json, one numpy column per sample field in `rows`."""
+    """A shard set's index: `meta` from index.json, one numpy column per sample field in `rows`. The root may be a
+    local directory or an fsspec URL."""
 
-    root: Path
+    root: str
     meta: dict
     rows: dict[str, np.ndarray]
 
     @classmethod
     def load(cls, root: str | Path) -> "ShardIndex":
-        root = Path(root)
-        if not (root / "index.json").is_file():
-            raise ShardError(f"{root}: no index.json (is this a shard directory, and did every part finish? "
-                             f"`higgs-ds shards merge {root}` joins finished parts)")
-        meta = json.loads((root / "index.json").read_text())
+        root = str(root).rstrip("/")
+        try:
+            with open_binary(f"{root}/index.json") as f:
+                meta = json.loads(f.read())
+            with open_binary(f"{root}/index.npz") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise ShardError(f"{root}: no index.json/index.npz (is this a shard directory, and did every part "
+                             f"finish? `higgs-ds shards merge {root}` joins finished parts)") from None
         if meta.get("format_version") != FORMAT_VERSION:
             raise ShardError(f"{root}/index.json: format_version {meta.get('format_version')}, this higgs-ds reads "
                              f"{FORMAT_VERSION}")
-        with np.load(root / "index.npz", allow_pickle=False) as z:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
             rows = {k: z[k] for k in z.files}
         return cls(root, meta, rows)
 
     def __len__(self) -> int:
         return len(self.rows["record"])
 
-    def shard_path(self, j: int) -> Path:
-        return self.root / self.meta["shards"][j]["shard"]
+    def shard_path(self, j: int) -> str:
+        return f"{self.root}/{self.meta['shards'][j]['shard']}"
 
     def speaker(self, i: int) -> str | None:
         s = int(self.rows["speaker"][i])
         return self.meta["speakers"][s] if s >= 0 else None
 
+    def where(self, i: int) -> str:
+        return f"{self.shard_path(int(self.rows['shard'][i]))} sample {sample_key(int(self.rows['record'][i]))}"
+
     def read(self, i: int, f=None) -> tuple[dict, np.ndarray]:
-        j = int(self.rows["shard"][i])
-        where = f"{self.shard_path(j)} sample {sample_key(int(self.rows['record'][i]))}"
-        if f is not None:
-            return read_sample_at(f, int(self.rows["offset"][i]), int(self.rows["size"][i]), where)
-        with open(self.shard_path(j), "rb") as fh:
-            return read_sample_at(fh, int(self.rows["offset"][i]), int(self.rows["size"][i]), where)
+        if f is None:
+            with open_binary(self.shard_path(int(self.rows["shard"][i]))) as fh:
+                return self.read(i, fh)
+        return read_sample_at(f, int(self.rows["offset"][i]), int(self.rows["size"][i]), self.where(i))
 
 
 def inspect(root: str | Path) -> dict:
@@ -451,7 +470,7 @@ def inspect(root: str | Path) -> dict:
     def percentiles(a: np.ndarray) -> dict:
         return {f"p{p}": float(np.percentile(a, p)) if len(a) else 0.0 for p in pct}
 
-    return {"root": str(idx.root), "shards": len(idx.meta["shards"]), "samples": len(idx),
+    return {"root": idx.root, "shards": len(idx.meta["shards"]), "samples": len(idx),
             "rejected": idx.meta["rejected"], "hours": round(float(r["seconds"].sum()) / 3600, 4),
             "speakers": len(idx.meta["speakers"]),
             "bytes": sum(s["bytes"] for s in idx.meta["shards"]),

@@ -21,7 +21,8 @@ import torch
 
 from higgs_ds import checkpoint
 from higgs_ds.config import TrainConfig, dump_config, load_config, to_dict
-from higgs_ds.data import BatchReader, DataPosition, plan_eval, stream_batches
+from higgs_ds.data import BatchReader, DataPosition, stream_batches
+from higgs_ds.plan import PlanSettings, plan_eval
 from higgs_ds.distributed import StopSignal, all_reduce_sum, deepspeed_config, dist_env, init_distributed
 from higgs_ds.loss import combine, token_sums
 from higgs_ds.metrics import Metrics
@@ -50,6 +51,15 @@ def lr_lambda(cfg: TrainConfig):
         return floor + (1 - floor) * decay
 
     return f
+
+
+def plan_key(cfg: TrainConfig, world: int) -> dict:
+    """What the data plan depends on: a resume with the same values continues at the exact next batch."""
+    d = cfg.data
+    return {"world": world, "micro": d.micro_batch_size, "accum": cfg.grad_accum, "seed": d.seed,
+            "workers": d.num_workers if d.token_budget else 0, "token_budget": d.token_budget,
+            "max_batch_size": d.max_batch_size, "sort_window": d.sort_window, "speaker_cap": d.speaker_cap,
+            "speaker_temperature": d.speaker_temperature, "train": d.train}
 
 
 def label_counts(batch) -> tuple[int, int]:
@@ -121,7 +131,7 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600) ->
         f"{cfg.lora.preset}, rank {cfg.lora.rank}); world size {de.world} on {device.type}")
     torch.manual_seed(cfg.seed * 1000 + de.rank + 1)  # dropout differs per rank from here on
     collator = make_collator(model.config)
-    train_reader = BatchReader(ShardIndex.load(cfg.data.train), tokenizer, collator)
+    train_reader = BatchReader(ShardIndex.load(cfg.data.train), tokenizer, collator, cfg.data.max_bad_samples)
     val_reader = BatchReader(ShardIndex.load(cfg.data.val), tokenizer, collator) if cfg.data.val else None
     optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                                   weight_decay=cfg.optim.weight_decay)
@@ -141,21 +151,21 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600) ->
         for group in optimizer.param_groups:
             group["lr"] = cfg.optim.lr * lr_lambda(cfg)(step)
         pos = DataPosition(**client["data"])
-        if (client["world"], client["micro"], client["accum"]) != (de.world, cfg.data.micro_batch_size,
-                                                                   cfg.grad_accum):
+        if client.get("plan") != plan_key(cfg, de.world):
             pos = DataPosition(pos.epoch + (1 if pos.batch else 0), 0)
-            log(f"batch layout changed since the checkpoint (world/micro/accum {client['world']}/{client['micro']}/"
-                f"{client['accum']} -> {de.world}/{cfg.data.micro_batch_size}/{cfg.grad_accum}): data re-planned "
-                f"from the start of epoch {pos.epoch}")
+            log(f"data plan changed since the checkpoint ({client.get('plan')} -> {plan_key(cfg, de.world)}): data "
+                f"re-planned from the start of epoch {pos.epoch}")
         log(f"resumed from {ckpt} at step {step} (epoch {pos.epoch}, batch {pos.batch})")
 
-    stream = stream_batches(train_reader, cfg.data.seed, de.rank, de.world, cfg.data.micro_batch_size,
-                            cfg.grad_accum, pos, cfg.data.num_workers, log=log)
+    settings = PlanSettings(world=de.world, micro=cfg.data.micro_batch_size, accum=cfg.grad_accum,
+                            workers=cfg.data.num_workers, token_budget=cfg.data.token_budget,
+                            max_batch_size=cfg.data.max_batch_size, window=cfg.data.sort_window,
+                            speaker_cap=cfg.data.speaker_cap, speaker_temperature=cfg.data.speaker_temperature)
+    stream = stream_batches(train_reader, cfg.data.seed, de.rank, settings, pos, cfg.data.num_workers, log=log)
     metrics = Metrics(run_dir, cfg.steps, de.is_main, cfg.progress_bar)
 
     def save() -> Path:
-        state = {"step": step, "data": pos.to_dict(), "world": de.world, "micro": cfg.data.micro_batch_size,
-                 "accum": cfg.grad_accum, "config": to_dict(cfg)}
+        state = {"step": step, "data": pos.to_dict(), "plan": plan_key(cfg, de.world), "config": to_dict(cfg)}
         return checkpoint.save(engine, run_dir, step, state, cfg.keep_last, de.is_main, log)
 
     # -- the loop: one optimizer step per iteration

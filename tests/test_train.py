@@ -125,3 +125,19 @@ def test_non_finite_steps_are_skipped_on_every_rank_then_stop(fixtures_dir, shar
     assert "step 1: non-finite gradients on some rank; every rank skipped the update (1 skipped so far)" in out
     assert "3 steps had non-finite loss or gradients (max_skipped_steps=2)" in out
     assert not (run / "summary.json").exists()  # it stopped; it did not finish
+
+
+def test_token_budget_run_interrupted_mid_epoch_resumes_on_the_same_samples(fixtures_dir, shards, tmp_path):
+    """Token-budget batches read by 2 workers per rank: 5 straight steps == 2 steps + resume + 3 (mid-epoch)."""
+    kv = dict(precision="fp32", steps=5, **{"data.token_budget": 700, "data.num_workers": 2,
+                                              "data.max_batch_size": 4})
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    launch_training("torchrun", 2, train_overrides(fixtures_dir, shards, straight, **kv))
+    launch_training("torchrun", 2, train_overrides(fixtures_dir, shards, resumed, **{**kv, "steps": 2}))
+    _, out = launch_training("torchrun", 2, train_overrides(fixtures_dir, shards, resumed, **kv))
+    assert "at step 2 (epoch 0, batch 2)" in out  # mid-epoch: the epoch has more batches than that
+    a, _, sa = read_run(straight)
+    b, _, sb = read_run(resumed)
+    assert [(r["loss"], r["text_tokens"], r["audio_tokens"]) for r in a] == \
+           [(r["loss"], r["text_tokens"], r["audio_tokens"]) for r in b]
+    assert sa["rank_weight_checksums"] == sb["rank_weight_checksums"]

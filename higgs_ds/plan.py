@@ -1,0 +1,178 @@
+"""The data plan of an epoch: which rows each rank reads in which micro-batch. A pure function of (index, seed,
+epoch, world size, workers, batching settings), so every rank computes the same plan with no communication.
+
+Two batching modes:
+- samples (token_budget = 0): micro-batches of `micro` samples from one permutation; micro-batch k of rank r holds
+  permuted samples [(k*W + r)*B, +B), so a step covers the same samples whatever the split into ranks and
+  accumulation steps (2 ranks x B == 1 rank x accumulation 2 x B).
+- tokens (token_budget > 0): shard order shuffled; the sample sequence cut into one span per (rank, worker) of equal
+  token cost (a span may start mid-shard, so each worker reads mostly sequentially); inside windows of `window`
+  samples, samples sorted by cost and packed into batches whose padded cost (longest x count) stays under the budget;
+  batches shuffled. Either way every rank gets the same number of micro-batches (a multiple of the accumulation
+  steps): the surplus is dropped for this epoch and reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DELAY_TOKENS = 2 + 7  # per audio segment: stream bos + eos, and the delay pattern's 7 extra steps (8 codebooks)
+
+
+def sample_costs(rows: dict[str, np.ndarray]) -> np.ndarray:
+    """Sequence length of each sample once its audio is expanded into the token sequence."""
+    text = rows["text_tokens"].astype(np.int64)
+    if (text < 0).any():
+        raise ValueError("token-budget batching needs text token counts: build the shards with --text-tokenizer")
+    return text + rows["audio_frames"].astype(np.int64) + DELAY_TOKENS * rows["n_audio"].astype(np.int64)
+
+
+@dataclass
+class Plan:
+    batches: list[list[np.ndarray]]  # per rank, its micro-batches (index rows)
+    selected: int  # samples chosen for this epoch (after speaker balancing)
+    dropped: int  # selected samples no rank reads this epoch (to equalise batch counts)
+    padding_efficiency: float  # real tokens / padded tokens over the planned batches
+    over_budget: int = 0  # samples costlier than the token budget on their own (each gets a batch alone)
+    stats: dict = field(default_factory=dict)
+
+    @property
+    def batches_per_rank(self) -> list[int]:
+        return [len(b) for b in self.batches]
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    world: int
+    micro: int = 2  # samples per micro-batch (samples mode)
+    accum: int = 1
+    workers: int = 1
+    token_budget: int = 0  # padded tokens per micro-batch (tokens mode); 0 = samples mode
+    max_batch_size: int = 64
+    window: int = 2000
+    speaker_cap: int = 0  # at most this many samples per speaker per epoch (0 = no cap)
+    speaker_temperature: float = 1.0  # t < 1 subsamples speakers to counts ~ n_s ** t (1 = as is)
+
+
+def select_speakers(speakers: np.ndarray, n: int, s: PlanSettings, rng: np.random.Generator) -> np.ndarray:
+    """Rows kept this epoch under the speaker cap / temperature (all rows when both are off)."""
+    if s.speaker_cap <= 0 and s.speaker_temperature == 1.0:
+        return np.arange(n)
+    ids, counts = np.unique(speakers, return_counts=True)
+    keep_n = counts.astype(np.float64)
+    if s.speaker_temperature != 1.0:  # counts proportional to n_s ** t, scaled so the smallest speaker stays whole
+        keep_n = counts ** s.speaker_temperature * (counts ** (1 - s.speaker_temperature)).min()
+    if s.speaker_cap > 0:
+        keep_n = np.minimum(keep_n, s.speaker_cap)
+    keep = []
+    order = np.argsort(speakers, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    for j, spk in enumerate(ids):
+        rows = order[starts[j]:starts[j + 1]]
+        k = max(1, int(round(keep_n[j])))
+        keep.append(rows if k >= len(rows) else rng.choice(rows, k, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def _pack(costs: np.ndarray, rows: np.ndarray, s: PlanSettings) -> tuple[list[np.ndarray], int]:
+    """Sorted-window greedy packing under the token budget."""
+    batches, over = [], 0
+    for w in range(0, len(rows), s.window):
+        win = rows[w:w + s.window]
+        win = win[np.argsort(costs[win], kind="stable")]
+        start = 0
+        while start < len(win):
+            end = start + 1
+            while (end < len(win) and end - start < s.max_batch_size
+                   and costs[win[end]] * (end - start + 1) <= s.token_budget):
+                end += 1
+            if costs[win[start]] > s.token_budget:
+                over += 1
+            batches.append(win[start:end])
+            start = end
+    return batches, over
+
+
+def _equalise(per_rank: list[list[np.ndarray]], accum: int) -> tuple[list[list[np.ndarray]], int]:
+    """Same batch count on every rank (a multiple of accum): ranks over the target hand their surplus batches to
+    ranks under it; fewer than world x accum batches are left over and dropped for this epoch."""
+    world = len(per_rank)
+    target = sum(len(b) for b in per_rank) // (world * accum) * accum
+    surplus = [x for b in per_rank for x in b[target:]]
+    out = [b[:target] for b in per_rank]
+    for b in out:
+        while len(b) < target:
+            b.append(surplus.pop())
+    return out, sum(len(x) for x in surplus)
+
+
+def plan_epoch(rows: dict[str, np.ndarray], seed: int, epoch: int, s: PlanSettings) -> Plan:
+    n = len(rows["record"])
+    rng = np.random.default_rng([seed, epoch])
+    chosen = select_speakers(rows["speaker"], n, s, rng)
+    if s.token_budget <= 0:
+        per_step = s.world * s.micro * s.accum
+        if len(chosen) < per_step:
+            raise ValueError(f"the training set has {len(chosen)} samples this epoch; one optimizer step needs "
+                             f"{per_step} (world {s.world} x micro batch {s.micro} x accumulation {s.accum})")
+        perm = rng.permutation(chosen)
+        per_rank_n = len(perm) // per_step * per_step // (s.world * s.micro)
+        batches = [[perm[(k * s.world + r) * s.micro:(k * s.world + r + 1) * s.micro] for k in range(per_rank_n)]
+                   for r in range(s.world)]
+        used = per_rank_n * s.world * s.micro
+        costs = sample_costs(rows) if (rows["text_tokens"] >= 0).all() else None
+        eff = _efficiency(batches, costs) if costs is not None else float("nan")
+        return Plan(batches, len(chosen), len(chosen) - used, eff)
+
+    costs = sample_costs(rows)
+    shard_order = rng.permutation(int(rows["shard"].max()) + 1)
+    rank_of_shard = np.empty_like(shard_order)
+    rank_of_shard[shard_order] = np.arange(len(shard_order))
+    seq = chosen[np.lexsort((rows["offset"][chosen], rank_of_shard[rows["shard"][chosen]]))]
+    n_spans = s.world * max(1, s.workers)
+    cum = np.cumsum(costs[seq])
+    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, n_spans) / n_spans, side="left") + 1
+    spans = np.split(seq, cuts)
+    span_batches, over = [], 0
+    for i, span in enumerate(spans):
+        b, o = _pack(costs, span, s)
+        over += o
+        order = np.random.default_rng([seed, epoch, i]).permutation(len(b))
+        span_batches.append([b[j] for j in order])
+    per_rank = []
+    for r in range(s.world):
+        mine = span_batches[r * max(1, s.workers):(r + 1) * max(1, s.workers)]
+        # round-robin over this rank's worker spans: DataLoader worker k % W reads span k % W
+        longest = max(len(b) for b in mine)
+        per_rank.append([b[k] for k in range(longest) for b in mine if k < len(b)])
+    if min(len(b) for b in per_rank) < s.accum:
+        raise ValueError(f"token budget {s.token_budget} gives some rank fewer than {s.accum} micro-batches this "
+                         f"epoch; the data set is too small for world {s.world} x accumulation {s.accum}")
+    per_rank, dropped = _equalise(per_rank, s.accum)
+    return Plan(per_rank, len(chosen), dropped, _efficiency(per_rank, costs), over)
+
+
+def _efficiency(batches: list[list[np.ndarray]], costs: np.ndarray) -> float:
+    real = sum(int(costs[b].sum()) for rank in batches for b in rank)
+    padded = sum(int(costs[b].max()) * len(b) for rank in batches for b in rank if len(b))
+    return real / padded if padded else float("nan")
+
+
+def random_batches_efficiency(costs: np.ndarray, micro: int, seed: int = 0) -> float:
+    """Padding efficiency of plain random batches of `micro` samples (the baseline)."""
+    perm = np.random.default_rng(seed).permutation(len(costs))
+    batches = [perm[i:i + micro] for i in range(0, len(perm) - micro + 1, micro)]
+    return _efficiency([batches], costs)
+
+
+def plan_eval(n: int, rank: int, world: int, micro: int) -> list[tuple[np.ndarray, bool]]:
+    """Every validation sample exactly once across ranks; ranks with fewer batches repeat one with weight off, so
+    every rank runs the same number of forward passes."""
+    mine = np.arange(rank, n, world)
+    count = -(-(-(-n // world)) // micro)  # ceil(ceil(n / world) / micro)
+    out = [(mine[k * micro:(k + 1) * micro], True) for k in range(count) if len(mine[k * micro:(k + 1) * micro])]
+    while len(out) < count:
+        out.append((np.arange(min(micro, n)), False))
+    return out
