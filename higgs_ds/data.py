@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from higgs_ds.plan import PlanSettings, plan_epoch
-from higgs_ds.shards import ShardError, ShardIndex, open_binary
+from higgs_ds.shards import ShardError, ShardIndex, open_binary, text_tokenizer_fingerprint
 
 
 @dataclass
@@ -23,14 +23,19 @@ class DataPosition:
         return {"epoch": self.epoch, "batch": self.batch}
 
 
-def to_dataset_sample(meta: dict, codes: np.ndarray, tokenizer):
-    """A shard sample as boson_multimodal's ChatMLDatasetSample (labels from its own prepare_chatml_sample)."""
+def to_dataset_sample(meta: dict, codes: np.ndarray, tokenizer, tokenizer_fp: str | None = None):
+    """A shard sample as boson_multimodal's ChatMLDatasetSample. Token ids come from the shard when it was built
+    with the same text tokenizer (fingerprint), else from boson_multimodal's prepare_chatml_sample now."""
     from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample, prepare_chatml_sample
 
-    record = {"messages": meta["messages"], "start_index": meta["start_index"], "speaker": meta.get("speaker")}
-    input_tokens, label_tokens, audio_contents, _ = prepare_chatml_sample(record, tokenizer)
-    if input_tokens is None or len(audio_contents) != len(meta["audio"]):
-        raise ValueError(f"sample {meta.get('key')}: prepare_chatml_sample could not tokenize it")
+    stored = meta.get("tokens")
+    if stored is not None and tokenizer_fp is not None and stored["tokenizer"] == tokenizer_fp:
+        input_tokens, label_tokens = stored["input"], stored["label"]
+    else:
+        record = {"messages": meta["messages"], "start_index": meta["start_index"], "speaker": meta.get("speaker")}
+        input_tokens, label_tokens, audio_contents, _ = prepare_chatml_sample(record, tokenizer)
+        if input_tokens is None or len(audio_contents) != len(meta["audio"]):
+            raise ValueError(f"sample {meta.get('key')}: prepare_chatml_sample could not tokenize it")
     frames = [a["frames"] for a in meta["audio"]]
     starts = np.concatenate([[0], np.cumsum(frames)[:-1]]) if frames else np.zeros(0)
     return ChatMLDatasetSample(
@@ -47,6 +52,7 @@ class BatchReader:
     def __init__(self, index: ShardIndex, tokenizer, collator, max_bad: int = 100, log=None):
         self.index, self.tokenizer, self.collator = index, tokenizer, collator
         self.max_bad, self.bad, self.log = max_bad, 0, log
+        self.tokenizer_fp = text_tokenizer_fingerprint(tokenizer)
         self._files: dict[int, object] = {}
 
     def __getstate__(self):  # DataLoader workers open their own files
@@ -62,7 +68,7 @@ class BatchReader:
 
     def sample(self, i: int):
         meta, codes = self.index.read(int(i), self._file(int(self.index.rows["shard"][i])))
-        return to_dataset_sample(meta, codes, self.tokenizer)
+        return to_dataset_sample(meta, codes, self.tokenizer, self.tokenizer_fp)
 
     def samples(self, rows: np.ndarray) -> list:
         out = []

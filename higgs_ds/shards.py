@@ -92,20 +92,35 @@ def load_text_tokenizer(name_or_path: str):
     return AutoTokenizer.from_pretrained(name_or_path)
 
 
-def count_text_tokens(record: Record, tokenizer) -> int:
-    """Tokens of the ChatML text through boson_multimodal's own `prepare_chatml_sample` (which hides its errors)."""
+def text_tokenizer_fingerprint(tokenizer) -> str:
+    """Identifies a text tokenizer by content: pre-tokenized ids in shards are used only with the same one."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update(backend.to_str().encode() if backend is not None else json.dumps(tokenizer.get_vocab(),
+                                                                              sort_keys=True).encode())
+    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def chatml_tokens(record: Record, tokenizer) -> tuple[list[int], list[int]]:
+    """(input ids, label ids) of the ChatML text through boson_multimodal's own `prepare_chatml_sample`
+    (which prints and hides its errors: they become a RecordError here)."""
     from boson_multimodal.dataset.chatml_dataset import prepare_chatml_sample
 
     with open(os.devnull, "w") as devnull:
         import contextlib
 
         with contextlib.redirect_stdout(devnull):
-            input_tokens, _, audio_contents, _ = prepare_chatml_sample(record.to_json(), tokenizer)
+            input_tokens, label_tokens, audio_contents, _ = prepare_chatml_sample(record.to_json(), tokenizer)
     if input_tokens is None:
         raise RecordError("boson_multimodal's prepare_chatml_sample rejected the record")
     if len(audio_contents) != len(record.audio):
         raise RecordError(f"prepare_chatml_sample found {len(audio_contents)} audio items, expected {len(record.audio)}")
-    return len(input_tokens)
+    return input_tokens, label_tokens
+
+
+def count_text_tokens(record: Record, tokenizer) -> int:
+    return len(chatml_tokens(record, tokenizer)[0])
 
 
 def validate_records(records: list[Record], limits: AudioLimits, workers: int = 4,
@@ -157,11 +172,23 @@ def encode_npy(array: np.ndarray) -> bytes:
 
 
 def decode_npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    """An .npy payload without pickle; the header is parsed directly (np.load costs ~10x more per small array)."""
+    buf = io.BytesIO(data)
+    version = np.lib.format.read_magic(buf)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(buf)
+    if dtype.hasobject:
+        raise ValueError("object arrays are not allowed in shards")
+    count = int(np.prod(shape))
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=buf.tell())
+    return arr.reshape(shape, order="F" if fortran else "C")
 
 
-def sample_members(record: Record, codes: list[np.ndarray], digests: list[str], seconds: list[float]) -> dict:
+def sample_members(record: Record, codes: list[np.ndarray], digests: list[str], seconds: list[float],
+                   tokens: dict | None = None) -> dict:
     meta = record.to_json()
+    if tokens is not None:
+        meta["tokens"] = tokens  # {"tokenizer": fingerprint, "input": [...], "label": [...]}
     meta.update(key=sample_key(record.index), index=record.index, source=record.source,
                 audio=[{"path": p, "sha256": d, "frames": int(c.shape[1]), "seconds": round(s, 6)}
                        for p, c, d, s in zip(record.audio, codes, digests, seconds)])
@@ -185,21 +212,47 @@ def decode_sample(members: dict[str, bytes], where: str) -> tuple[dict, np.ndarr
     return meta, codes
 
 
+def _tar_members(data: bytes, where: str) -> dict[str, bytes]:
+    """Members of a sample's byte span: plain ustar headers (what TarWriter writes for short names) parsed
+    directly, checksums verified; anything else goes through tarfile."""
+    members, pos = {}, 0
+    while pos + 512 <= len(data):
+        header = data[pos:pos + 512]
+        if header[156:157] not in (b"0", b"\0") or not header[257:262] == b"ustar":
+            return _tar_members_slow(data, where)
+        try:
+            stored = int(header[148:156].split(b"\0")[0].strip() or b"0", 8)
+            size = int(header[124:136].split(b"\0")[0].strip() or b"0", 8)
+        except ValueError:
+            raise ShardError(f"{where}: corrupt tar header at byte {pos}") from None
+        if stored != sum(header) - sum(header[148:156]) + 256:
+            raise ShardError(f"{where}: corrupt tar header at byte {pos} (checksum mismatch)")
+        name = header[:100].split(b"\0")[0].decode("utf-8", "replace")
+        if pos + 512 + size > len(data):
+            raise ShardError(f"{where}: truncated member {name}")
+        members[name.partition(".")[2]] = data[pos + 512:pos + 512 + size]
+        pos += 512 + (size + 511) // 512 * 512
+    return members
+
+
+def _tar_members_slow(data: bytes, where: str) -> dict[str, bytes]:
+    members: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            for m in tar:
+                members[m.name.partition(".")[2]] = tar.extractfile(m).read()
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ShardError(f"{where}: corrupt tar data: {e}") from None
+    return members
+
+
 def read_sample_at(f, offset: int, size: int, where: str) -> tuple[dict, np.ndarray]:
     """Read one sample by seeking to its byte span in an open shard (the index holds offset and size)."""
     f.seek(offset)
     data = f.read(size)
     if len(data) != size:
         raise ShardError(f"{where}: truncated (wanted {size} bytes at offset {offset}, got {len(data)})")
-    members: dict[str, bytes] = {}
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            for m in tar:
-                key, _, ext = m.name.partition(".")
-                members[ext] = tar.extractfile(m).read()
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise ShardError(f"{where}: corrupt tar data at offset {offset}: {e}") from None
-    return decode_sample(members, where)
+    return decode_sample(_tar_members(data, where), where)
 
 
 # ----------------------------------------------------------------------------------------------- build
@@ -247,21 +300,26 @@ def _write_shard(out: Path, j: int, records: list[Record], rejects: list[Reject]
     rows: dict[str, list] = {k: [] for k in INDEX_COLUMNS if k != "speaker"}
     speakers: list[str | None] = []
     encode = lru_cache(maxsize=4096)(encoder.encode_file)
+    text_fp = text_tokenizer_fingerprint(text_tok) if text_tok is not None else None
     with open(tmp, "wb") as f:
         writer = TarWriter(f, encoder=False, mtime=0)
         for r in records:
             coded = [encode(p) for p in r.audio]
             codes = [c for c, _ in coded]
             secs = [seconds_of[p] for p in r.audio]
+            tokens = None
+            if text_tok is not None:
+                ids, labels = chatml_tokens(r, text_tok)
+                tokens = {"tokenizer": text_fp, "input": ids, "label": labels}
             offset = writer.tarstream.offset
-            writer.write(sample_members(r, codes, [d for _, d in coded], secs))
+            writer.write(sample_members(r, codes, [d for _, d in coded], secs, tokens))
             target = sum(c.shape[1] for c, (i, role) in zip(codes, _audio_turns(r)) if role == "assistant"
                          and i >= r.start_index)
             rows["record"].append(r.index)
             rows["shard"].append(j)
             rows["offset"].append(offset)
             rows["size"].append(writer.tarstream.offset - offset)
-            rows["text_tokens"].append(count_text_tokens(r, text_tok) if text_tok is not None else -1)
+            rows["text_tokens"].append(len(tokens["input"]) if tokens is not None else -1)
             rows["audio_frames"].append(sum(c.shape[1] for c in codes))
             rows["target_frames"].append(target)
             rows["n_audio"].append(len(codes))

@@ -43,8 +43,16 @@ def test_round_trip_records_and_codes(shards, speech, fixtures_dir):
         expected = np.concatenate([enc.encode_file(p)[0] for p in rec.audio], axis=1)
         np.testing.assert_array_equal(codes, expected)
         assert idx.rows["audio_frames"][i] == codes.shape[1]
+        assert codes.flags.c_contiguous and codes.dtype == np.int16
         assert idx.rows["target_frames"][i] == meta["audio"][-1]["frames"]
-        assert idx.rows["text_tokens"][i] > 0
+        assert idx.rows["text_tokens"][i] == len(meta["tokens"]["input"]) > 0
+        # the stored token ids are exactly what boson_multimodal's prepare_chatml_sample makes of the record
+        from boson_multimodal.dataset.chatml_dataset import prepare_chatml_sample
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(fixtures_dir / "tokenizer")
+        ids, labels, _, _ = prepare_chatml_sample(rec.to_json(), tok)
+        assert meta["tokens"]["input"] == ids and meta["tokens"]["label"] == labels
     # WebDataset's own tar reader sees the same samples in the same order as the offset reader
     streamed = [m["key"] for j in range(3) for m, _ in iter_shard_samples(idx.shard_path(j))]
     assert streamed == [f"s{r.index:09d}" for r in records]
@@ -149,10 +157,30 @@ def test_corrupt_sample_bytes_give_a_clear_error(shards):
     from higgs_ds.shards import ShardError, ShardIndex, read_sample_at
 
     idx = ShardIndex.load(shards)
-    data = bytearray(idx.shard_path(0).read_bytes())
+    from pathlib import Path
+
+    data = bytearray(Path(idx.shard_path(0)).read_bytes())
     off, size = int(idx.rows["offset"][1]), int(idx.rows["size"][1])
     data[off + 600: off + 700] = b"\x00" * 100  # inside the first member's payload (.codes.npy header)
     with pytest.raises(ShardError, match=r"shard-000000.tar.*s000000001"):
         read_sample_at(io.BytesIO(bytes(data)), off, size, f"{idx.shard_path(0)} sample s000000001")
     with pytest.raises(ShardError, match="truncated"):
         read_sample_at(io.BytesIO(bytes(data[: off + 100])), off, size, "x")
+
+
+def test_stored_token_ids_are_used_only_with_the_same_tokenizer(shards, fixtures_dir):
+    import torch
+    from transformers import AutoTokenizer
+
+    from higgs_ds.data import to_dataset_sample
+    from higgs_ds.shards import ShardIndex, text_tokenizer_fingerprint
+
+    idx = ShardIndex.load(shards)
+    tok = AutoTokenizer.from_pretrained(fixtures_dir / "tokenizer")
+    fp = text_tokenizer_fingerprint(tok)
+    assert idx.read(0)[0]["tokens"]["tokenizer"] == fp
+    for i in range(len(idx)):
+        meta, codes = idx.read(i)
+        stored = to_dataset_sample(meta, codes, tok, fp)
+        fresh = to_dataset_sample(meta, codes, tok, "another-tokenizer")  # falls back to tokenizing now
+        assert torch.equal(stored.input_ids, fresh.input_ids) and torch.equal(stored.label_ids, fresh.label_ids)

@@ -1,0 +1,141 @@
+"""Loader throughput per core and padding efficiency.
+
+- ours: planned token-budget batches read by byte offset from tars, token ids stored in the shards, collated by
+  boson_multimodal's HiggsAudioSampleCollator (one process = one core);
+- naive: one JSON + one .npy file per sample through a map-style Dataset, tokenized with prepare_chatml_sample and
+  collated by the same collator, same batches;
+- on the fly: what trainers that tokenize audio every epoch pay on top: the Higgs audio tokenizer per sample.
+Padding efficiency: token-budget plan vs random batches on a realistic length distribution (speech of 1-20 s).
+
+Run: .venv/bin/python -m bench.loader
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import WORK, fixtures, speech, table
+
+
+def build_set(fx: Path, sp: Path) -> Path:
+    from higgs_ds.shards import BuildConfig, build_shards
+
+    out = WORK / "loader-shards"
+    if not (out / "index.json").is_file():
+        manifest = WORK / "chatml-x20.jsonl"
+        manifest.write_text("".join(line.replace('"wavs/', f'"{sp}/wavs/') for line in
+                                    (sp / "chatml.jsonl").read_text().splitlines(keepends=True)) * 20)
+        build_shards(BuildConfig(input=str(manifest), out=str(out), audio_tokenizer=str(fx / "audio_tokenizer"),
+                                 text_tokenizer=str(fx / "tokenizer"), shard_size=100,
+                                 cache_dir=str(WORK / "code-cache")), log=lambda m: None)
+    return out
+
+
+def realistic_rows(n: int = 20000, seed: int = 0) -> dict:
+    """Index rows for speech of 1-20 s (log-normal around 6 s), one reference + one target clip."""
+    rng = np.random.default_rng(seed)
+    target = np.clip(rng.lognormal(np.log(6), 0.6, n), 1, 20)
+    ref = np.clip(rng.lognormal(np.log(6), 0.6, n), 1, 20)
+    return {"record": np.arange(n), "shard": np.arange(n) // 1000, "offset": np.arange(n) % 1000 * 4096,
+            "text_tokens": (40 + 3.5 * (target + ref)).astype(np.int32),
+            "audio_frames": (25 * (target + ref)).astype(np.int32), "n_audio": np.full(n, 2, np.int16),
+            "speaker": rng.integers(0, 200, n), "target_frames": (25 * target).astype(np.int32)}
+
+
+def main() -> list[tuple[str, str, str]]:
+    import torch
+    from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample, prepare_chatml_sample
+
+    from higgs_ds.codec import AudioEncoder
+    from higgs_ds.config import ModelConfig
+    from higgs_ds.data import BatchReader
+    from higgs_ds.model import load_model, load_tokenizer, make_collator
+    from higgs_ds.plan import PlanSettings, plan_epoch, random_batches_efficiency, sample_costs
+    from higgs_ds.shards import ShardIndex, encode_npy
+
+    torch.set_num_threads(1)
+    fx, sp = fixtures(), speech()
+    root = build_set(fx, sp)
+    mcfg = ModelConfig(path=str(fx / "model"), tokenizer=str(fx / "tokenizer"))
+    tok, collator = load_tokenizer(mcfg), make_collator(load_model(mcfg).config)
+    index = ShardIndex.load(root)
+    reader = BatchReader(index, tok, collator)
+    plan = plan_epoch(index.rows, 0, 0, PlanSettings(world=1, token_budget=3000, max_batch_size=16))
+    batches = plan.batches[0]
+    n = sum(len(b) for b in batches)
+
+    def ours():
+        for b in batches:
+            reader.collate(b)
+
+    naive_dir = Path(tempfile.mkdtemp(dir=WORK))
+    for i in range(len(index)):
+        meta, codes = index.read(i)
+        (naive_dir / f"{i}.json").write_text(json.dumps({k: meta[k] for k in ("messages", "start_index", "audio")}))
+        (naive_dir / f"{i}.npy").write_bytes(encode_npy(codes))
+
+    class NaiveDataset(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(index)
+
+        def __getitem__(self, i):
+            meta = json.loads((naive_dir / f"{i}.json").read_text())
+            codes = np.load(naive_dir / f"{i}.npy", allow_pickle=False)
+            ids, labels, _, _ = prepare_chatml_sample({"messages": meta["messages"],
+                                                       "start_index": meta["start_index"]}, tok)
+            frames = [a["frames"] for a in meta["audio"]]
+            return ChatMLDatasetSample(
+                input_ids=torch.tensor(ids), label_ids=torch.tensor(labels),
+                audio_ids_concat=torch.from_numpy(codes.astype(np.int64)),
+                audio_ids_start=torch.tensor(np.r_[0, np.cumsum(frames)[:-1]]), audio_waveforms_concat=torch.zeros(0),
+                audio_waveforms_start=torch.zeros(0, dtype=torch.long), audio_sample_rate=torch.zeros(0),
+                audio_speaker_indices=torch.zeros(0, dtype=torch.long))
+
+    ds = NaiveDataset()
+
+    def naive():
+        for b in batches:
+            collator([copy.copy(ds[int(i)]) for i in b])
+
+    t_ours = min(timed_once(ours) for _ in range(3))
+    t_naive = min(timed_once(naive) for _ in range(3))
+    enc = AudioEncoder(str(fx / "audio_tokenizer"), cache_dir=None, device="cpu")
+    wavs = sorted((sp / "wavs").glob("*.wav"))[:4]
+    enc.encode_file(wavs[0])
+    t0 = time.perf_counter()
+    for w in wavs:
+        enc.encode_file(w)
+    per_clip = (time.perf_counter() - t0) / len(wavs)
+    on_the_fly = 2 * per_clip + t_naive / n  # two clips (reference + target) per sample, then the same work
+    rows = [("loader, ours", f"{n / t_ours:.0f}", f"samples/s per core ({n} samples, {len(batches)} token-budget "
+             f"batches)"),
+            ("loader, naive per-file", f"{n / t_naive:.0f}", f"samples/s per core; ours is {t_naive / t_ours:.1f}x"),
+            ("loader, on-the-fly audio", f"{1 / on_the_fly:.2f}", f"samples/s per core; ours is "
+             f"{on_the_fly * n / t_ours:.0f}x")]
+    real = realistic_rows()
+    costs = sample_costs(real)
+    for budget in (4096, 8192, 16384):
+        p = plan_epoch(real, 0, 0, PlanSettings(world=8, workers=4, token_budget=budget, max_batch_size=64))
+        mean_batch = np.mean([len(b) for r in p.batches for b in r])
+        rand = random_batches_efficiency(costs, max(1, int(round(mean_batch))))
+        rows.append((f"padding efficiency, budget {budget}", f"{p.padding_efficiency:.3f}",
+                     f"vs {rand:.3f} random batches of {mean_batch:.1f}; dropped {p.dropped / p.selected:.2%} "
+                     f"(20k samples of 1-20 s, 8 ranks x 4 workers)"))
+    return rows
+
+
+def timed_once(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+if __name__ == "__main__":
+    WORK.mkdir(parents=True, exist_ok=True)
+    table("loader", main())
