@@ -1,0 +1,133 @@
+"""Training figures on CPU: tiny-model step time and tokens/s, our full loop vs a bare DeepSpeed loop on the same
+batches, the share of step time spent waiting for data, checkpoint save/resume time and bytes.
+
+Run: .venv/bin/python -m bench.train
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import REPO, WORK, fixtures, table
+
+STEPS = 40
+
+
+def overrides(fx: Path, shards: Path, run: Path, **kv) -> list[str]:
+    base = {"run_dir": run, "model.path": fx / "model", "model.tokenizer": fx / "tokenizer", "data.train": shards,
+            "steps": STEPS, "log_every": 10, "save_every": 0, "data.micro_batch_size": 4, "data.num_workers": 1,
+            "lora.rank": 8, "optim.warmup_steps": 5, "progress_bar": False}
+    base.update(kv)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def our_loop(fx: Path, shards: Path) -> dict:
+    run = WORK / "bench-run"
+    shutil.rmtree(run, ignore_errors=True)
+    env = {**os.environ, "MASTER_PORT": "29611"}
+    subprocess.run([Path(sys.executable).parent / "torchrun", "--nproc_per_node", "1", "--master_port", "29611",
+                    "higgs_ds/train.py", "--deepspeed", "ds_configs/zero2.json", *overrides(fx, shards, run)],
+                   cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    summary = json.loads((run / "summary.json").read_text())
+    steady = rows[5:]  # after warm-up
+    ckpt = run / "checkpoints" / f"step{STEPS:08d}"
+    t0 = time.perf_counter()
+    subprocess.run([Path(sys.executable).parent / "torchrun", "--nproc_per_node", "1", "--master_port", "29612",
+                    "higgs_ds/train.py", "--deepspeed", "ds_configs/zero2.json",
+                    *overrides(fx, shards, run, steps=STEPS + 1)], cwd=REPO, env={**env, "MASTER_PORT": "29612"},
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resumed_run_s = time.perf_counter() - t0
+    return {"step_s": float(np.median([r["step_time_s"] for r in steady])),
+            "tokens_per_s": float(np.median([r["tokens_per_s"] for r in steady])),
+            "data_wait_share": summary["data_wait_share"], "ckpt_bytes": sum(f.stat().st_size
+                                                                          for f in ckpt.rglob("*") if f.is_file()),
+            "resumed_run_s": resumed_run_s}
+
+
+def bare_loop(fx: Path, shards: Path) -> dict:
+    """The same model, LoRA, optimizer, engine and batches; just `engine(**x); engine.backward(); engine.step()`."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29613", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    import deepspeed
+    import torch
+
+    from higgs_ds.config import load_config
+    from higgs_ds.data import BatchReader
+    from higgs_ds.distributed import deepspeed_config, dist_env, init_distributed
+    from higgs_ds.loss import combine, token_sums
+    from higgs_ds.model import apply_lora, batch_to_inputs, load_model, load_tokenizer, make_collator
+    from higgs_ds.plan import PlanSettings, plan_epoch
+    from higgs_ds.shards import ShardIndex
+
+    cfg = load_config(None, overrides(fx, shards, WORK / "bare"))
+    device = init_distributed(dist_env(), 600)
+    torch.manual_seed(0)
+    model = apply_lora(load_model(cfg.model, torch.bfloat16), cfg.lora)
+    reader = BatchReader(ShardIndex.load(shards), load_tokenizer(cfg.model), make_collator(model.config))
+    plan = plan_epoch(reader.index.rows, 0, 0, PlanSettings(world=1, micro=4))
+    batches = [reader.collate(b) for b in plan.batches[0]]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ds = deepspeed_config(str(REPO / "ds_configs/zero2.json"), 4, 1, 1, "bf16", 1.0)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
+    times = []
+    for k in range(STEPS):
+        batch = batches[k % len(batches)]
+        t0 = time.perf_counter()
+        x = batch_to_inputs(batch, device)
+        s = token_sums(engine(**x), x["label_audio_ids"])
+        engine.backward(combine(s, float(s.text_tokens), float(s.audio_tokens), 1.0, 1.0))
+        engine.step()
+        times.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    engine.save_checkpoint(str(WORK / "bare-ckpt"), tag="full")  # frozen weights included: the full-checkpoint size
+    save_s = time.perf_counter() - t0
+    full_bytes = sum(f.stat().st_size for f in (WORK / "bare-ckpt" / "full").rglob("*") if f.is_file())
+    t0 = time.perf_counter()
+    engine.save_checkpoint(str(WORK / "bare-ckpt"), tag="adapter", exclude_frozen_parameters=True)
+    save_adapter_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    engine.load_checkpoint(str(WORK / "bare-ckpt"), tag="adapter", load_module_strict=False)
+    load_s = time.perf_counter() - t0
+    shutil.rmtree(WORK / "bare-ckpt", ignore_errors=True)
+    return {"step_s": float(np.median(times[5:])), "full_ckpt_bytes": full_bytes, "save_full_s": save_s,
+            "save_adapter_s": save_adapter_s, "load_adapter_s": load_s}
+
+
+def shard_set(fx: Path) -> Path:
+    from bench.loader import build_set
+    from bench.common import speech
+
+    return build_set(fx, speech())
+
+
+def main() -> list[tuple[str, str, str]]:
+    fx = fixtures()
+    shards = shard_set(fx)
+    ours = our_loop(fx, shards)
+    bare = bare_loop(fx, shards)
+    return [
+        ("tiny model step, CPU", f"{ours['step_s'] * 1000:.0f} ms", f"1 rank, micro-batch 4, bf16 ZeRO-2; "
+         f"{ours['tokens_per_s']:.0f} tokens/s"),
+        ("our loop / bare loop", f"{ours['step_s'] / bare['step_s']:.2f}x", f"median step {ours['step_s'] * 1000:.0f}"
+         f" vs {bare['step_s'] * 1000:.0f} ms (bare: engine(); backward(); step() on pre-collated batches)"),
+        ("data wait share", f"{ours['data_wait_share']:.2%}", "of step time, 1 loader worker"),
+        ("checkpoint save", f"{bare['save_adapter_s'] * 1000:.0f} ms", f"trainable only; full (frozen incl.) "
+         f"{bare['save_full_s'] * 1000:.0f} ms"),
+        ("checkpoint resume", f"{bare['load_adapter_s'] * 1000:.0f} ms", f"load_checkpoint; a whole resumed run of 1 step "
+         f"incl. start-up: {ours['resumed_run_s']:.0f} s"),
+        ("checkpoint bytes", f"{ours['ckpt_bytes'] / 1e6:.1f} MB", f"adapter-only (+ optimizer, + peft export) vs "
+         f"{bare['full_ckpt_bytes'] / 1e6:.1f} MB with frozen weights"),
+    ]
+
+
+if __name__ == "__main__":
+    WORK.mkdir(parents=True, exist_ok=True)
+    table("training", main())
