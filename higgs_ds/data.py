@@ -4,6 +4,7 @@ rank runs the same number of micro-batches, resumable at any batch, skipping cor
 from __future__ import annotations
 
 import copy
+import signal
 import sys
 from dataclasses import dataclass
 
@@ -126,6 +127,13 @@ def stream_batches(reader: BatchReader, seed: int, rank: int, settings: PlanSett
         loader = torch.utils.data.DataLoader(_PlannedBatches(reader, plan.batches[rank][skip:]), batch_size=None,
                                              shuffle=False, num_workers=num_workers,
                                              prefetch_factor=4 if num_workers else None)
-        for k, batch in enumerate(loader, start=skip):
+        # SLURM signals every process of a job step; workers inherit this mask, so only the trainer gets them
+        blocked = {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+        try:
+            it = iter(loader)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for k, batch in enumerate(it, start=skip):
             yield DataPosition(epoch, k + 1), batch
         epoch, skip = epoch + 1, 0

@@ -122,7 +122,7 @@ def agree_any(flag: bool, device) -> bool:
 
 
 class StopSignal:
-    """Sets a flag on SIGUSR1/SIGTERM (SLURM's warning before a time limit, preemption). Nothing else happens in
+    """Sets a flag on SIGUSR1/SIGTERM (SLURM's warning before a time limit, preemption; submitit uses SIGUSR2). Nothing else happens in
     the handler: the loop checks the flag at a step boundary, all ranks agree, then they save together."""
 
     def __init__(self, signals=(signal.SIGUSR1, signal.SIGTERM)):

@@ -102,7 +102,7 @@ def evaluate(engine, reader: BatchReader, cfg: TrainConfig, rank: int, world: in
             "audio_loss": audio, "text_tokens": int(text_n), "audio_tokens": int(audio_n)}
 
 
-def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600) -> dict:
+def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, stop: StopSignal | None = None) -> dict:
     import deepspeed
 
     de = dist_env()
@@ -116,7 +116,7 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600) ->
     if de.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
-    stop = StopSignal()
+    stop = stop or StopSignal()
 
     # -- build: model + LoRA (identical init on every rank), data, optimizer, engine
     torch.manual_seed(cfg.seed)
@@ -281,9 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dist-timeout", type=float, default=float(os.environ.get("HIGGS_DS_DIST_TIMEOUT", 600)),
                         help="seconds a collective may wait for a lost rank before the job fails")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=3e-4 steps=2000")
+    stop = StopSignal()  # first: a warning signal during start-up must not kill the process
     args = parser.parse_args(argv)
     cfg = load_config(args.config, args.overrides)  # config errors surface before any process group starts
-    summary = train(cfg, args.deepspeed, args.dist_timeout)
+    summary = train(cfg, args.deepspeed, args.dist_timeout, stop=stop)
     return EXIT_STOPPED if summary["stopped_by"] else 0
 
 
