@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"submitted job {job.job_id}; logs: {Path(args.logs).resolve()}/{job.job_id}_0_log.out (rank 0) and "
           f"_log.err; watch: squeue -j {job.job_id}", flush=True)
     if args.wait:
-        print(job.result())
+        print(job.results()[0])
     return 0
 
 
