@@ -17,13 +17,14 @@
 set -uo pipefail
 [ $# -ge 1 ] || { echo "usage: sbatch slurm/train.sh CONFIG [key=value ...]" >&2; exit 2; }
 CONFIG=$1; shift
-PYTHON=${PYTHON:-python}            # e.g. PYTHON=.venv/bin/python, or the python of your container
+PYTHON=${PYTHON:-python}   # a command: .venv/bin/python, or "apptainer exec --nv higgs-ds.sif python"
 DS_CONFIG=${DS_CONFIG:-ds_configs/zero2.json}
 export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
 export HIGGS_DS_DIST_TIMEOUT=${HIGGS_DS_DIST_TIMEOUT:-300}   # a rank lost without exiting fails the job after this
 echo "[train.sh] job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}: $SLURM_JOB_NUM_NODES nodes x $SLURM_NTASKS_PER_NODE tasks, master $MASTER_ADDR:$MASTER_PORT"
-srun --kill-on-bad-exit=1 --cpu-bind=none "$PYTHON" higgs_ds/train.py --deepspeed "$DS_CONFIG" --config "$CONFIG" "$@"
+# SRUN_ARGS: extra srun options, e.g. pyxis: SRUN_ARGS="--container-image=higgs-ds.sqsh --container-mounts=$PWD:$PWD"
+srun ${SRUN_ARGS:-} --kill-on-bad-exit=1 --cpu-bind=none $PYTHON higgs_ds/train.py --deepspeed "$DS_CONFIG" --config "$CONFIG" "$@"
 rc=$?
 if [ "$rc" = 3 ]; then   # stopped on the time-limit warning or preemption, after saving a checkpoint
   echo "[train.sh] checkpoint saved; requeueing job $SLURM_JOB_ID"
