@@ -1,0 +1,202 @@
+"""GPU benchmark: the Higgs-Audio v2 architecture at full size (random weights, no download) with LoRA under
+DeepSpeed ZeRO-2 bf16, activation checkpointing on/off, sequence lengths 1024-4096: tokens/s, model-FLOPs
+utilisation, peak memory, and the largest micro-batch that fits in 24 GB and in 80 GB.
+
+    python -m bench.gpu                          # on a GPU machine (one GPU)
+    python -m bench.gpu --size tiny --device cpu --seq-lens 128 --batches 1 2 --steps 2   # a CPU smoke run
+
+FLOPs counted per trained token (model FLOPs, recomputation not counted):
+    4 * P_active + 6 * P_lora + 6 * n_layers * L * d_model
+P_active = the weights a token passes through (attention, one FFN path of the DualFFN, the text head, and the audio
+head for audio tokens; embeddings excluded). Frozen weights need forward (2) and input-gradient (2) FLOPs, LoRA
+weights also weight-gradient (2); causal attention costs 2*L*d per layer forward, times 3 with backward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+V2_ARCH = dict(  # Higgs-Audio v2 generation 3B base: Llama-3.2-3B backbone, a DualFFN audio path in all 28 layers
+    text_config=dict(model_type="llama", vocab_size=128256, hidden_size=3072, intermediate_size=8192,
+                     num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8, head_dim=128,
+                     max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5,
+                     rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                   "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+                     tie_word_embeddings=False),
+    audio_adapter_type="dual_ffn_fast_forward", audio_ffn_hidden_size=3072, audio_ffn_intermediate_size=8192,
+    audio_dual_ffn_layers=list(range(28)), use_delay_pattern=True, skip_audio_tower=True, encode_whisper_embed=False,
+    encode_audio_in_tokens=True, audio_num_codebooks=8, audio_codebook_size=1024, audio_stream_bos_id=1024,
+    audio_stream_eos_id=1025, audio_in_token_idx=128015, audio_out_token_idx=128016, pad_token_id=128001,
+    audio_out_bos_token_id=128013, audio_eos_token_id=128012)
+TINY_ARCH = dict(V2_ARCH, text_config=dict(V2_ARCH["text_config"], vocab_size=512, hidden_size=64,
+                                           intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                                           num_key_value_heads=2, head_dim=16, rope_scaling=None),
+                 audio_ffn_hidden_size=64, audio_ffn_intermediate_size=128, audio_dual_ffn_layers=[0, 1],
+                 audio_in_token_idx=500, audio_out_token_idx=501, pad_token_id=502, audio_out_bos_token_id=503,
+                 audio_eos_token_id=504)
+SPECIAL = {"bos": 128000, "header_start": 128006, "header_end": 128007, "eot": 128009, "audio_bos": 128011}
+
+
+def build_model(arch: dict, device: str):
+    from boson_multimodal.model.higgs_audio import HiggsAudioConfig, HiggsAudioModel
+
+    config = HiggsAudioConfig(**json.loads(json.dumps(arch)))
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device(device):
+        model = HiggsAudioModel(config)
+    torch.set_default_dtype(torch.float32)
+    return model
+
+
+def synthetic_batch(config, seq_len: int, batch: int, collator):
+    """Voice-cloning samples whose expanded length is `seq_len`: ~15% text, a reference clip (audio in) and a target
+    clip (audio out, trained) of equal length, through boson_multimodal's collator."""
+    from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample
+
+    vocab = config.text_config.vocab_size
+    text = max(8, int(seq_len * 0.15))
+    frames = max(2, (seq_len - text - 2 * 9) // 2)
+    samples = []
+    g = torch.Generator().manual_seed(0)
+    for _ in range(batch):
+        ids = torch.randint(0, min(vocab, 100000), (text,), generator=g)
+        half = text // 2
+        input_ids = torch.cat([ids[:half], torch.tensor([config.audio_in_token_idx]), ids[half:-1],
+                               torch.tensor([config.audio_out_token_idx]), ids[-1:]])
+        labels = input_ids.clone()
+        labels[: half + 1] = -100
+        codes = torch.randint(0, 1024, (8, 2 * frames), generator=g)
+        samples.append(ChatMLDatasetSample(
+            input_ids=input_ids, label_ids=labels, audio_ids_concat=codes, audio_ids_start=torch.tensor([0, frames]),
+            audio_waveforms_concat=torch.zeros(0), audio_waveforms_start=torch.zeros(0, dtype=torch.long),
+            audio_sample_rate=torch.zeros(0), audio_speaker_indices=torch.zeros(0, dtype=torch.long)))
+    return collator(samples)
+
+
+def flops_per_token(model, seq_len: int) -> float:
+    cfg = model.config
+    d, layers = cfg.text_config.hidden_size, cfg.text_config.num_hidden_layers
+    total = frozen = lora = 0
+    for name, p in model.named_parameters():
+        n = p.numel()
+        if "lora_" in name:
+            lora += n
+        elif "embed_tokens" in name or "audio_codebook_embeddings" in name:
+            continue
+        elif ".audio_mlp." in name:
+            continue  # a token takes one FFN path; the audio FFN has the text FFN's size
+        else:
+            frozen += n
+        total += n
+    return 4 * frozen + 6 * lora + 6 * layers * seq_len * d
+
+
+def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_gb: float | None) -> dict:
+    import deepspeed
+
+    from higgs_ds.config import LoraConfig
+    from higgs_ds.distributed import deepspeed_config
+    from higgs_ds.loss import combine, token_sums
+    from higgs_ds.model import apply_lora, batch_to_inputs, enable_activation_checkpointing, make_collator
+
+    cuda = args.device == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, (memory_gb or 1e9) * 2**30 / total))
+    model = build_model(arch, args.device)
+    if checkpointing:
+        enable_activation_checkpointing(model)
+    model = apply_lora(model, LoraConfig(rank=16, alpha=32, dropout=0.0))
+    fpt = flops_per_token(model, seq_len)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ds = deepspeed_config(os.path.join(os.path.dirname(__file__), "..", "ds_configs", "zero2.json"), batch, 1, 1,
+                          "bf16", 1.0)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
+    collated = synthetic_batch(model.config, seq_len, batch, make_collator(model.config))
+    inputs = batch_to_inputs(collated, args.device)
+    result = {"seq_len": seq_len, "micro_batch": batch, "activation_checkpointing": checkpointing,
+              "memory_cap_gb": memory_gb}
+    try:
+        times = []
+        for i in range(args.warmup + args.steps):
+            if cuda:
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            s = token_sums(engine(**inputs), inputs["label_audio_ids"])
+            engine.backward(combine(s, float(s.text_tokens), float(s.audio_tokens), 1.0, 1.0))
+            engine.step()
+            if cuda:
+                torch.cuda.synchronize()
+            if i >= args.warmup:
+                times.append(time.perf_counter() - t0)
+        step = sorted(times)[len(times) // 2]
+        tokens = batch * seq_len
+        result.update(ok=True, step_s=step, tokens_per_s=tokens / step, flops_per_token=fpt,
+                      mfu=tokens * fpt / step / (args.peak_tflops * 1e12) if cuda else None,
+                      peak_memory_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else None)
+    except torch.OutOfMemoryError:
+        result.update(ok=False, error="out of memory")
+    finally:
+        del engine, model, opt
+        if cuda:
+            torch.cuda.empty_cache()
+    return result
+
+
+def largest_batch(args, arch, seq_len: int, checkpointing: bool, memory_gb: float) -> int:
+    best, b = 0, 1
+    while b <= args.max_batch:
+        if not run_case(args, arch, seq_len, b, checkpointing, memory_gb)["ok"]:
+            break
+        best, b = b, b * 2
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=["v2", "tiny"], default="v2")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 2048, 4096])
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM: 989)")
+    p.add_argument("--fit", type=float, nargs="*", default=[24, 80], help="memory caps (GB) for the largest batch")
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--out", default=None, help="write the results as JSON here")
+    args = p.parse_args(argv)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29631"), RANK="0",
+                      WORLD_SIZE="1", LOCAL_RANK="0")
+    from higgs_ds.distributed import dist_env, init_distributed
+
+    init_distributed(dist_env(), 600)
+    arch = V2_ARCH if args.size == "v2" else TINY_ARCH
+    results = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu", "size": args.size,
+               "cases": [], "largest_micro_batch": []}
+    for seq_len in args.seq_lens:
+        for checkpointing in (False, True):
+            for batch in args.batches:
+                r = run_case(args, arch, seq_len, batch, checkpointing, None)
+                results["cases"].append(r)
+                print(json.dumps(r), flush=True)
+            if args.device == "cuda":
+                for cap in args.fit:
+                    best = largest_batch(args, arch, seq_len, checkpointing, cap)
+                    results["largest_micro_batch"].append({"seq_len": seq_len, "activation_checkpointing":
+                                                           checkpointing, "memory_gb": cap, "micro_batch": best})
+                    print(json.dumps(results["largest_micro_batch"][-1]), flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
