@@ -13,6 +13,15 @@ def _log(msg: str) -> None:
     print(f"[higgs-ds {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def _print_info(info: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(info))
+        return
+    width = max(len(k) for k in info)
+    for k, v in info.items():
+        print(f"{k:>{width}}: {v}")
+
+
 def cmd_fixtures(args) -> int:
     from higgs_ds import fixtures
 
@@ -70,12 +79,7 @@ def cmd_shards_validate(args) -> int:
 def cmd_shards_inspect(args) -> int:
     from higgs_ds.shards import inspect
 
-    info = inspect(args.dir)
-    if args.json:
-        print(json.dumps(info))
-    else:
-        for k, v in info.items():
-            print(f"{k:>24}: {v}")
+    _print_info(inspect(args.dir), args.json)
     return 0
 
 
@@ -108,11 +112,7 @@ def cmd_shards_plan(args) -> int:
             if costs is not None else None,
             "steps_per_epoch": per_rank[0] // args.grad_accum if per_rank else 0, "over_budget": plan.over_budget,
             "tokens_per_epoch": int(costs.sum()) if costs is not None else None}
-    if args.json:
-        print(json.dumps(info))
-    else:
-        for k, v in info.items():
-            print(f"{k:>36}: {v}")
+    _print_info(info, args.json)
     return 0
 
 
