@@ -13,6 +13,7 @@ Run: .venv/bin/python -m bench.loader
 from __future__ import annotations
 
 import copy
+import io
 import json
 import tempfile
 import time
@@ -57,7 +58,7 @@ def main() -> list[tuple[str, str, str]]:
     from higgs_ds.data import BatchReader
     from higgs_ds.model import load_model, load_tokenizer, make_collator
     from higgs_ds.plan import PlanSettings, plan_epoch, random_batches_efficiency, sample_costs
-    from higgs_ds.shards import ShardIndex, encode_npy
+    from higgs_ds.shards import ShardIndex, span_members, span_members_tarfile, decode_sample, encode_npy
 
     torch.set_num_threads(1)
     fx, sp = fixtures(), speech()
@@ -105,6 +106,32 @@ def main() -> list[tuple[str, str, str]]:
 
     t_ours = min(timed_once(ours) for _ in range(3))
     t_naive = min(timed_once(naive) for _ in range(3))
+
+    retokenizing = BatchReader(index, tok, collator)
+    retokenizing.tokenizer_fp = None  # before: token ids made by prepare_chatml_sample at every read
+
+    def ours_retokenizing():
+        for b in batches:
+            retokenizing.collate(b)
+
+    t_retok = min(timed_once(ours_retokenizing) for _ in range(3))
+    spans = []
+    with open(index.shard_path(0), "rb") as f:
+        for i in range(int((index.rows["shard"] == 0).sum())):
+            f.seek(int(index.rows["offset"][i]))
+            spans.append(f.read(int(index.rows["size"][i])))
+
+    def read_direct():
+        for data in spans:
+            decode_sample(span_members(data, "x"), "x")
+
+    def read_tarfile():  # before: tarfile per sample span and np.load for the codes
+        for data in spans:
+            m = span_members_tarfile(data, "x")
+            json.loads(m["json"]), np.load(io.BytesIO(m["codes.npy"]), allow_pickle=False)
+
+    t_direct = min(timed_once(read_direct) for _ in range(5))
+    t_tarfile = min(timed_once(read_tarfile) for _ in range(5))
     enc = AudioEncoder(str(fx / "audio_tokenizer"), cache_dir=None, device="cpu")
     wavs = sorted((sp / "wavs").glob("*.wav"))[:4]
     enc.encode_file(wavs[0])
@@ -116,6 +143,10 @@ def main() -> list[tuple[str, str, str]]:
     rows = [("loader, ours", f"{n / t_ours:.0f}", f"samples/s per core ({n} samples, {len(batches)} token-budget "
              f"batches)"),
             ("loader, naive per-file", f"{n / t_naive:.0f}", f"samples/s per core; ours is {t_naive / t_ours:.1f}x"),
+            ("change: stored token ids", f"{t_retok / t_ours:.2f}x", f"loader speed-up vs tokenizing at every read "
+             f"({n / t_retok:.0f} samples/s)"),
+            ("change: direct tar/npy parse", f"{t_tarfile / t_direct:.2f}x", f"sample read speed-up vs tarfile + "
+             f"np.load ({t_direct / len(spans) * 1e6:.0f} vs {t_tarfile / len(spans) * 1e6:.0f} us/sample)"),
             ("loader, on-the-fly audio", f"{1 / on_the_fly:.2f}", f"samples/s per core; ours is "
              f"{on_the_fly * n / t_ours:.0f}x")]
     real = realistic_rows()

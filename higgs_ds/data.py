@@ -115,25 +115,34 @@ class _PlannedBatches(torch.utils.data.Dataset):
 
 
 def stream_batches(reader: BatchReader, seed: int, rank: int, settings: PlanSettings, start: DataPosition,
-                   num_workers: int = 0, log=None):
-    """Yield (DataPosition after this batch, collated batch) forever, epoch after epoch, from `start`."""
-    epoch, skip = start.epoch, start.batch
-    while True:
+                   num_workers: int = 0, log=None, lookahead: int = 8):
+    """Yield (DataPosition after this batch, collated batch) forever, epoch after epoch, from `start`. The next
+    epoch's loader workers start `lookahead` batches before this epoch ends, so an epoch boundary is no stall."""
+
+    def epoch_iter(epoch: int, skip: int):
         plan = plan_epoch(reader.index.rows, seed, epoch, settings)
         if log and skip == 0:
             log(f"epoch {epoch}: {plan.batches_per_rank[rank]} micro-batches per rank, {plan.dropped} of "
                 f"{plan.selected} samples left out to keep ranks equal, padding efficiency "
                 f"{plan.padding_efficiency:.3f}")
-        loader = torch.utils.data.DataLoader(_PlannedBatches(reader, plan.batches[rank][skip:]), batch_size=None,
-                                             shuffle=False, num_workers=num_workers,
-                                             prefetch_factor=4 if num_workers else None)
+        batches = plan.batches[rank][skip:]
+        loader = torch.utils.data.DataLoader(_PlannedBatches(reader, batches), batch_size=None, shuffle=False,
+                                             num_workers=num_workers, prefetch_factor=4 if num_workers else None)
         # SLURM signals every process of a job step; workers inherit this mask, so only the trainer gets them
         blocked = {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
         old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
         try:
-            it = iter(loader)
+            return len(batches), iter(loader)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        for k, batch in enumerate(it, start=skip):
-            yield DataPosition(epoch, k + 1), batch
+
+    epoch, skip = start.epoch, start.batch
+    count, it = epoch_iter(epoch, skip)
+    while True:
+        upcoming = None
+        for k, batch in enumerate(it):
+            if num_workers and upcoming is None and k >= count - lookahead:
+                upcoming = epoch_iter(epoch + 1, 0)
+            yield DataPosition(epoch, skip + k + 1), batch
         epoch, skip = epoch + 1, 0
+        count, it = upcoming or epoch_iter(epoch, 0)

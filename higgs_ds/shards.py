@@ -212,14 +212,14 @@ def decode_sample(members: dict[str, bytes], where: str) -> tuple[dict, np.ndarr
     return meta, codes
 
 
-def _tar_members(data: bytes, where: str) -> dict[str, bytes]:
+def span_members(data: bytes, where: str) -> dict[str, bytes]:
     """Members of a sample's byte span: plain ustar headers (what TarWriter writes for short names) parsed
     directly, checksums verified; anything else goes through tarfile."""
     members, pos = {}, 0
     while pos + 512 <= len(data):
         header = data[pos:pos + 512]
         if header[156:157] not in (b"0", b"\0") or not header[257:262] == b"ustar":
-            return _tar_members_slow(data, where)
+            return span_members_tarfile(data, where)
         try:
             stored = int(header[148:156].split(b"\0")[0].strip() or b"0", 8)
             size = int(header[124:136].split(b"\0")[0].strip() or b"0", 8)
@@ -235,7 +235,7 @@ def _tar_members(data: bytes, where: str) -> dict[str, bytes]:
     return members
 
 
-def _tar_members_slow(data: bytes, where: str) -> dict[str, bytes]:
+def span_members_tarfile(data: bytes, where: str) -> dict[str, bytes]:
     members: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
@@ -252,7 +252,7 @@ def read_sample_at(f, offset: int, size: int, where: str) -> tuple[dict, np.ndar
     data = f.read(size)
     if len(data) != size:
         raise ShardError(f"{where}: truncated (wanted {size} bytes at offset {offset}, got {len(data)})")
-    return decode_sample(_tar_members(data, where), where)
+    return decode_sample(span_members(data, where), where)
 
 
 # ----------------------------------------------------------------------------------------------- build

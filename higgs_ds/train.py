@@ -215,7 +215,7 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
                "grad_norm": float(engine.get_global_grad_norm() or 0.0), "text_tokens": int(red[2]),
                "audio_tokens": int(red[3]), "audio_text_token_ratio": red[3] / max(1, red[2]),
                "tokens_per_s": red[20] / max(1e-9, t2 - t0), "audio_seconds_per_s": red[21] / max(1e-9, t2 - t0),
-               "step_time_s": t2 - t0, "data_wait_share": data_wait / max(1e-9, data_wait + compute),
+               "step_time_s": t2 - t0, "data_wait_s": t1 - t0, "data_wait_share": data_wait / max(1e-9, data_wait + compute),
                "epoch": pos.epoch, "skipped_steps": skipped}
         row.update({f"audio_loss_cb{i}": red[4 + i] / max(1, red[12 + i]) for i in range(8) if red[12 + i]})
         first_loss = first_loss or row
