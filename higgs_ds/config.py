@@ -37,7 +37,8 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    train: str = ""  # shard directory (holds index.json)
+    train: str = ""  # shard directory (holds index.json); several, comma-separated, are mixed
+    train_weights: list[float] = field(default_factory=list)  # their shares of each epoch (empty: by size)
     val: str | None = None  # shard directory for evaluation; None = no eval
     micro_batch_size: int = 2
     num_workers: int = 2
@@ -111,7 +112,13 @@ class TrainConfig:
         need(0 < self.data.speaker_temperature <= 1, "data.speaker_temperature", "must be in (0, 1]")
         need(self.data.max_bad_samples >= 0, "data.max_bad_samples", "must be >= 0")
         need(bool(self.data.train), "data.train", "is required (a shard directory built by `higgs-ds shards build`)")
-        for key, path in (("data.train", self.data.train), ("data.val", self.data.val)):
+        train_sets = [p.strip() for p in self.data.train.split(",") if p.strip()]
+        need(not self.data.train_weights or len(self.data.train_weights) == len(train_sets), "data.train_weights",
+             f"has {len(self.data.train_weights)} weights for {len(train_sets)} shard set(s) in data.train")
+        need(all(w >= 0 for w in self.data.train_weights) and (not self.data.train_weights or
+                                                              sum(self.data.train_weights) > 0),
+             "data.train_weights", "must be >= 0 with a positive sum")
+        for key, path in [("data.train", p) for p in train_sets] + [("data.val", self.data.val)]:
             if path and "://" not in path:
                 need((Path(path) / "index.json").is_file(), key, f"{path} has no index.json (not a finished shard set)")
         need(self.optim.lr > 0, "optim.lr", f"must be > 0, got {self.optim.lr}")

@@ -46,6 +46,57 @@ def to_dataset_sample(meta: dict, codes: np.ndarray, tokenizer, tokenizer_fp: st
         audio_sample_rate=torch.zeros(0), audio_speaker_indices=torch.zeros(0, dtype=torch.long))
 
 
+class ShardMix:
+    """Several shard sets read as one index: rows concatenated (shard and speaker ids offset) with a `source`
+    column the plan weighs by."""
+
+    def __init__(self, indexes: list[ShardIndex]):
+        self.parts = indexes
+        self.root = ",".join(ix.root for ix in indexes)
+        self.row_start = np.cumsum([0] + [len(ix) for ix in indexes])
+        self.shard_start = np.cumsum([0] + [len(ix.meta["shards"]) for ix in indexes])
+        speaker_start = np.cumsum([0] + [len(ix.meta["speakers"]) for ix in indexes])
+        rows = {}
+        for k in indexes[0].rows:
+            cols = []
+            for s, ix in enumerate(indexes):
+                col = ix.rows[k]
+                if k == "shard":
+                    col = col + self.shard_start[s]
+                elif k == "speaker":
+                    col = np.where(col >= 0, col + speaker_start[s], -1)
+                cols.append(col)
+            rows[k] = np.concatenate(cols)
+        rows["source"] = np.concatenate([np.full(len(ix), s) for s, ix in enumerate(indexes)])
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return int(self.row_start[-1])
+
+    def _part(self, i: int) -> tuple[ShardIndex, int]:
+        s = int(np.searchsorted(self.row_start, i, side="right") - 1)
+        return self.parts[s], i - int(self.row_start[s])
+
+    def shard_path(self, j: int) -> str:
+        s = int(np.searchsorted(self.shard_start, j, side="right") - 1)
+        return self.parts[s].shard_path(j - int(self.shard_start[s]))
+
+    def where(self, i: int) -> str:
+        part, local = self._part(i)
+        return part.where(local)
+
+    def read(self, i: int, f=None):
+        part, local = self._part(i)
+        return part.read(local, f)
+
+
+def load_train_index(spec: str):
+    """A shard set, or several separated by commas (mixed by data.train_weights)."""
+    paths = [p.strip() for p in spec.split(",") if p.strip()]
+    indexes = [ShardIndex.load(p) for p in paths]
+    return indexes[0] if len(indexes) == 1 else ShardMix(indexes)
+
+
 class BatchReader:
     """Reads and collates micro-batches given as index rows; keeps shard files open per process. A sample that does
     not read or decode is skipped and logged with its shard and key; past `max_bad` in this process the run stops."""

@@ -54,6 +54,7 @@ class PlanSettings:
     window: int = 2000
     speaker_cap: int = 0  # at most this many samples per speaker per epoch (0 = no cap)
     speaker_temperature: float = 1.0  # t < 1 subsamples speakers to counts ~ n_s ** t (1 = as is)
+    source_weights: tuple[float, ...] = ()  # several shard sets: their shares of each epoch (() = by size)
 
 
 def select_speakers(speakers: np.ndarray, n: int, s: PlanSettings, rng: np.random.Generator) -> np.ndarray:
@@ -74,6 +75,24 @@ def select_speakers(speakers: np.ndarray, n: int, s: PlanSettings, rng: np.rando
         k = max(1, int(round(keep_n[j])))
         keep.append(rows if k >= len(rows) else rng.choice(rows, k, replace=False))
     return np.sort(np.concatenate(keep))
+
+
+def mix_sources(chosen: np.ndarray, source: np.ndarray, weights: tuple[float, ...],
+                rng: np.random.Generator) -> np.ndarray:
+    """Rows of an epoch with each shard set's share set by its weight; the epoch keeps its size. A set asked for more
+    than it holds repeats all its samples as often as needed, then a random remainder."""
+    if not weights:
+        return chosen
+    total, w = len(chosen), np.asarray(weights, dtype=np.float64)
+    out = []
+    for s, share in enumerate(w / w.sum()):
+        rows = chosen[source[chosen] == s]
+        want = int(round(share * total))
+        if len(rows) == 0 or want == 0:
+            continue
+        reps, rest = divmod(want, len(rows))
+        out += [rows] * reps + [rng.choice(rows, rest, replace=False)]
+    return np.sort(np.concatenate(out))
 
 
 def _pack(costs: np.ndarray, rows: np.ndarray, s: PlanSettings) -> tuple[list[np.ndarray], int]:
@@ -112,6 +131,11 @@ def plan_epoch(rows: dict[str, np.ndarray], seed: int, epoch: int, s: PlanSettin
     n = len(rows["record"])
     rng = np.random.default_rng([seed, epoch])
     chosen = select_speakers(rows["speaker"], n, s, rng)
+    if s.source_weights:
+        if "source" not in rows or len(s.source_weights) != int(rows["source"].max()) + 1:
+            raise ValueError(f"{len(s.source_weights)} source weights for "
+                             f"{int(rows['source'].max()) + 1 if 'source' in rows else 1} shard set(s)")
+        chosen = mix_sources(chosen, rows["source"], s.source_weights, rng)
     if s.token_budget <= 0:
         per_step = s.world * s.micro * s.accum
         if len(chosen) < per_step:

@@ -21,7 +21,7 @@ import torch
 
 from higgs_ds import checkpoint
 from higgs_ds.config import TrainConfig, dump_config, load_config, to_dict
-from higgs_ds.data import BatchReader, DataPosition, stream_batches
+from higgs_ds.data import BatchReader, DataPosition, load_train_index, stream_batches
 from higgs_ds.plan import PlanSettings, plan_eval
 from higgs_ds.distributed import StopSignal, all_reduce_sum, deepspeed_config, dist_env, init_distributed
 from higgs_ds.loss import combine, token_sums
@@ -59,7 +59,7 @@ def plan_key(cfg: TrainConfig, world: int) -> dict:
     return {"world": world, "micro": d.micro_batch_size, "accum": cfg.grad_accum, "seed": d.seed,
             "workers": d.num_workers if d.token_budget else 0, "token_budget": d.token_budget,
             "max_batch_size": d.max_batch_size, "sort_window": d.sort_window, "speaker_cap": d.speaker_cap,
-            "speaker_temperature": d.speaker_temperature, "train": d.train}
+            "speaker_temperature": d.speaker_temperature, "train": d.train, "train_weights": d.train_weights}
 
 
 def label_counts(batch) -> tuple[int, int]:
@@ -131,7 +131,7 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
         f"{cfg.lora.preset}, rank {cfg.lora.rank}); world size {de.world} on {device.type}")
     torch.manual_seed(cfg.seed * 1000 + de.rank + 1)  # dropout differs per rank from here on
     collator = make_collator(model.config)
-    train_reader = BatchReader(ShardIndex.load(cfg.data.train), tokenizer, collator, cfg.data.max_bad_samples)
+    train_reader = BatchReader(load_train_index(cfg.data.train), tokenizer, collator, cfg.data.max_bad_samples)
     val_reader = BatchReader(ShardIndex.load(cfg.data.val), tokenizer, collator) if cfg.data.val else None
     optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                                   weight_decay=cfg.optim.weight_decay)
@@ -160,7 +160,8 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
     settings = PlanSettings(world=de.world, micro=cfg.data.micro_batch_size, accum=cfg.grad_accum,
                             workers=cfg.data.num_workers, token_budget=cfg.data.token_budget,
                             max_batch_size=cfg.data.max_batch_size, window=cfg.data.sort_window,
-                            speaker_cap=cfg.data.speaker_cap, speaker_temperature=cfg.data.speaker_temperature)
+                            speaker_cap=cfg.data.speaker_cap, speaker_temperature=cfg.data.speaker_temperature,
+                            source_weights=tuple(cfg.data.train_weights))
     stream = stream_batches(train_reader, cfg.data.seed, de.rank, settings, pos, cfg.data.num_workers, log=log)
     metrics = Metrics(run_dir, cfg.steps, de.is_main, cfg.progress_bar)
 

@@ -38,6 +38,7 @@ def test_overrides_merge_over_yaml(tmp_path, base):
     ("model.path=/nonexistent/model", "model.path: /nonexistent/model has no config.json"),
     ("resume=/nowhere", "resume: must be auto, never or an existing checkpoint directory"),
     ("progress_bar=maybe", "progress_bar: must be true or false"),
+    ("data.train_weights=[1, 2]", "data.train_weights: has 2 weights for 1 shard set(s) in data.train"),
     ("optim=3", "optim: must be a mapping, got 3"),
     ("optim.lr.x=3", "optim.lr is not a section"),
     ("novalue", "must look like key=value"),

@@ -148,3 +148,39 @@ def test_fsspec_urls_read_like_local_paths(shards):
     meta_l, codes_l = local.read(7)
     meta_r, codes_r = remote.read(7)
     assert meta_l == meta_r and np.array_equal(codes_l, codes_r)
+
+
+def test_weighted_mixing_of_shard_sets():
+    from higgs_ds.plan import mix_sources
+
+    rows = uneven_rows(sizes=(100, 300))
+    rows["source"] = np.r_[np.zeros(100, int), np.ones(300, int)]
+    plan = plan_epoch(rows, 0, 0, PlanSettings(world=2, micro=2, source_weights=(1.0, 1.0)))
+    seen = np.concatenate([b for r in plan.batches for b in r])
+    counts = np.bincount(rows["source"][seen], minlength=2)
+    assert abs(counts[0] - counts[1]) <= 4 and counts.sum() + plan.dropped == 400  # half each, epoch size kept
+    assert np.bincount(seen[rows["source"][seen] == 0]).max() == 2  # the small set is repeated, no sample 3 times
+    again = plan_epoch(rows, 0, 0, PlanSettings(world=2, micro=2, source_weights=(1.0, 1.0)))
+    assert all(np.array_equal(a, b) for a, b in zip(again.batches[0], plan.batches[0]))
+    assert len(mix_sources(np.arange(400), rows["source"], (0.0, 1.0), np.random.default_rng(0))) == 400
+    with pytest.raises(ValueError, match="3 source weights for 2 shard set"):
+        plan_epoch(rows, 0, 0, PlanSettings(world=1, source_weights=(1.0, 1.0, 1.0)))
+
+
+def test_mixed_index_reads_each_set(shards, reader, fixtures_dir, speech, code_cache, tmp_path):
+    from conftest import run_cli
+    from higgs_ds.data import load_train_index
+    from higgs_ds.shards import ShardIndex
+
+    other = tmp_path / "chatml"
+    run_cli("shards", "build", "--input", speech / "chatml.jsonl", "--out", other, "--audio-tokenizer",
+            fixtures_dir / "audio_tokenizer", "--text-tokenizer", fixtures_dir / "tokenizer", "--cache-dir",
+            code_cache, "--shard-size", 4)
+    mix = load_train_index(f"{shards},{other}")
+    a, b = ShardIndex.load(shards), ShardIndex.load(other)
+    assert len(mix) == len(a) + len(b) and mix.rows["shard"].max() == 2 + 3
+    for i in (0, len(a) - 1, len(a), len(mix) - 1):
+        want = a.read(i) if i < len(a) else b.read(i - len(a))
+        got = mix.read(i)
+        assert got[0] == want[0] and np.array_equal(got[1], want[1])
+    assert str(other) in mix.where(len(mix) - 1)
