@@ -164,108 +164,113 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
                             source_weights=tuple(cfg.data.train_weights))
     stream = stream_batches(train_reader, cfg.data.seed, de.rank, settings, pos, cfg.data.num_workers, log=log)
     metrics = Metrics(run_dir, cfg.steps, de.is_main, cfg.progress_bar)
+    try:
 
-    def save() -> Path:
-        state = {"step": step, "data": pos.to_dict(), "plan": plan_key(cfg, de.world), "config": to_dict(cfg)}
-        return checkpoint.save(engine, run_dir, step, state, cfg.keep_last, de.is_main, log)
+        def save() -> Path:
+            state = {"step": step, "data": pos.to_dict(), "plan": plan_key(cfg, de.world), "config": to_dict(cfg)}
+            return checkpoint.save(engine, run_dir, step, state, cfg.keep_last, de.is_main, log)
 
-    # -- the loop: one optimizer step per iteration
-    first_loss = last_row = None
-    data_wait = compute = 0.0
-    stopped_by = None
-    saved_step = step if ckpt is not None else -1
-    evaluated_step = -1
-    while step < cfg.steps:
-        t0 = time.perf_counter()
-        micro = []
-        for _ in range(cfg.grad_accum):
-            pos, batch = next(stream)
-            micro.append(batch)
-        t1 = time.perf_counter()
-        counts = [label_counts(b) for b in micro]
-        text_total, audio_total = all_reduce_sum([sum(c[0] for c in counts), sum(c[1] for c in counts)], device)
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step's update uses
-        scale = de.world * cfg.grad_accum  # DeepSpeed averages over ranks and divides by accumulation steps
-        acc = np.zeros(4 + 16 + 2)
-        for batch in micro:
-            inputs = batch_to_inputs(batch, device)
-            out = engine(**inputs)
-            s = token_sums(out, inputs["label_audio_ids"])
-            loss = combine(s, text_total, audio_total, cfg.loss.text_weight, cfg.loss.audio_weight)
-            engine.backward(loss * scale)
-            engine.step()
-            ncb = len(s.codebook_sums)
-            acc[:4] += [s.text_sum.item(), s.audio_sum.item(), s.text_tokens.item(), s.audio_tokens.item()]
-            acc[4:4 + ncb] += s.codebook_sums.cpu().numpy()
-            acc[12:12 + ncb] += s.codebook_tokens.cpu().numpy()
-            acc[20] += int(batch.attention_mask.sum()) + sum(
-                0 if x is None else x.shape[-1] for x in (batch.audio_in_ids, batch.audio_out_ids))
-            acc[21] += sum(0 if x is None else x.shape[-1] for x in (batch.audio_in_ids, batch.audio_out_ids)) / 25
-        step += 1
-        skipped_now = engine.skipped_steps - skipped
-        skipped = engine.skipped_steps
-        red = np.asarray(all_reduce_sum(acc.tolist() + [1.0 if stop.received else 0.0], device))
-        t2 = time.perf_counter()
-        data_wait, compute = data_wait + (t1 - t0), compute + (t2 - t1)
-        if (red[2], red[3]) != (text_total, audio_total):
-            raise TrainingError(f"step {step}: label counts before the forward ({text_total}, {audio_total}) differ "
-                                f"from the loss's ({red[2]}, {red[3]}): loss normalisation would be wrong")
-        text_loss, audio_loss = red[0] / max(1, red[2]), red[1] / max(1, red[3])
-        row = {"step": step, "loss": cfg.loss.text_weight * text_loss + cfg.loss.audio_weight * audio_loss,
-               "text_loss": text_loss, "audio_loss": audio_loss, "lr": lr,
-               "grad_norm": float(engine.get_global_grad_norm() or 0.0), "text_tokens": int(red[2]),
-               "audio_tokens": int(red[3]), "audio_text_token_ratio": red[3] / max(1, red[2]),
-               "tokens_per_s": red[20] / max(1e-9, t2 - t0), "audio_seconds_per_s": red[21] / max(1e-9, t2 - t0),
-               "step_time_s": t2 - t0, "data_wait_s": t1 - t0, "data_wait_share": data_wait / max(1e-9, data_wait + compute),
-               "epoch": pos.epoch, "skipped_steps": skipped}
-        row.update({f"audio_loss_cb{i}": red[4 + i] / max(1, red[12 + i]) for i in range(8) if red[12 + i]})
-        first_loss = first_loss or row
-        last_row = row
-        metrics.log(row)
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            metrics.progress(row)
-        if skipped_now:
-            log(f"step {step}: non-finite gradients on some rank; every rank skipped the update "
-                f"({skipped} skipped so far)")
-            if skipped > cfg.max_skipped_steps:
-                raise TrainingError(f"{skipped} steps had non-finite loss or gradients (max_skipped_steps="
-                                    f"{cfg.max_skipped_steps}); lower optim.lr or check the data")
-        if val_reader is not None and cfg.eval_every and step % cfg.eval_every == 0:
-            ev = evaluate(engine, val_reader, cfg, de.rank, de.world, device)
-            evaluated_step = step
-            metrics.log({"step": step, "split": "eval", **ev})
-            log(f"eval at step {step}: loss {ev['loss']:.4f} text {ev['text_loss']:.4f} audio {ev['audio_loss']:.4f}")
-        if red[-1] > 0:  # some rank got SIGUSR1/SIGTERM: all ranks save together, then stop for the requeue
-            stopped_by = stop.received or "signal on another rank"
-            save()
-            saved_step = step
-            break
-        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-            save()
-            saved_step = step
+        # -- the loop: one optimizer step per iteration
+        first_loss = last_row = None
+        data_wait = compute = 0.0
+        stopped_by = None
+        saved_step = step if ckpt is not None else -1
+        evaluated_step = -1
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            micro = []
+            for _ in range(cfg.grad_accum):
+                pos, batch = next(stream)
+                micro.append(batch)
+            t1 = time.perf_counter()
+            counts = [label_counts(b) for b in micro]
+            text_total, audio_total = all_reduce_sum([sum(c[0] for c in counts), sum(c[1] for c in counts)], device)
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step's update uses
+            scale = de.world * cfg.grad_accum  # DeepSpeed averages over ranks and divides by accumulation steps
+            acc = np.zeros(4 + 16 + 2)
+            for batch in micro:
+                inputs = batch_to_inputs(batch, device)
+                out = engine(**inputs)
+                s = token_sums(out, inputs["label_audio_ids"])
+                loss = combine(s, text_total, audio_total, cfg.loss.text_weight, cfg.loss.audio_weight)
+                engine.backward(loss * scale)
+                engine.step()
+                ncb = len(s.codebook_sums)
+                acc[:4] += [s.text_sum.item(), s.audio_sum.item(), s.text_tokens.item(), s.audio_tokens.item()]
+                acc[4:4 + ncb] += s.codebook_sums.cpu().numpy()
+                acc[12:12 + ncb] += s.codebook_tokens.cpu().numpy()
+                acc[20] += int(batch.attention_mask.sum()) + sum(
+                    0 if x is None else x.shape[-1] for x in (batch.audio_in_ids, batch.audio_out_ids))
+                acc[21] += sum(0 if x is None else x.shape[-1] for x in (batch.audio_in_ids, batch.audio_out_ids)) / 25
+            step += 1
+            skipped_now = engine.skipped_steps - skipped
+            skipped = engine.skipped_steps
+            red = np.asarray(all_reduce_sum(acc.tolist() + [1.0 if stop.received else 0.0], device))
+            t2 = time.perf_counter()
+            data_wait, compute = data_wait + (t1 - t0), compute + (t2 - t1)
+            if (red[2], red[3]) != (text_total, audio_total):
+                raise TrainingError(f"step {step}: label counts before the forward ({text_total}, {audio_total}) differ "
+                                    f"from the loss's ({red[2]}, {red[3]}): loss normalisation would be wrong")
+            text_loss, audio_loss = red[0] / max(1, red[2]), red[1] / max(1, red[3])
+            row = {"step": step, "loss": cfg.loss.text_weight * text_loss + cfg.loss.audio_weight * audio_loss,
+                   "text_loss": text_loss, "audio_loss": audio_loss, "lr": lr,
+                   "grad_norm": float(engine.get_global_grad_norm() or 0.0), "text_tokens": int(red[2]),
+                   "audio_tokens": int(red[3]), "audio_text_token_ratio": red[3] / max(1, red[2]),
+                   "tokens_per_s": red[20] / max(1e-9, t2 - t0), "audio_seconds_per_s": red[21] / max(1e-9, t2 - t0),
+                   "step_time_s": t2 - t0, "data_wait_s": t1 - t0, "data_wait_share": data_wait / max(1e-9, data_wait + compute),
+                   "epoch": pos.epoch, "skipped_steps": skipped}
+            row.update({f"audio_loss_cb{i}": red[4 + i] / max(1, red[12 + i]) for i in range(8) if red[12 + i]})
+            first_loss = first_loss or row
+            last_row = row
+            metrics.log(row)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                metrics.progress(row)
+            if skipped_now:
+                log(f"step {step}: non-finite gradients on some rank; every rank skipped the update "
+                    f"({skipped} skipped so far)")
+                if skipped > cfg.max_skipped_steps:
+                    raise TrainingError(f"{skipped} steps had non-finite loss or gradients (max_skipped_steps="
+                                        f"{cfg.max_skipped_steps}); lower optim.lr or check the data")
+            if val_reader is not None and cfg.eval_every and step % cfg.eval_every == 0:
+                ev = evaluate(engine, val_reader, cfg, de.rank, de.world, device)
+                evaluated_step = step
+                metrics.log({"step": step, "split": "eval", **ev})
+                log(f"eval at step {step}: loss {ev['loss']:.4f} text {ev['text_loss']:.4f} audio {ev['audio_loss']:.4f}")
+            if red[-1] > 0:  # some rank got SIGUSR1/SIGTERM: all ranks save together, then stop for the requeue
+                stopped_by = stop.received or "signal on another rank"
+                save()
+                saved_step = step
+                break
+            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
+                save()
+                saved_step = step
 
-    if stopped_by is None:
-        if saved_step != step:
-            save()
-        if val_reader is not None and evaluated_step != step:
-            ev = evaluate(engine, val_reader, cfg, de.rank, de.world, device)
-            metrics.log({"step": step, "split": "eval", **ev})
-            log(f"final eval: loss {ev['loss']:.4f} text {ev['text_loss']:.4f} audio {ev['audio_loss']:.4f}")
+        if stopped_by is None:
+            if saved_step != step:
+                save()
+            if val_reader is not None and evaluated_step != step:
+                ev = evaluate(engine, val_reader, cfg, de.rank, de.world, device)
+                metrics.log({"step": step, "split": "eval", **ev})
+                log(f"final eval: loss {ev['loss']:.4f} text {ev['text_loss']:.4f} audio {ev['audio_loss']:.4f}")
+            if de.is_main:
+                final = run_dir / "checkpoints" / checkpoint.tag(step) / "adapter"
+                shutil.copytree(final, run_dir / "adapter", dirs_exist_ok=True)
+        checksums = weight_checksums(engine, device)
+        if len(set(checksums)) != 1:
+            raise TrainingError(f"ranks hold different trainable weights (checksums {checksums}): they desynchronised")
+        summary = {"step": step, "stopped_by": stopped_by, "first": first_loss, "last": last_row,
+                   "checkpoint": str(run_dir / "checkpoints" / checkpoint.tag(step)),
+                   "adapter": str(run_dir / "adapter") if stopped_by is None else None,
+                   "data_wait_share": data_wait / max(1e-9, data_wait + compute), "rank_weight_checksums": checksums}
         if de.is_main:
-            final = run_dir / "checkpoints" / checkpoint.tag(step) / "adapter"
-            shutil.copytree(final, run_dir / "adapter", dirs_exist_ok=True)
-    metrics.close()
-    checksums = weight_checksums(engine, device)
-    if len(set(checksums)) != 1:
-        raise TrainingError(f"ranks hold different trainable weights (checksums {checksums}): they desynchronised")
-    summary = {"step": step, "stopped_by": stopped_by, "first": first_loss, "last": last_row,
-               "checkpoint": str(run_dir / "checkpoints" / checkpoint.tag(step)),
-               "adapter": str(run_dir / "adapter") if stopped_by is None else None,
-               "data_wait_share": data_wait / max(1e-9, data_wait + compute), "rank_weight_checksums": checksums}
-    if de.is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        log(f"stopped by {stopped_by} at step {step}; checkpoint saved, resume with the same command"
-            if stopped_by else f"done: {step} steps; adapter in {run_dir / 'adapter'}")
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            log(f"stopped by {stopped_by} at step {step}; checkpoint saved, resume with the same command"
+                if stopped_by else f"done: {step} steps; adapter in {run_dir / 'adapter'}")
+    finally:
+        # shut the loader workers down here: after an exception the traceback keeps this frame alive, and at exit
+        # multiprocessing would wait forever for workers that block SIGTERM (SLURM signals belong to the trainer)
+        stream.close()
+        metrics.close()
     import torch.distributed as dist
 
     dist.barrier()
