@@ -105,6 +105,7 @@ class BatchReader:
         self.index, self.tokenizer, self.collator = index, tokenizer, collator
         self.max_bad, self.bad, self.log = max_bad, 0, log
         self.tokenizer_fp = text_tokenizer_fingerprint(tokenizer)
+        self.max_open_files = 32
         self._files: dict[int, object] = {}
 
     def __getstate__(self):  # DataLoader workers open their own files
@@ -113,9 +114,12 @@ class BatchReader:
         return state
 
     def _file(self, shard: int):
-        f = self._files.get(shard)
+        f = self._files.pop(shard, None)
         if f is None:
-            f = self._files[shard] = open_binary(self.index.shard_path(shard))
+            f = open_binary(self.index.shard_path(shard))
+            if len(self._files) >= self.max_open_files:  # thousands of shards would exhaust file descriptors
+                self._files.pop(next(iter(self._files))).close()
+        self._files[shard] = f  # most recently used last
         return f
 
     def sample(self, i: int):

@@ -184,3 +184,14 @@ def test_mixed_index_reads_each_set(shards, reader, fixtures_dir, speech, code_c
         got = mix.read(i)
         assert got[0] == want[0] and np.array_equal(got[1], want[1])
     assert str(other) in mix.where(len(mix) - 1)
+
+
+def test_reader_keeps_a_bounded_number_of_shards_open(shards, reader):
+    from higgs_ds.data import BatchReader
+
+    r = BatchReader(reader.index, reader.tokenizer, reader.collator)
+    r.max_open_files = 2
+    for rows in ([0], [6], [11], [1], [7]):  # shards 0, 1, 2, 0, 1
+        r.collate(np.array(rows))
+        assert len(r._files) <= 2
+    assert list(r._files) == [0, 1]  # least recently used (shard 2) was closed
