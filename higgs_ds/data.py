@@ -6,6 +6,8 @@ from __future__ import annotations
 import copy
 import signal
 import sys
+import threading
+from queue import Full, Queue
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,9 +172,48 @@ class _PlannedBatches(torch.utils.data.Dataset):
 
 
 def stream_batches(reader: BatchReader, seed: int, rank: int, settings: PlanSettings, start: DataPosition,
-                   num_workers: int = 0, log=None, lookahead: int = 8):
-    """Yield (DataPosition after this batch, collated batch) forever, epoch after epoch, from `start`. The next
-    epoch's loader workers start `lookahead` batches before this epoch ends, so an epoch boundary is no stall."""
+                   num_workers: int = 0, log=None, lookahead: int = 8, prefetch: int = 2):
+    """Yield (DataPosition after this batch, collated batch) forever, epoch after epoch, from `start`. With workers,
+    a thread takes batches from them ahead of the training loop (receiving a batch costs milliseconds)."""
+    source = _epochs(reader, seed, rank, settings, start, num_workers, log, lookahead)
+    if not num_workers:
+        yield from source
+        return
+    queue: Queue = Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in source:
+                while not stop.is_set():
+                    try:
+                        queue.put((item, None), timeout=0.1)
+                        break
+                    except Full:
+                        pass
+                if stop.is_set():
+                    break
+        except BaseException as e:  # handed to the training loop, which raises it
+            queue.put((None, e))
+        finally:
+            source.close()
+
+    thread = threading.Thread(target=produce, name="higgs-ds-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = queue.get()
+            if error is not None:
+                raise error
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=30)
+
+
+def _epochs(reader: BatchReader, seed: int, rank: int, settings: PlanSettings, start: DataPosition,
+            num_workers: int, log, lookahead: int):
+    """The next epoch's loader workers start `lookahead` batches before this epoch ends: no stall between epochs."""
 
     def epoch_iter(epoch: int, skip: int):
         plan = plan_epoch(reader.index.rows, seed, epoch, settings)
