@@ -37,7 +37,6 @@ def our_loop(fx: Path, shards: Path) -> dict:
                     "higgs_ds/train.py", "--deepspeed", "ds_configs/zero2.json", *overrides(fx, shards, run)],
                    cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    summary = json.loads((run / "summary.json").read_text())
     steady = rows[5:]  # after warm-up
     ckpt = run / "checkpoints" / f"step{STEPS:08d}"
     t0 = time.perf_counter()

@@ -1,7 +1,6 @@
 """Config: YAML + dotted overrides, errors that name the key, every shipped YAML and DeepSpeed JSON loads."""
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

@@ -2,7 +2,6 @@
 tiny fixtures on CPU: sbatch training over 2 nodes, submitit preemption + exact resume, a time limit with requeue,
 an array shard build, and a killed rank that ends the job fast. Needs root (daemons, apt); skipped otherwise."""
 
-import json
 import os
 import shutil
 import signal
