@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from higgs_ds.plan import PlanSettings, plan_epoch
-from higgs_ds.shards import ShardError, ShardIndex, open_binary, text_tokenizer_fingerprint
+from higgs_ds.shards import ShardError, ShardIndex, chatml_tokens, open_binary, text_tokenizer_fingerprint
 
 
 @dataclass
@@ -29,16 +29,14 @@ class DataPosition:
 def to_dataset_sample(meta: dict, codes: np.ndarray, tokenizer, tokenizer_fp: str | None = None):
     """A shard sample as boson_multimodal's ChatMLDatasetSample. Token ids come from the shard when it was built
     with the same text tokenizer (fingerprint), else from boson_multimodal's prepare_chatml_sample now."""
-    from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample, prepare_chatml_sample
+    from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample
 
     stored = meta.get("tokens")
     if stored is not None and tokenizer_fp is not None and stored["tokenizer"] == tokenizer_fp:
         input_tokens, label_tokens = stored["input"], stored["label"]
     else:
         record = {"messages": meta["messages"], "start_index": meta["start_index"], "speaker": meta.get("speaker")}
-        input_tokens, label_tokens, audio_contents, _ = prepare_chatml_sample(record, tokenizer)
-        if input_tokens is None or len(audio_contents) != len(meta["audio"]):
-            raise ValueError(f"sample {meta.get('key')}: prepare_chatml_sample could not tokenize it")
+        input_tokens, label_tokens = chatml_tokens(record, len(meta["audio"]), tokenizer)
     frames = [a["frames"] for a in meta["audio"]]
     starts = np.concatenate([[0], np.cumsum(frames)[:-1]]) if frames else np.zeros(0)
     return ChatMLDatasetSample(

@@ -102,25 +102,25 @@ def text_tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
-def chatml_tokens(record: Record, tokenizer) -> tuple[list[int], list[int]]:
-    """(input ids, label ids) of the ChatML text through boson_multimodal's own `prepare_chatml_sample`
-    (which prints and hides its errors: they become a RecordError here)."""
+def chatml_tokens(record: dict, n_audio: int, tokenizer) -> tuple[list[int], list[int]]:
+    """(input ids, label ids) of a ChatML record (messages, start_index, speaker) through boson_multimodal's own
+    `prepare_chatml_sample` (which prints and hides its errors: they become a RecordError here)."""
     from boson_multimodal.dataset.chatml_dataset import prepare_chatml_sample
 
     with open(os.devnull, "w") as devnull:
         import contextlib
 
         with contextlib.redirect_stdout(devnull):
-            input_tokens, label_tokens, audio_contents, _ = prepare_chatml_sample(record.to_json(), tokenizer)
+            input_tokens, label_tokens, audio_contents, _ = prepare_chatml_sample(record, tokenizer)
     if input_tokens is None:
         raise RecordError("boson_multimodal's prepare_chatml_sample rejected the record")
-    if len(audio_contents) != len(record.audio):
-        raise RecordError(f"prepare_chatml_sample found {len(audio_contents)} audio items, expected {len(record.audio)}")
+    if len(audio_contents) != n_audio:
+        raise RecordError(f"prepare_chatml_sample found {len(audio_contents)} audio items, expected {n_audio}")
     return input_tokens, label_tokens
 
 
 def count_text_tokens(record: Record, tokenizer) -> int:
-    return len(chatml_tokens(record, tokenizer)[0])
+    return len(chatml_tokens(record.to_json(), len(record.audio), tokenizer)[0])
 
 
 def validate_records(records: list[Record], limits: AudioLimits, workers: int = 4,
@@ -291,7 +291,7 @@ def shard_done(out: Path, j: int) -> bool:
         return False
 
 
-def _write_shard(out: Path, j: int, records: list[Record], rejects: list[Reject], encoder, text_tok,
+def _write_shard(out: Path, j: int, records: list[Record], rejects: list[Reject], encoder, text_tok, text_fp,
                  seconds_of: dict[str, float], log) -> dict:
     from webdataset import TarWriter
 
@@ -300,7 +300,6 @@ def _write_shard(out: Path, j: int, records: list[Record], rejects: list[Reject]
     rows: dict[str, list] = {k: [] for k in INDEX_COLUMNS if k != "speaker"}
     speakers: list[str | None] = []
     encode = lru_cache(maxsize=4096)(encoder.encode_file)
-    text_fp = text_tokenizer_fingerprint(text_tok) if text_tok is not None else None
     with open(tmp, "wb") as f:
         writer = TarWriter(f, encoder=False, mtime=0)
         for r in records:
@@ -309,7 +308,7 @@ def _write_shard(out: Path, j: int, records: list[Record], rejects: list[Reject]
             secs = [seconds_of[p] for p in r.audio]
             tokens = None
             if text_tok is not None:
-                ids, labels = chatml_tokens(r, text_tok)
+                ids, labels = chatml_tokens(r.to_json(), len(r.audio), text_tok)
                 tokens = {"tokenizer": text_fp, "input": ids, "label": labels}
             offset = writer.tarstream.offset
             writer.write(sample_members(r, codes, [d for _, d in coded], secs, tokens))
@@ -400,9 +399,10 @@ def build_shards(cfg: BuildConfig, log=print) -> dict:
     for r in part_rejects:
         if r.index is not None and r.index // cfg.shard_size in rejects_by_shard:
             rejects_by_shard[r.index // cfg.shard_size].append(r)
+    text_fp = text_tokenizer_fingerprint(text_tok) if text_tok is not None else None
     for j in pending:
         _write_shard(out, j, by_shard[j], sorted(rejects_by_shard[j], key=lambda x: x.index), encoder, text_tok,
-                     seconds_of, log)
+                     text_fp, seconds_of, log)
     summary = {"part": f"{part}/{nparts}", "shards_written": len(pending), "samples": len(good),
                "rejected": len(part_rejects), "encoded_files": encoder.encoded, "cache_hits": encoder.cache_hits,
                "encoded_seconds": round(encoder.encoded_seconds, 2)}
