@@ -6,22 +6,16 @@ import os
 import time
 from pathlib import Path
 
+from higgs_ds.fixtures import ensure_fixtures, offline_env
+
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / ".cache" / "bench"
 FIXTURES = REPO / ".cache" / "test-fixtures"
-os.environ.update({"HF_HOME": str(FIXTURES / "hf_home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                   "TOKENIZERS_PARALLELISM": "false"})
+os.environ.update({**offline_env(FIXTURES), "TOKENIZERS_PARALLELISM": "false"})
 
 
 def fixtures() -> Path:
-    import json
-
-    from higgs_ds.fixtures import FIXTURES_VERSION, build_fixtures
-
-    stamp = FIXTURES / "FIXTURES.json"
-    if not stamp.is_file() or json.loads(stamp.read_text()).get("version") != FIXTURES_VERSION:
-        build_fixtures(FIXTURES)
-    return FIXTURES
+    return ensure_fixtures(FIXTURES)
 
 
 def speech(speakers: int = 3, utterances: int = 6) -> Path:
@@ -31,6 +25,15 @@ def speech(speakers: int = 3, utterances: int = 6) -> Path:
     if not (out / "utterances.jsonl").is_file():
         make_sample_data(out, speakers, utterances)
     return out
+
+
+def replicated_chatml(sp: Path, copies: int = 20) -> Path:
+    """The sample-data ChatML manifest repeated `copies` times (absolute audio paths): many records over few files,
+    so per-sample costs dominate start-up."""
+    manifest = WORK / f"chatml-x{copies}.jsonl"
+    manifest.write_text("".join(line.replace('"wavs/', f'"{sp}/wavs/') for line in
+                                (sp / "chatml.jsonl").read_text().splitlines(keepends=True)) * copies)
+    return manifest
 
 
 def timed(fn, repeat: int = 3) -> float:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import WORK, fixtures, speech, table
+from bench.common import WORK, fixtures, replicated_chatml, speech, table
 
 
 def build_set(fx: Path, sp: Path) -> Path:
@@ -29,10 +29,8 @@ def build_set(fx: Path, sp: Path) -> Path:
 
     out = WORK / "loader-shards"
     if not (out / "index.json").is_file():
-        manifest = WORK / "chatml-x20.jsonl"
-        manifest.write_text("".join(line.replace('"wavs/', f'"{sp}/wavs/') for line in
-                                    (sp / "chatml.jsonl").read_text().splitlines(keepends=True)) * 20)
-        build_shards(BuildConfig(input=str(manifest), out=str(out), audio_tokenizer=str(fx / "audio_tokenizer"),
+        build_shards(BuildConfig(input=str(replicated_chatml(sp)), out=str(out),
+                                 audio_tokenizer=str(fx / "audio_tokenizer"),
                                  text_tokenizer=str(fx / "tokenizer"), shard_size=100,
                                  cache_dir=str(WORK / "code-cache")), log=lambda m: None)
     return out

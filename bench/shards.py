@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import WORK, fixtures, speech, table, timed
+from bench.common import WORK, fixtures, replicated_chatml, speech, table, timed
 
 
 def synthetic_index(root: Path, n: int) -> None:
@@ -56,10 +56,8 @@ def main() -> list[tuple[str, str, str]]:
 
     cache = WORK / "code-cache"
     out = Path(tempfile.mkdtemp(dir=WORK))
-    manifest = WORK / "chatml-x20.jsonl"  # 360 records over the same 18 files: per-sample cost, not start-up
-    manifest.write_text("".join(line.replace('"wavs/', f'"{sp}/wavs/') for line in
-                                (sp / "chatml.jsonl").read_text().splitlines(keepends=True)) * 20)
-    cfg = dict(input=str(manifest), audio_tokenizer=str(fx / "audio_tokenizer"),
+    # 360 records over the same 18 files
+    cfg = dict(input=str(replicated_chatml(sp)), audio_tokenizer=str(fx / "audio_tokenizer"),
                text_tokenizer=str(fx / "tokenizer"), shard_size=100, cache_dir=str(cache))
     build_shards(BuildConfig(out=str(out / "warm"), **cfg), log=lambda m: None)  # fills the cache
     n = len(ShardIndex.load(out / "warm"))

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from higgs_ds.shards import is_url
+
 
 class ConfigError(ValueError):
     """A config key or value is wrong; the message names the key."""
@@ -119,7 +121,7 @@ class TrainConfig:
                                                               sum(self.data.train_weights) > 0),
              "data.train_weights", "must be >= 0 with a positive sum")
         for key, path in [("data.train", p) for p in train_sets] + [("data.val", self.data.val)]:
-            if path and "://" not in path:
+            if path and not is_url(path):
                 need((Path(path) / "index.json").is_file(), key, f"{path} has no index.json (not a finished shard set)")
         need(self.optim.lr > 0, "optim.lr", f"must be > 0, got {self.optim.lr}")
         need(self.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = (REPO / args.out).resolve()
     fixtures = out / "fixtures"
-    from higgs_ds.fixtures import offline_env
+    from higgs_ds.fixtures import fixtures_current, offline_env
 
     env = {**os.environ, **offline_env(fixtures), "TOKENIZERS_PARALLELISM": "false"}
     os.environ.update(env)
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
 
     step("1/5 tiny random Higgs-Audio stack (model, text tokenizer, audio tokenizer), built locally")
-    if not (fixtures / "FIXTURES.json").is_file():
+    if not fixtures_current(fixtures):
         run(cli + ["fixtures", "--out", fixtures], env=env)
     else:
         print(f"reusing {fixtures}")

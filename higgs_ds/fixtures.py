@@ -105,6 +105,23 @@ def build_audio_tokenizer(out: Path, seed: int = 0) -> None:
     torch.save(tok.state_dict(), out / "model.pth")
 
 
+def fixtures_current(out: str | Path) -> bool:
+    """True when OUT holds fixtures that this version of build_fixtures would write."""
+    stamp = Path(out) / "FIXTURES.json"
+    return stamp.is_file() and json.loads(stamp.read_text()).get("version") == FIXTURES_VERSION
+
+
+def ensure_fixtures(out: str | Path, seed: int = 0) -> Path:
+    """The fixtures in OUT, rebuilt from scratch when missing or stale (same preconditions as build_fixtures)."""
+    out = Path(out)
+    if not fixtures_current(out):
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        build_fixtures(out, seed)
+    return out
+
+
 def build_fixtures(out: str | Path, seed: int = 0) -> Path:
     """Write DIR/{model,tokenizer,audio_tokenizer,hf_home}. Must run with offline_env(out) applied before
     transformers is imported (see `higgs-ds fixtures`), since the audio tokenizer reads HF_HOME at import time."""

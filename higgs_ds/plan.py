@@ -195,8 +195,8 @@ def plan_eval(n: int, rank: int, world: int, micro: int) -> list[tuple[np.ndarra
     """Every validation sample exactly once across ranks; ranks with fewer batches repeat one with weight off, so
     every rank runs the same number of forward passes."""
     mine = np.arange(rank, n, world)
-    count = -(-(-(-n // world)) // micro)  # ceil(ceil(n / world) / micro)
-    out = [(mine[k * micro:(k + 1) * micro], True) for k in range(count) if len(mine[k * micro:(k + 1) * micro])]
+    count = -(-len(range(0, n, world)) // micro)  # rank 0 holds the most samples
+    out = [(mine[k:k + micro], True) for k in range(0, len(mine), micro)]
     while len(out) < count:
         out.append((np.arange(min(micro, n)), False))
     return out

@@ -170,6 +170,11 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
             state = {"step": step, "data": pos.to_dict(), "plan": plan_key(cfg, de.world), "config": to_dict(cfg)}
             return checkpoint.save(engine, run_dir, step, state, cfg.keep_last, de.is_main, log)
 
+        def run_eval(label: str) -> None:
+            ev = evaluate(engine, val_reader, cfg, de.rank, de.world, device)
+            metrics.log({"step": step, "split": "eval", **ev})
+            log(f"{label}: loss {ev['loss']:.4f} text {ev['text_loss']:.4f} audio {ev['audio_loss']:.4f}")
+
         # -- the loop: one optimizer step per iteration
         first_loss = last_row = None
         data_wait = compute = 0.0
@@ -199,9 +204,9 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
                 acc[:4] += [s.text_sum.item(), s.audio_sum.item(), s.text_tokens.item(), s.audio_tokens.item()]
                 acc[4:4 + ncb] += s.codebook_sums.cpu().numpy()
                 acc[12:12 + ncb] += s.codebook_tokens.cpu().numpy()
-                acc[20] += int(batch.attention_mask.sum()) + sum(
-                    0 if x is None else x.shape[-1] for x in (batch.audio_in_ids, batch.audio_out_ids))
-                acc[21] += sum(0 if x is None else x.shape[-1] for x in (batch.audio_in_ids, batch.audio_out_ids)) / 25
+                audio_steps = sum(0 if x is None else x.shape[-1] for x in (batch.audio_in_ids, batch.audio_out_ids))
+                acc[20] += int(batch.attention_mask.sum()) + audio_steps
+                acc[21] += audio_steps / 25
             step += 1
             skipped_now = engine.skipped_steps - skipped
             skipped = engine.skipped_steps
@@ -232,10 +237,8 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
                     raise TrainingError(f"{skipped} steps had non-finite loss or gradients (max_skipped_steps="
                                         f"{cfg.max_skipped_steps}); lower optim.lr or check the data")
             if val_reader is not None and cfg.eval_every and step % cfg.eval_every == 0:
-                ev = evaluate(engine, val_reader, cfg, de.rank, de.world, device)
+                run_eval(f"eval at step {step}")
                 evaluated_step = step
-                metrics.log({"step": step, "split": "eval", **ev})
-                log(f"eval at step {step}: loss {ev['loss']:.4f} text {ev['text_loss']:.4f} audio {ev['audio_loss']:.4f}")
             if red[-1] > 0:  # some rank got SIGUSR1/SIGTERM: all ranks save together, then stop for the requeue
                 stopped_by = stop.received or "signal on another rank"
                 save()
@@ -249,9 +252,7 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
             if saved_step != step:
                 save()
             if val_reader is not None and evaluated_step != step:
-                ev = evaluate(engine, val_reader, cfg, de.rank, de.world, device)
-                metrics.log({"step": step, "split": "eval", **ev})
-                log(f"final eval: loss {ev['loss']:.4f} text {ev['text_loss']:.4f} audio {ev['audio_loss']:.4f}")
+                run_eval("final eval")
             if de.is_main:
                 final = run_dir / "checkpoints" / checkpoint.tag(step) / "adapter"
                 shutil.copytree(final, run_dir / "adapter", dirs_exist_ok=True)

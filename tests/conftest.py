@@ -1,18 +1,18 @@
 """Shared fixtures: the tiny Higgs stack, espeak-ng speech, a code cache and a shard set, built once per session."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from higgs_ds.fixtures import ensure_fixtures, offline_env
+
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / ".cache" / "test-fixtures"
 # The fixture audio tokenizer loads its semantic model from this HF_HOME; set before transformers is imported.
-os.environ.update({"HF_HOME": str(FIXTURES / "hf_home"), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                   "TOKENIZERS_PARALLELISM": "false"})
+os.environ.update({**offline_env(FIXTURES), "TOKENIZERS_PARALLELISM": "false"})
 
 CLI = [sys.executable, "-m", "higgs_ds.cli"]
 
@@ -29,15 +29,7 @@ def run_cli(*args, check=True, env=None, timeout=600):
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    import json
-
-    from higgs_ds.fixtures import FIXTURES_VERSION, build_fixtures
-
-    stamp = FIXTURES / "FIXTURES.json"
-    if not stamp.is_file() or json.loads(stamp.read_text()).get("version") != FIXTURES_VERSION:
-        shutil.rmtree(FIXTURES, ignore_errors=True)
-        build_fixtures(FIXTURES)
-    return FIXTURES
+    return ensure_fixtures(FIXTURES)
 
 
 @pytest.fixture(scope="session")
