@@ -45,9 +45,15 @@ def sbatch(args, env, out: Path) -> str:
     return proc.stdout.strip().split(";")[0]
 
 
-def state(job: str) -> str:
-    out = subprocess.run(["sacct", "-j", job, "-X", "-n", "-o", "State"], capture_output=True, text=True).stdout
-    return out.split()[0] if out.split() else "UNKNOWN"
+def state(job: str, timeout: float = 60) -> str:
+    """The job's final state in accounting (which can lag a moment behind squeue dropping the job)."""
+    deadline = time.time() + timeout
+    while True:
+        out = subprocess.run(["sacct", "-j", job, "-X", "-n", "-o", "State"], capture_output=True, text=True).stdout
+        current = out.split()[0] if out.split() else "UNKNOWN"
+        if current not in ("UNKNOWN", "PENDING", "RUNNING", "REQUEUED", "COMPLETING") or time.time() > deadline:
+            return current
+        time.sleep(0.5)
 
 
 def wait_for(cond, timeout: float, what: str, poll: float = 1.0, release: str | None = None):
