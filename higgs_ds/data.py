@@ -4,6 +4,7 @@ rank runs the same number of micro-batches, resumable at any batch, skipping cor
 from __future__ import annotations
 
 import copy
+import os
 import signal
 import sys
 import threading
@@ -107,6 +108,7 @@ class BatchReader:
         self.tokenizer_fp = text_tokenizer_fingerprint(tokenizer)
         self.max_open_files = 32
         self._files: dict[int, object] = {}
+        self._pid = os.getpid()
 
     def __getstate__(self):  # DataLoader workers open their own files
         state = self.__dict__.copy()
@@ -114,6 +116,8 @@ class BatchReader:
         return state
 
     def _file(self, shard: int):
+        if self._pid != os.getpid():  # a forked loader worker: the parent's files share its seek offsets
+            self._files, self._pid = {}, os.getpid()
         f = self._files.pop(shard, None)
         if f is None:
             f = open_binary(self.index.shard_path(shard))

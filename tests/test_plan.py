@@ -195,3 +195,26 @@ def test_reader_keeps_a_bounded_number_of_shards_open(shards, reader):
         r.collate(np.array(rows))
         assert len(r._files) <= 2
     assert list(r._files) == [0, 1]  # least recently used (shard 2) was closed
+
+
+def test_forked_workers_do_not_share_the_parents_open_shards(reader):
+    """A reader that has read in the parent (training checks its collator on the first samples) is forked into
+    loader workers: each must open its own files, or their seeks on shared descriptors corrupt each other's reads
+    (seen as skipped samples and changed batches in training)."""
+    import os
+
+    import torch
+
+    from higgs_ds.data import BatchReader, _PlannedBatches
+
+    r = BatchReader(reader.index, reader.tokenizer, reader.collator, max_bad=0)
+    want = [_keys(r.collate(np.array([i]))) for i in range(len(r.index))]  # opens every shard in the parent
+    fds = [f.fileno() for f in r._files.values()]
+    assert len(fds) == 3
+    for fd in fds:
+        os.lseek(fd, 0, os.SEEK_SET)  # a worker reading through an inherited descriptor would move this offset
+    loader = torch.utils.data.DataLoader(_PlannedBatches(r, [np.array([i]) for i in range(len(r.index))] * 20),
+                                         batch_size=None, num_workers=2,
+                                         multiprocessing_context=torch.multiprocessing.get_context("fork"))
+    assert [_keys(b) for b in loader] == want * 20
+    assert [os.lseek(fd, 0, os.SEEK_CUR) for fd in fds] == [0, 0, 0]
