@@ -183,3 +183,28 @@ def test_stored_token_ids_are_used_only_with_the_same_tokenizer(shards, fixtures
         stored = to_dataset_sample(meta, codes, tok, fp)
         fresh = to_dataset_sample(meta, codes, tok, "another-tokenizer")  # falls back to tokenizing now
         assert torch.equal(stored.input_ids, fresh.input_ids) and torch.equal(stored.label_ids, fresh.label_ids)
+
+
+def test_npy_payloads_decode_like_np_load():
+    """decode_npy matches numpy's plain headers directly and hands any other header to numpy; never unpickles."""
+    import io
+
+    from higgs_ds.shards import decode_npy
+
+    def npy(a, version=None):
+        buf = io.BytesIO()
+        np.lib.format.write_array(buf, a, version=version, allow_pickle=True)
+        return buf.getvalue()
+
+    arrays = [np.zeros((8, 0), np.int16), np.arange(24, dtype=np.int16).reshape(8, 3), np.arange(5, dtype=">i4"),
+              np.ones((), np.float32), np.asfortranarray(np.arange(6).reshape(2, 3)), np.zeros((2, 3, 4), bool),
+              np.array(["ab", "c"])]
+    for a in arrays:
+        for version in (None, (2, 0)):
+            data = npy(a, version)
+            got, want = decode_npy(data), np.load(io.BytesIO(data))
+            assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
+    with pytest.raises(ValueError, match="object arrays are not allowed"):
+        decode_npy(npy(np.array([{"a": 1}], dtype=object)))
+    with pytest.raises(ValueError):
+        decode_npy(npy(np.arange(24, dtype=np.int16).reshape(8, 3))[:-2])  # truncated payload
