@@ -19,6 +19,7 @@ import json
 import os
 import time
 
+import numpy as np
 import torch
 
 V2_ARCH = dict(  # Higgs-Audio v2 generation 3B base: Llama-3.2-3B backbone, a DualFFN audio path in all 28 layers
@@ -55,26 +56,22 @@ def build_model(arch: dict, device: str):
 
 def synthetic_batch(config, seq_len: int, batch: int, collator):
     """Voice-cloning samples whose expanded length is `seq_len`: ~15% text, a reference clip (audio in) and a target
-    clip (audio out, trained) of equal length, through boson_multimodal's collator."""
-    from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample
+    clip (audio out, trained) of equal length, collated into a model batch."""
+    from higgs_ds.collate import Sample
 
     vocab = config.text_config.vocab_size
     text = max(8, int(seq_len * 0.15))
     frames = max(2, (seq_len - text - 2 * 9) // 2)
     samples = []
-    g = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
     for _ in range(batch):
-        ids = torch.randint(0, min(vocab, 100000), (text,), generator=g)
+        ids = rng.integers(0, min(vocab, 100000), text)
         half = text // 2
-        input_ids = torch.cat([ids[:half], torch.tensor([config.audio_in_token_idx]), ids[half:-1],
-                               torch.tensor([config.audio_out_token_idx]), ids[-1:]])
-        labels = input_ids.clone()
+        input_ids = np.concatenate([ids[:half], [config.audio_in_token_idx], ids[half:-1],
+                                    [config.audio_out_token_idx], ids[-1:]]).astype(np.int64)
+        labels = input_ids.copy()
         labels[: half + 1] = -100
-        codes = torch.randint(0, 1024, (8, 2 * frames), generator=g)
-        samples.append(ChatMLDatasetSample(
-            input_ids=input_ids, label_ids=labels, audio_ids_concat=codes, audio_ids_start=torch.tensor([0, frames]),
-            audio_waveforms_concat=torch.zeros(0), audio_waveforms_start=torch.zeros(0, dtype=torch.long),
-            audio_sample_rate=torch.zeros(0), audio_speaker_indices=torch.zeros(0, dtype=torch.long)))
+        samples.append(Sample(input_ids, labels, rng.integers(0, 1024, (8, 2 * frames)), np.array([frames, frames])))
     return collator(samples)
 
 
@@ -102,7 +99,8 @@ def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_g
     from higgs_ds.config import LoraConfig
     from higgs_ds.distributed import deepspeed_config
     from higgs_ds.loss import combine, token_sums
-    from higgs_ds.model import apply_lora, batch_to_inputs, enable_activation_checkpointing, make_collator
+    from higgs_ds.collate import make_collator
+    from higgs_ds.model import apply_lora, batch_to_inputs, enable_activation_checkpointing
 
     cuda = args.device == "cuda"
     if cuda:

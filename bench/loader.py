@@ -1,9 +1,9 @@
 """Loader throughput per core and padding efficiency.
 
 - ours: planned token-budget batches read by byte offset from tars, token ids stored in the shards, collated by
-  boson_multimodal's HiggsAudioSampleCollator (one process = one core);
+  higgs_ds.collate.BatchCollator (one process = one core);
 - naive: one JSON + one .npy file per sample through a map-style Dataset, tokenized with prepare_chatml_sample and
-  collated by the same collator, same batches;
+  collated by boson_multimodal's HiggsAudioSampleCollator, same batches;
 - on the fly: what trainers that tokenize audio every epoch pay on top: the Higgs audio tokenizer per sample.
 Padding efficiency: token-budget plan vs random batches on a realistic length distribution (speech of 1-20 s).
 
@@ -53,8 +53,9 @@ def main() -> list[tuple[str, str, str]]:
 
     from higgs_ds.codec import AudioEncoder
     from higgs_ds.config import ModelConfig
+    from higgs_ds.collate import batch_differences, make_collator
     from higgs_ds.data import BatchReader
-    from higgs_ds.model import load_model, load_tokenizer, make_collator
+    from higgs_ds.model import load_model, load_tokenizer
     from higgs_ds.plan import PlanSettings, plan_epoch, random_batches_efficiency, sample_costs
     from higgs_ds.shards import ShardIndex, span_members, span_members_tarfile, decode_sample, encode_npy
 
@@ -62,7 +63,8 @@ def main() -> list[tuple[str, str, str]]:
     fx, sp = fixtures(), speech()
     root = build_set(fx, sp)
     mcfg = ModelConfig(path=str(fx / "model"), tokenizer=str(fx / "tokenizer"))
-    tok, collator = load_tokenizer(mcfg), make_collator(load_model(mcfg).config)
+    config = load_model(mcfg).config
+    tok, collator, boson = load_tokenizer(mcfg), make_collator(config), make_collator(config, "boson")
     index = ShardIndex.load(root)
     reader = BatchReader(index, tok, collator)
     plan = plan_epoch(index.rows, 0, 0, PlanSettings(world=1, token_budget=3000, max_batch_size=16))
@@ -100,7 +102,7 @@ def main() -> list[tuple[str, str, str]]:
 
     def naive():
         for b in batches:
-            collator([copy.copy(ds[int(i)]) for i in b])
+            boson.collator([copy.copy(ds[int(i)]) for i in b])
 
     t_ours = min(timed_once(ours) for _ in range(3))
     t_naive = min(timed_once(naive) for _ in range(3))
@@ -113,6 +115,12 @@ def main() -> list[tuple[str, str, str]]:
             retokenizing.collate(b)
 
     t_retok = min(timed_once(ours_retokenizing) for _ in range(3))
+    samples = [reader.samples(b) for b in batches]
+    differing = [k for k, s in enumerate(samples) if batch_differences(collator(s), boson(s))]
+    if differing:
+        raise SystemExit(f"BatchCollator and HiggsAudioSampleCollator differ on batches {differing}")
+    t_fast = min(timed_once(lambda: [collator(s) for s in samples]) for _ in range(3))
+    t_boson = min(timed_once(lambda: [boson(s) for s in samples]) for _ in range(3))
     spans = []
     with open(index.shard_path(0), "rb") as f:
         for i in range(int((index.rows["shard"] == 0).sum())):
@@ -141,6 +149,9 @@ def main() -> list[tuple[str, str, str]]:
     rows = [("loader, ours", f"{n / t_ours:.0f}", f"samples/s per core ({n} samples, {len(batches)} token-budget "
              f"batches)"),
             ("loader, naive per-file", f"{n / t_naive:.0f}", f"samples/s per core; ours is {t_naive / t_ours:.1f}x"),
+            ("change: whole-batch collator", f"{t_boson / t_fast:.1f}x", f"collation speed-up vs "
+             f"HiggsAudioSampleCollator ({t_fast / n * 1e6:.0f} vs {t_boson / n * 1e6:.0f} us/sample), identical "
+             f"batches ({len(samples)} of {len(samples)})"),
             ("change: stored token ids", f"{t_retok / t_ours:.2f}x", f"loader speed-up vs tokenizing at every read "
              f"({n / t_retok:.0f} samples/s)"),
             ("change: direct tar/npy parse", f"{t_tarfile / t_direct:.2f}x", f"sample read speed-up vs tarfile + "

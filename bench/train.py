@@ -60,10 +60,11 @@ def bare_loop(fx: Path, shards: Path) -> dict:
     import torch
 
     from higgs_ds.config import load_config
+    from higgs_ds.collate import make_collator
     from higgs_ds.data import BatchReader
     from higgs_ds.distributed import deepspeed_config, dist_env, init_distributed
     from higgs_ds.loss import combine, token_sums
-    from higgs_ds.model import apply_lora, batch_to_inputs, load_model, load_tokenizer, make_collator
+    from higgs_ds.model import apply_lora, batch_to_inputs, load_model, load_tokenizer
     from higgs_ds.plan import PlanSettings, plan_epoch
     from higgs_ds.shards import ShardIndex
 

@@ -51,6 +51,7 @@ class DataConfig:
     speaker_cap: int = 0  # at most this many samples per speaker per epoch (0 = no cap)
     speaker_temperature: float = 1.0  # t < 1 subsamples speakers to counts ~ n_s ** t (1 = as is)
     max_bad_samples: int = 100  # corrupt samples a reader process skips (logged) before it stops the run
+    collator: str = "fast"  # fast: higgs-ds BatchCollator | boson: HiggsAudioSampleCollator (same batches, slower)
 
 
 @dataclass
@@ -126,6 +127,8 @@ class TrainConfig:
         need(self.optim.lr > 0, "optim.lr", f"must be > 0, got {self.optim.lr}")
         need(self.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
         need(self.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+        need(self.data.collator in ("fast", "boson"), "data.collator",
+             f"must be fast or boson, got {self.data.collator!r}")
         need(self.optim.schedule in ("cosine", "linear", "constant"), "optim.schedule",
              f"must be cosine, linear or constant, got {self.optim.schedule!r}")
         need(0 <= self.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")

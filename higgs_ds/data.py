@@ -1,9 +1,8 @@
-"""Shards -> ChatMLDatasetSample -> HiggsAudioSampleCollator batches, following the epoch plan (plan.py) so every
+"""Shards -> Samples -> model batches (collate.py), following the epoch plan (plan.py) so every
 rank runs the same number of micro-batches, resumable at any batch, skipping corrupt samples under a budget."""
 
 from __future__ import annotations
 
-import copy
 import os
 import signal
 import sys
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from higgs_ds.collate import IGNORE, Sample
 from higgs_ds.plan import PlanSettings, plan_epoch
 from higgs_ds.shards import ShardError, ShardIndex, chatml_tokens, open_binary, text_tokenizer_fingerprint
 
@@ -27,24 +27,21 @@ class DataPosition:
         return {"epoch": self.epoch, "batch": self.batch}
 
 
-def to_dataset_sample(meta: dict, codes: np.ndarray, tokenizer, tokenizer_fp: str | None = None):
-    """A shard sample as boson_multimodal's ChatMLDatasetSample. Token ids come from the shard when it was built
-    with the same text tokenizer (fingerprint), else from boson_multimodal's prepare_chatml_sample now."""
-    from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample
-
+def to_sample(meta: dict, codes: np.ndarray, tokenizer, tokenizer_fp: str | None = None) -> Sample:
+    """A shard sample as a collator Sample. Token ids come from the shard when it was built with the same text
+    tokenizer (fingerprint), else from boson_multimodal's prepare_chatml_sample now."""
     stored = meta.get("tokens")
     if stored is not None and tokenizer_fp is not None and stored["tokenizer"] == tokenizer_fp:
         input_tokens, label_tokens = stored["input"], stored["label"]
     else:
         record = {"messages": meta["messages"], "start_index": meta["start_index"], "speaker": meta.get("speaker")}
         input_tokens, label_tokens = chatml_tokens(record, len(meta["audio"]), tokenizer)
-    frames = [a["frames"] for a in meta["audio"]]
-    starts = np.concatenate([[0], np.cumsum(frames)[:-1]]) if frames else np.zeros(0)
-    return ChatMLDatasetSample(
-        input_ids=torch.tensor(input_tokens, dtype=torch.long), label_ids=torch.tensor(label_tokens, dtype=torch.long),
-        audio_ids_concat=torch.from_numpy(codes.astype(np.int64)), audio_ids_start=torch.tensor(starts, dtype=torch.long),
-        audio_waveforms_concat=torch.zeros(0), audio_waveforms_start=torch.zeros(0, dtype=torch.long),
-        audio_sample_rate=torch.zeros(0), audio_speaker_indices=torch.zeros(0, dtype=torch.long))
+    input_ids = np.array(input_tokens, dtype=np.int64)
+    label_ids = np.array(label_tokens, dtype=np.int64)
+    frames = np.array([a["frames"] for a in meta["audio"]], dtype=np.int64)
+    if input_ids.shape != label_ids.shape:
+        raise ValueError(f"{len(input_ids)} token ids but {len(label_ids)} labels")
+    return Sample(input_ids, label_ids, codes, frames)
 
 
 class ShardMix:
@@ -128,7 +125,7 @@ class BatchReader:
 
     def sample(self, i: int):
         meta, codes = self.index.read(int(i), self._file(int(self.index.rows["shard"][i])))
-        return to_dataset_sample(meta, codes, self.tokenizer, self.tokenizer_fp)
+        return to_sample(meta, codes, self.tokenizer, self.tokenizer_fp)
 
     def samples(self, rows: np.ndarray) -> list:
         out = []
@@ -148,8 +145,7 @@ class BatchReader:
         samples = self.samples(rows)
         if not samples:  # every sample of this micro-batch was corrupt: keep the ranks in step with one that trains
             samples = [self._untrained(rows)]  # nothing (all labels masked)
-        # the collator masks labels in place: hand it fresh samples every time
-        return self.collator([copy.copy(s) for s in samples])
+        return self.collator(samples)
 
     def _untrained(self, rows: np.ndarray):
         for i in range(len(self.index)):
@@ -157,7 +153,7 @@ class BatchReader:
                 s = self.sample(i)
             except (ShardError, ValueError, KeyError, OSError):
                 continue
-            s.label_ids = torch.full_like(s.label_ids, -100)
+            s.label_ids = np.full_like(s.label_ids, IGNORE)
             return s
         raise ShardError(f"no readable sample in {self.index.root}")
 

@@ -1,4 +1,4 @@
-"""Load HiggsAudioModel and its tokenizer and collator; activation checkpointing; LoRA with peft."""
+"""Load HiggsAudioModel and its tokenizer; activation checkpointing; LoRA with peft."""
 
 from __future__ import annotations
 
@@ -71,23 +71,6 @@ def apply_lora(model, cfg: LoraConfig):
     peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=pattern,
                               modules_to_save=cfg.modules_to_save or None, bias="none")
     return get_peft_model(model, peft_cfg)
-
-
-def make_collator(config):
-    """boson_multimodal's collator, set up from the model config (shards carry codes, never waveforms)."""
-    from boson_multimodal.data_collator.higgs_audio_collator import HiggsAudioSampleCollator
-
-    if config.encode_whisper_embed and not config.skip_audio_tower:
-        raise ValueError("this model encodes reference audio with Whisper features; higgs-ds shards hold audio "
-                         "codes only (Higgs-Audio v2 uses encode_audio_in_tokens)")
-    return HiggsAudioSampleCollator(
-        whisper_processor=None, audio_in_token_id=config.audio_in_token_idx,
-        audio_out_token_id=config.audio_out_token_idx, pad_token_id=config.pad_token_id,
-        audio_stream_bos_id=config.audio_stream_bos_id, audio_stream_eos_id=config.audio_stream_eos_id,
-        round_to=8, pad_left=False, encode_whisper_embed=False,
-        return_audio_in_tokens=config.encode_audio_in_tokens, audio_num_codebooks=config.audio_num_codebooks,
-        use_delay_pattern=config.use_delay_pattern, disable_audio_codes_transform=False,
-        mask_audio_out_token_label=True)
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "audio_in_ids", "audio_in_ids_start", "audio_out_ids",

@@ -26,7 +26,8 @@ from higgs_ds.plan import PlanSettings, plan_eval
 from higgs_ds.distributed import StopSignal, all_reduce_sum, deepspeed_config, dist_env, init_distributed
 from higgs_ds.loss import combine, token_sums
 from higgs_ds.metrics import Metrics
-from higgs_ds.model import apply_lora, batch_to_inputs, load_model, load_tokenizer, make_collator
+from higgs_ds.collate import check_collator, make_collator
+from higgs_ds.model import apply_lora, batch_to_inputs, load_model, load_tokenizer
 from higgs_ds.shards import ShardIndex
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # DataLoader workers fork after the tokenizer ran
@@ -130,8 +131,9 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
     log(f"model {cfg.model.path}: {n_total / 1e6:.2f}M parameters, {n_train / 1e6:.3f}M trainable (LoRA "
         f"{cfg.lora.preset}, rank {cfg.lora.rank}); world size {de.world} on {device.type}")
     torch.manual_seed(cfg.seed * 1000 + de.rank + 1)  # dropout differs per rank from here on
-    collator = make_collator(model.config)
+    collator = make_collator(model.config, cfg.data.collator)
     train_reader = BatchReader(load_train_index(cfg.data.train), tokenizer, collator, cfg.data.max_bad_samples)
+    check_collator(collator, train_reader.samples(np.arange(min(8, len(train_reader.index)))), cfg.data.train)
     val_reader = BatchReader(ShardIndex.load(cfg.data.val), tokenizer, collator) if cfg.data.val else None
     optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                                   weight_decay=cfg.optim.weight_decay)

@@ -32,6 +32,7 @@ def test_overrides_merge_over_yaml(tmp_path, base):
     ("steps=ten", "steps: must be an integer"),
     ("steps=2.5", "steps: must be an integer"),
     ("precision=fp16", "precision: must be bf16 or fp32"),
+    ("data.collator=torch", "data.collator: must be fast or boson, got 'torch'"),
     ("lora.preset=everything", "lora.preset: must be attention_audio_ffn, heads or custom"),
     ("data.train=/nonexistent", "data.train: /nonexistent has no index.json"),
     ("model.path=/nonexistent/model", "model.path: /nonexistent/model has no config.json"),

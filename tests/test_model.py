@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from higgs_ds.collate import make_collator
 from higgs_ds.config import LoraConfig, ModelConfig
 from higgs_ds.data import BatchReader
 from higgs_ds.loss import combine, token_sums
 from higgs_ds.model import apply_lora, batch_to_inputs, enable_activation_checkpointing, load_model, \
-    load_tokenizer, make_collator
+    load_tokenizer
 from higgs_ds.shards import ShardIndex
 
 

@@ -85,7 +85,8 @@ def test_eval_plan_covers_every_sample_once_with_equal_passes():
 def reader(shards, fixtures_dir):
     from higgs_ds.config import ModelConfig
     from higgs_ds.data import BatchReader
-    from higgs_ds.model import load_model, load_tokenizer, make_collator
+    from higgs_ds.collate import make_collator
+    from higgs_ds.model import load_model, load_tokenizer
     from higgs_ds.shards import ShardIndex
 
     mcfg = ModelConfig(path=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"))

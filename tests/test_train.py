@@ -54,7 +54,8 @@ def test_adapter_loads_with_peft_and_merged_export_matches(bf16_run, fixtures_di
     from safetensors.torch import load_file
 
     from higgs_ds.data import BatchReader
-    from higgs_ds.model import batch_to_inputs, load_tokenizer, make_collator
+    from higgs_ds.collate import make_collator
+    from higgs_ds.model import batch_to_inputs, load_tokenizer
     from higgs_ds.config import ModelConfig
     from higgs_ds.shards import ShardIndex
 
@@ -98,6 +99,18 @@ def test_two_ranks_equal_one_rank_with_accumulation(fp32_straight, fixtures_dir,
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a["step"], a["loss"], b["loss"])
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
     assert s2["rank_weight_checksums"][0] == pytest.approx(s1["rank_weight_checksums"][0], rel=1e-5)
+
+
+def test_boson_collator_trains_bit_identically(fp32_straight, fixtures_dir, shards, tmp_path):
+    """data.collator=boson (boson_multimodal's HiggsAudioSampleCollator) trains exactly as the default collator."""
+    run = tmp_path / "boson"
+    launch_training("srun-env", 2, train_overrides(fixtures_dir, shards, run, precision="fp32",
+                                                   **{"data.collator": "boson"}))
+    fast, _, s_fast = read_run(fp32_straight)
+    boson, _, s_boson = read_run(run)
+    assert len(fast) == 6 and [r["loss"] for r in boson] == [r["loss"] for r in fast]
+    assert [r["grad_norm"] for r in boson] == [r["grad_norm"] for r in fast]
+    assert s_boson["rank_weight_checksums"] == s_fast["rank_weight_checksums"]
 
 
 def test_resume_continues_exactly(fp32_straight, fixtures_dir, shards, tmp_path):
