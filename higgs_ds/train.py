@@ -267,6 +267,8 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
                    "data_wait_share": data_wait / max(1e-9, data_wait + compute), "rank_weight_checksums": checksums}
         if de.is_main:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            if stopped_by and os.environ.get("HIGGS_DS_STOP_FILE"):  # slurm/train.sh requeues on it
+                Path(os.environ["HIGGS_DS_STOP_FILE"]).write_text(f"{step}\n")
             log(f"stopped by {stopped_by} at step {step}; checkpoint saved, resume with the same command"
                 if stopped_by else f"done: {step} steps; adapter in {run_dir / 'adapter'}")
     finally:

@@ -24,10 +24,15 @@ export MASTER_PORT=${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 20000))}
 export HIGGS_DS_DIST_TIMEOUT=${HIGGS_DS_DIST_TIMEOUT:-300}   # a rank lost without exiting fails the job after this
 echo "[train.sh] job $SLURM_JOB_ID restart ${SLURM_RESTART_COUNT:-0}: $SLURM_JOB_NUM_NODES nodes x $SLURM_NTASKS_PER_NODE tasks, master $MASTER_ADDR:$MASTER_PORT"
 # SRUN_ARGS: extra srun options, e.g. pyxis: SRUN_ARGS="--container-image=higgs-ds.sqsh --container-mounts=$PWD:$PWD"
+# rank 0 writes this file once every rank has saved the stop checkpoint: when the first rank to exit (code 3) makes
+# srun end the others (--kill-on-bad-exit), srun may report their signal instead of 3
+export HIGGS_DS_STOP_FILE="$PWD/.higgs-ds-stopped.$SLURM_JOB_ID"
+rm -f "$HIGGS_DS_STOP_FILE"
 srun ${SRUN_ARGS:-} --kill-on-bad-exit=1 --cpu-bind=none $PYTHON higgs_ds/train.py --deepspeed "$DS_CONFIG" --config "$CONFIG" "$@"
 rc=$?
-if [ "$rc" = 3 ]; then   # stopped on the time-limit warning or preemption, after saving a checkpoint
-  echo "[train.sh] checkpoint saved; requeueing job $SLURM_JOB_ID"
+if [ "$rc" = 3 ] || [ -f "$HIGGS_DS_STOP_FILE" ]; then   # stopped on the time-limit warning or preemption
+  rm -f "$HIGGS_DS_STOP_FILE"
+  echo "[train.sh] checkpoint saved (srun exit code $rc); requeueing job $SLURM_JOB_ID"
   scontrol requeue "$SLURM_JOB_ID"
   exit 0
 fi
