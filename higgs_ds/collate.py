@@ -101,16 +101,16 @@ class BatchCollator:
     """
 
     def __init__(self, settings: CollatorSettings):
-        self.s = settings
+        self.settings = settings
 
     def __call__(self, samples: list[Sample]):
         from boson_multimodal.data_collator.higgs_audio_collator import HiggsAudioBatchInput
 
-        s = self.s
+        s = self.settings
         lengths = np.array([len(x.input_ids) for x in samples])
         width = int(-(-lengths.max() // s.round_to) * s.round_to)
-        ids = np.concatenate([x.input_ids for x in samples]).astype(np.int64)
-        labels = np.concatenate([x.label_ids for x in samples]).astype(np.int64)  # a copy: masked below
+        ids = np.concatenate([x.input_ids for x in samples], dtype=np.int64)
+        labels = np.concatenate([x.label_ids for x in samples], dtype=np.int64)  # a copy: masked below
 
         is_in, is_out = ids == s.audio_in_token_id, ids == s.audio_out_token_id
         clip_out = is_out[is_in | is_out]  # per clip of the batch, in order: audio out (True) or in (False)
@@ -150,7 +150,7 @@ class BatchCollator:
         if len(frames) == 0:
             empty = torch.zeros((0, 0), dtype=torch.long)
             return empty, torch.zeros(0, dtype=torch.long), empty
-        s = self.s
+        s = self.settings
         delay = np.arange(len(codes))[:, None] if s.use_delay_pattern else np.zeros((len(codes), 1), np.int64)
         seg_len = frames + 2 + int(delay[-1, 0])  # bos, codes, eos, then the delay of the last codebook
         seg_start = np.cumsum(seg_len) - seg_len
@@ -162,15 +162,15 @@ class BatchCollator:
         src = np.repeat(start, frames) + t
         dst = np.repeat(seg_start, frames) + 1 + t  # column of each code before the delay shift
         gathered = codes[:, src].astype(np.int64)
-        rows = np.arange(len(codes))[:, None]
+        rows, cols = np.arange(len(codes))[:, None], dst[None, :] + delay
 
         ids = np.full((len(codes), total), s.audio_stream_eos_id, np.int64)
         ids[local[None, :] <= delay] = s.audio_stream_bos_id
-        ids[rows, dst[None, :] + delay] = gathered
+        ids[rows, cols] = gathered
         labels = None
         if trained is not None:
             labels = np.full((len(codes), total), IGNORE, np.int64)
-            labels[rows, dst[None, :] + delay] = gathered
+            labels[rows, cols] = gathered
             labels[rows, (seg_start + 1 + frames)[None, :] + delay] = s.audio_stream_eos_id
             labels[:, ~np.repeat(trained, seg_len)] = IGNORE
             labels = torch.from_numpy(labels)
@@ -201,7 +201,7 @@ def check_collator(collator, samples: list[Sample], where: str) -> None:
     """Stop if `collator` builds other batches than boson_multimodal's collator from `samples`."""
     if not isinstance(collator, BatchCollator) or not samples:
         return
-    diffs = batch_differences(collator(samples), BosonCollator(collator.s)(samples))
+    diffs = batch_differences(collator(samples), BosonCollator(collator.settings)(samples))
     if diffs:
         raise RuntimeError(f"the batch collator and boson_multimodal's HiggsAudioSampleCollator build different "
                            f"batches from the first samples of {where} ({'; '.join(diffs)}); the installed "
