@@ -2,12 +2,15 @@
 tiny fixtures on CPU: sbatch training over 2 nodes, submitit preemption + exact resume, a time limit with requeue,
 an array shard build, and a killed rank that ends the job fast. Needs root (daemons, apt); skipped otherwise."""
 
+import math
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -56,14 +59,9 @@ def state(job: str, timeout: float = 60) -> str:
         time.sleep(0.5)
 
 
-def wait_for(cond, timeout: float, what: str, poll: float = 1.0, release: str | None = None):
+def wait_for(cond, timeout: float, what: str, poll: float = 1.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if release:  # a requeued job waits ~2 min (BeginTime) on this cluster; start it now
-            pending = subprocess.run(["squeue", "-h", "-j", release, "-o", "%r"], capture_output=True,
-                                     text=True).stdout
-            if "BeginTime" in pending:
-                subprocess.run(["scontrol", "update", f"JobId={release}", "StartTime=now"], capture_output=True)
         value = cond()
         if value:
             return value
@@ -119,8 +117,7 @@ def test_submitit_preemption_resumes_exactly(cluster, job_env, fixtures_dir, sha
     wait_for(lambda: list((run / "checkpoints").glob("step*/COMPLETE")), 120, "the checkpoint at preemption")
     saved = int(next((run / "checkpoints").glob("step*/COMPLETE")).parent.name[4:])
     assert 20 <= saved < 150
-    wait_for(lambda: job.state in ("COMPLETED", "FAILED", "CANCELLED"), 600, "the requeued job to finish",
-             release=job.job_id)
+    wait_for(lambda: job.state in ("COMPLETED", "FAILED", "CANCELLED"), 600, "the requeued job to finish")
     requeue_to_done_s = time.time() - t0
     assert job.state == "COMPLETED", job.stderr()
     assert job.results()[0]["step"] == 150  # rank 0 returns the summary
@@ -136,17 +133,37 @@ def test_submitit_preemption_resumes_exactly(cluster, job_env, fixtures_dir, sha
     print(f"\npreempt -> checkpoint -> requeue -> resume -> done: {requeue_to_done_s:.0f} s")
 
 
+def job_field(job: str, key: str) -> str:
+    out = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
+    return next((kv.split("=", 1)[1] for kv in out.split() if kv.startswith(f"{key}=")), "")
+
+
 def test_time_limit_saves_requeues_and_finishes(cluster, job_env, fixtures_dir, shards, tmp_path):
-    run = tmp_path / "run"
-    job = sbatch([*SBATCH_CPU, "--time=2", "--signal=USR1@60", "slurm/train.sh", "configs/demo.yaml",
-                  *train_overrides(fixtures_dir, shards, run, steps=400, save_every=0, log_every=50)], job_env,
+    """SLURM's warning before the time limit (--signal) -> a checkpoint on every rank -> train.sh requeues the job ->
+    it resumes -> all steps done. The job starts with a long limit; after 20 steps the test shortens it so that the
+    warning is due at once (SLURM checks limits every 30 s), then gives the requeued job its long limit back: exactly
+    one requeue, however fast or slow this host is."""
+    run, steps = tmp_path / "run", 500
+    job = sbatch([*SBATCH_CPU, "--time=30", "--signal=USR1@120", "slurm/train.sh", "configs/demo.yaml",
+                  *train_overrides(fixtures_dir, shards, run, steps=steps, save_every=0, log_every=50)], job_env,
                  tmp_path)
-    wait_for(lambda: not in_queue(job), 900, "the job to finish", poll=2, release=job)
+    wait_for(lambda: steps_logged(run) >= 20, 300, "20 steps")
+    elapsed = time.time() - datetime.fromisoformat(job_field(job, "StartTime")).timestamp()
+    # the limit ends 60-120 s from now: the warning (120 s before it) is due now, and the ranks have >= 30 s to save
+    subprocess.run(["scontrol", "update", f"JobId={job}", f"TimeLimit={math.ceil((elapsed + 60) / 60)}"], check=True)
+    wait_for(lambda: job_field(job, "Restarts") not in ("", "0"), 180, "the requeue after the time-limit warning")
+    subprocess.run(["scontrol", "update", f"JobId={job}", "TimeLimit=30"], check=True)
+    wait_for(lambda: not in_queue(job), 900, "the requeued job to finish", poll=2)
     log = (tmp_path / f"{job}.out").read_text()
     assert state(job) == "COMPLETED", log[-3000:]
-    assert "requeueing job" in log and "stopped by SIGUSR1" in log and "resumed from" in log
+    stops = re.findall(r"stopped by SIGUSR1 at step (\d+); checkpoint saved", log)
+    assert len(stops) == 1, log[-3000:]
+    saved_step = int(stops[0])
+    assert 20 <= saved_step < steps
+    assert log.count("requeueing job") == 1 and "restart 1:" in log
+    assert f"resumed from {run}/checkpoints/step{saved_step:08d} at step {saved_step}" in log
     rows, _, summary = read_run(run)
-    assert [r["step"] for r in rows] == list(range(1, 401)) and summary["stopped_by"] is None
+    assert [r["step"] for r in rows] == list(range(1, steps + 1)) and summary["stopped_by"] is None
 
 
 def test_array_build_equals_single_build(cluster, job_env, fixtures_dir, speech, code_cache, shards, tmp_path):

@@ -60,6 +60,9 @@ SlurmUser=slurm
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
+# a requeued job waits cred_expire + 1 s before it may start again (120 s by default): it must not reuse the
+# revoked credential of its last run, and SLURM refuses a new one issued in the same second as the revocation
+AuthInfo=cred_expire=15
 MpiDefault=none
 MailProg=/bin/true
 ProctrackType=proctrack/linuxproc
