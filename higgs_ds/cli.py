@@ -53,7 +53,8 @@ def cmd_shards_build(args) -> int:
     cfg = BuildConfig(input=args.input, out=args.out, audio_tokenizer=args.audio_tokenizer,
                       text_tokenizer=args.text_tokenizer, format=args.format, refs_per_target=args.refs_per_target,
                       seed=args.seed, shard_size=args.shard_size, part=parse_part(args.part), workers=args.workers,
-                      cache_dir=args.cache_dir, max_reject_fraction=args.max_reject_fraction, limits=_limits(args))
+                      cache_dir=args.cache_dir, max_reject_fraction=args.max_reject_fraction, limits=_limits(args),
+                      semantic_model=args.semantic_model)
     t0 = time.time()
     try:
         summary = build_shards(cfg, log=_log)
@@ -136,7 +137,8 @@ def _add_build_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", choices=["auto", "chatml", "utterances"], default="auto")
     p.add_argument("--refs-per-target", type=int, default=1, help="utterance manifests: references per target")
     p.add_argument("--seed", type=int, default=0, help="seed of the reference pairing")
-    p.add_argument("--text-tokenizer", default=None, help="path or hub id; counts text tokens into the index")
+    p.add_argument("--text-tokenizer", default=None,
+                   help="directory or hub id[@revision]; stores token ids and counts in the shards")
     p.add_argument("--workers", type=int, default=4, help="threads decoding and checking audio")
     p.add_argument("--min-seconds", type=float, default=0.2)
     p.add_argument("--max-seconds", type=float, default=60.0)
@@ -163,7 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = shards.add_parser("build", help="manifest -> WebDataset shards of ChatML + audio codes")
     _add_build_common(p)
     p.add_argument("--out", required=True)
-    p.add_argument("--audio-tokenizer", required=True, help="path or hub id (bosonai/higgs-audio-v2-tokenizer)")
+    p.add_argument("--audio-tokenizer", required=True,
+                   help="directory or hub id[@revision] (bosonai/higgs-audio-v2-tokenizer: pinned revision)")
+    p.add_argument("--semantic-model", default=None,
+                   help="directory or hub id[@revision] of the tokenizer's semantic model (default: the hub id its "
+                        "config names, e.g. bosonai/hubert_base)")
     p.add_argument("--shard-size", type=int, default=1000, help="records per shard")
     p.add_argument("--part", default="0/1", help="I/N: build the shards j with j %% N == I")
     p.add_argument("--cache-dir", default=None, help="code cache (default ~/.cache/higgs-ds/codes)")
@@ -206,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a checkpoint step dir, or a run dir (takes its latest)")
     p.add_argument("--out", required=True)
     p.add_argument("--merge", action="store_true", help="fold the adapter into the base weights (bf16)")
-    p.add_argument("--base", default=None, help="base model path or hub id (default: the run's model.path)")
+    p.add_argument("--base", default=None,
+                   help="base model directory or hub id[@revision] (default: the run's model.path as resolved)")
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -1,4 +1,5 @@
-"""The Higgs audio tokenizer: load it (local dir or hub id), encode waveforms to (8, T) codes, cache codes by content."""
+"""The Higgs audio tokenizer: load it (local dir or hub id at a pinned revision), encode waveforms to (8, T) codes,
+cache codes by content."""
 
 from __future__ import annotations
 
@@ -10,21 +11,13 @@ from pathlib import Path
 import numpy as np
 
 from higgs_ds.audio import read_audio
+from higgs_ds.hub import Checkpoint, resolve, semantic_model_at, semantic_model_repo
 
 
 def best_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_dir(name_or_path: str) -> Path:
-    """A local directory for a path or hub id (hub ids download once into the Hugging Face cache)."""
-    if os.path.exists(name_or_path):
-        return Path(name_or_path)
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(name_or_path))
 
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -35,19 +28,33 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def load_audio_tokenizer(name_or_path: str, device: str | None = None):
+def resolve_audio_tokenizer(name_or_path: str,
+                            semantic_model: str | None = None) -> tuple[Checkpoint, Checkpoint | None]:
+    """The audio tokenizer's checkpoint and that of the semantic model it loads (by default the hub id its config
+    names; SEMANTIC_MODEL, a directory or hub id, replaces it)."""
+    tokenizer = resolve(name_or_path, "audio_tokenizer")
+    repo = semantic_model_repo(tokenizer)
+    if repo is None:
+        return tokenizer, None
+    return tokenizer, resolve(semantic_model or repo, "semantic_model")
+
+
+def load_audio_tokenizer(name_or_path: str, device: str | None = None, semantic_model: str | None = None):
     """boson_multimodal's loader, plus the strict key check it skips (it loads with strict=False)."""
+    return _load(*resolve_audio_tokenizer(name_or_path, semantic_model), device or best_device())
+
+
+def _load(checkpoint: Checkpoint, semantic: Checkpoint | None, device: str):
     import torch
     from boson_multimodal.audio_processing.higgs_audio_tokenizer import load_higgs_audio_tokenizer
 
-    path = resolve_dir(name_or_path)
-    device = device or best_device()
+    path = checkpoint.path
     try:
-        tok = load_higgs_audio_tokenizer(str(path), device=device)
+        with semantic_model_at(semantic_model_repo(checkpoint), semantic):
+            tok = load_higgs_audio_tokenizer(str(path), device=device)
     except OSError as e:
-        raise RuntimeError(f"could not build the audio tokenizer from {path}: its semantic model "
-                           f"(bosonai/hubert_base) did not load ({e}). Offline, point HF_HOME at a cache that "
-                           f"holds it (for the tiny fixtures: HF_HOME=FIXTURES/hf_home HF_HUB_OFFLINE=1).") from e
+        raise RuntimeError(f"could not build the audio tokenizer from {path}: its semantic model did not load ({e}). "
+                           f"Pass its directory with --semantic-model (README: Which checkpoints).") from e
     state = torch.load(path / "model.pth", map_location="cpu", weights_only=True)
     expected = set(tok.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
@@ -62,12 +69,16 @@ def load_audio_tokenizer(name_or_path: str, device: str | None = None):
     return tok
 
 
-def tokenizer_fingerprint(name_or_path: str) -> str:
-    """Content hash of the tokenizer's config and weights: cached codes are valid only for the same tokenizer."""
-    path = resolve_dir(name_or_path)
+def tokenizer_fingerprint(checkpoint: Checkpoint, semantic: Checkpoint | None) -> str:
+    """Content hash of the tokenizer's config and weights and of its semantic model's: cached codes are valid only
+    for the same pair."""
     h = hashlib.sha256()
     for name in ("config.json", "model.pth"):
-        h.update(file_sha256(path / name).encode())
+        h.update(file_sha256(checkpoint.path / name).encode())
+    if semantic is not None:
+        for f in sorted(semantic.path.iterdir()):
+            if f.suffix in (".json", ".safetensors", ".bin"):
+                h.update(f.name.encode() + file_sha256(f).encode())
     return h.hexdigest()[:16]
 
 
@@ -103,9 +114,10 @@ class AudioEncoder:
     """Encodes audio files to int16 codes through the Higgs tokenizer's own `encode` (one clip per call: padding
     clips into a batch changes the codes near each clip's end, so a clip's codes would depend on its batch)."""
 
-    def __init__(self, name_or_path: str, cache_dir: str | Path | None, device: str | None = None):
-        self.name_or_path = name_or_path
-        self.fingerprint = tokenizer_fingerprint(name_or_path)
+    def __init__(self, name_or_path: str, cache_dir: str | Path | None, device: str | None = None,
+                 semantic_model: str | None = None):
+        self.checkpoint, self.semantic = resolve_audio_tokenizer(name_or_path, semantic_model)
+        self.fingerprint = tokenizer_fingerprint(self.checkpoint, self.semantic)
         self.cache = CodeCache(cache_dir, self.fingerprint) if cache_dir else None
         self.device = device or best_device()
         self._tok = None
@@ -116,7 +128,7 @@ class AudioEncoder:
     @property
     def tokenizer(self):
         if self._tok is None:
-            self._tok = load_audio_tokenizer(self.name_or_path, self.device)
+            self._tok = _load(self.checkpoint, self.semantic, self.device)
         return self._tok
 
     def encode_waveform(self, wav: np.ndarray, sr: int) -> np.ndarray:

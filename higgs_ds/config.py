@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    path: str = "bosonai/higgs-audio-v2-generation-3B-base"  # local dir or hub id
+    path: str = "bosonai/higgs-audio-v2-generation-3B-base"  # local dir or hub id[@revision] (hub.py pins the default)
     tokenizer: str | None = None  # defaults to `path`
     activation_checkpointing: bool = False
 

@@ -71,16 +71,90 @@ def build_model(out: Path, tokenizer, seed: int = 0):
     return model
 
 
+V2_ARCH = dict(  # Higgs-Audio v2 generation 3B base, 5.77B: Llama-3.2-3B backbone, a DualFFN audio path in 28 layers
+    text_config=dict(model_type="llama", vocab_size=128256, hidden_size=3072, intermediate_size=8192,
+                     num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8, head_dim=128,
+                     max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5,
+                     rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                   "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+                     tie_word_embeddings=False),
+    audio_adapter_type="dual_ffn_fast_forward", audio_ffn_hidden_size=3072, audio_ffn_intermediate_size=8192,
+    audio_dual_ffn_layers=list(range(28)), use_delay_pattern=True, skip_audio_tower=True, encode_whisper_embed=False,
+    encode_audio_in_tokens=True, audio_num_codebooks=8, audio_codebook_size=1024, audio_stream_bos_id=1024,
+    audio_stream_eos_id=1025, audio_in_token_idx=128015, audio_out_token_idx=128016, pad_token_id=128001,
+    audio_out_bos_token_id=128013, audio_eos_token_id=128012)
+
+
+def random_model(arch: dict, device: str = "cpu", seed: int = 0):
+    """A HiggsAudioModel of ARCH in bf16 with seeded random weights: uniform with the standard deviation of the
+    model's own init (transformers' normal_ init takes minutes at 5.77B on a CPU, a uniform one seconds)."""
+    import torch
+    from boson_multimodal.model.higgs_audio import HiggsAudioConfig, HiggsAudioModel
+    from transformers.modeling_utils import no_init_weights
+
+    config = HiggsAudioConfig(**json.loads(json.dumps(arch)))
+    torch.set_default_dtype(torch.bfloat16)  # built directly in bf16: an fp32 copy of 5.77B would need 23 GB
+    try:
+        with no_init_weights(), torch.device(device):
+            model = HiggsAudioModel(config)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    bound = 0.02 * 3 ** 0.5  # uniform(-b, b) has the std of the model's initializer_range, 0.02
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-bound, bound, generator=gen) if p.dim() > 1 else p.fill_(1.0)  # 1-D: RMSNorm scales
+    return model
+
+
+def build_full_size_model(out: Path, tokenizer_dir: Path, seed: int = 0, max_shard_size: str = "5GB") -> Path:
+    """The v2 architecture at its real size (5.77B, bf16, random weights) in the layout the hub serves at the pinned
+    revision: config.json, model-0000N-of-0000M.safetensors + index, and the text tokenizer's files. Special token
+    ids come from TOKENIZER_DIR, so shards built with that tokenizer train on it. About 11.5 GB on disk."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    arch = json.loads(json.dumps(V2_ARCH))
+    arch.update(audio_in_token_idx=ids["<|AUDIO|>"], audio_out_token_idx=ids["<|AUDIO_OUT|>"],
+                pad_token_id=ids["<|end_of_text|>"], audio_out_bos_token_id=ids["<|audio_out_bos|>"],
+                audio_eos_token_id=ids["<|audio_eos|>"])
+    arch["text_config"].update(bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ids["<|end_of_text|>"],
+                               pad_token_id=ids["<|end_of_text|>"])
+    model = random_model(arch, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True, max_shard_size=max_shard_size)
+    del model
+    for f in Path(tokenizer_dir).iterdir():
+        shutil.copy(f, out / f.name)
+    return out
+
+
+def semantic_model_dir(out: str | Path) -> Path:
+    """The fixture semantic model as a plain directory (what `--semantic-model` takes)."""
+    return hf_home(out) / "hub" / ("models--" + HUBERT_REPO.replace("/", "--")) / "snapshots" / HUBERT_COMMIT
+
+
+def hf_cache_snapshot(home: Path, repo_id: str, commit: str, ref: str | None = "main") -> Path:
+    """The folder of REPO_ID at COMMIT in the Hugging Face cache under HOME (as a download would leave it), with REF
+    pointing at it; the caller fills it."""
+    repo_dir = Path(home) / "hub" / ("models--" + repo_id.replace("/", "--"))
+    snap = repo_dir / "snapshots" / commit
+    snap.mkdir(parents=True, exist_ok=True)
+    if ref:
+        (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+        (repo_dir / "refs" / ref).write_text(commit)
+    return snap
+
+
 def build_semantic_model(home: Path, seed: int = 0) -> None:
     """A 1-layer random HuBERT in the Hugging Face cache layout under the repo id the audio tokenizer asks for."""
     import torch
     from transformers import HubertConfig, HubertModel
 
-    repo_dir = home / "hub" / ("models--" + HUBERT_REPO.replace("/", "--"))
-    snap = repo_dir / "snapshots" / HUBERT_COMMIT
-    snap.mkdir(parents=True, exist_ok=True)
-    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
-    (repo_dir / "refs" / "main").write_text(HUBERT_COMMIT)
+    snap = hf_cache_snapshot(home, HUBERT_REPO, HUBERT_COMMIT)
     torch.manual_seed(seed)
     HubertModel(HubertConfig(hidden_size=768, num_hidden_layers=1, num_attention_heads=4,
                              intermediate_size=256)).save_pretrained(snap, safe_serialization=True)

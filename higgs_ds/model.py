@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 
 import torch
 
 from higgs_ds.config import LoraConfig, ModelConfig
+from higgs_ds.hub import resolve
 
 LORA_PRESETS = {
     # attention of every decoder layer + the DualFFN audio path
@@ -18,10 +20,23 @@ LORA_PRESETS = {
 }
 
 
-def load_model(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
+def resolve_model(cfg: ModelConfig) -> ModelConfig:
+    """CFG with the model and text tokenizer named as resolved (`REPO@COMMIT` or a directory), downloading hub
+    checkpoints and checking their layout on the way: what a run records to be reproducible."""
+    model = resolve(cfg.path, "model")
+    tokenizer = resolve(cfg.tokenizer or cfg.path, "text_tokenizer")
+    return dataclasses.replace(cfg, path=model.spec, tokenizer=tokenizer.spec)
+
+
+def load_model(cfg: ModelConfig, dtype: torch.dtype | str = torch.float32):
+    """HiggsAudioModel from a directory or hub id; `model.name_or_path` is the hub id (peft records it as the base
+    of adapters) and `model.revision` the commit."""
     from boson_multimodal.model.higgs_audio import HiggsAudioModel
 
-    model = HiggsAudioModel.from_pretrained(cfg.path, torch_dtype=dtype)
+    checkpoint = resolve(cfg.path, "model")
+    model = HiggsAudioModel.from_pretrained(str(checkpoint.path), torch_dtype=dtype)
+    model.name_or_path = model.config._name_or_path = checkpoint.repo_id or str(checkpoint.path)
+    model.revision = checkpoint.commit
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(model)
     return model
@@ -30,7 +45,7 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype = torch.float32):
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(cfg.tokenizer or cfg.path)
+    return AutoTokenizer.from_pretrained(str(resolve(cfg.tokenizer or cfg.path, "text_tokenizer").path))
 
 
 def enable_activation_checkpointing(model) -> None:
@@ -70,7 +85,7 @@ def apply_lora(model, cfg: LoraConfig):
     pattern = r"^(.*\.)?(" + "|".join(re.escape(t) for t in targets) + r")$"
     peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=pattern,
                               modules_to_save=cfg.modules_to_save or None, bias="none")
-    return get_peft_model(model, peft_cfg)
+    return get_peft_model(model, peft_cfg, revision=getattr(model, "revision", None))
 
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "audio_in_ids", "audio_in_ids_start", "audio_out_ids",

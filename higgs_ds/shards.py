@@ -73,6 +73,7 @@ class BuildConfig:
     cache_dir: str | None = None
     max_reject_fraction: float = 0.01
     limits: AudioLimits = field(default_factory=AudioLimits)
+    semantic_model: str | None = None  # where the audio tokenizer's semantic model is (default: its hub id)
 
 
 def parse_part(text: str) -> tuple[int, int]:
@@ -88,9 +89,15 @@ def parse_part(text: str) -> tuple[int, int]:
 # ----------------------------------------------------------------------------------------------- validation
 
 def load_text_tokenizer(name_or_path: str):
+    """The tokenizer, with its resolved name (`tokenizer.name_or_path` is then that name, not a cache path)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(name_or_path)
+    from higgs_ds.hub import resolve
+
+    checkpoint = resolve(name_or_path, "text_tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.path))
+    tokenizer.name_or_path = checkpoint.spec
+    return tokenizer
 
 
 def text_tokenizer_fingerprint(tokenizer) -> str:
@@ -270,12 +277,13 @@ def read_sample_at(f, offset: int, size: int, where: str) -> tuple[dict, np.ndar
 
 # ----------------------------------------------------------------------------------------------- build
 
-def _settings(cfg: BuildConfig, fmt: str, n_positions: int, fingerprint: str, text_tokenizer: str | None) -> dict:
+def _settings(cfg: BuildConfig, fmt: str, n_positions: int, encoder, text_tokenizer: str | None) -> dict:
     return {"format_version": FORMAT_VERSION, "manifest": str(Path(cfg.input).resolve()), "format": fmt,
             "positions": n_positions, "shard_size": cfg.shard_size,
             "num_shards": max(1, math.ceil(n_positions / cfg.shard_size)),
-            "refs_per_target": cfg.refs_per_target, "seed": cfg.seed, "audio_tokenizer": cfg.audio_tokenizer,
-            "audio_tokenizer_fingerprint": fingerprint, "text_tokenizer": text_tokenizer,
+            "refs_per_target": cfg.refs_per_target, "seed": cfg.seed, "audio_tokenizer": encoder.checkpoint.spec,
+            "semantic_model": encoder.semantic.spec if encoder.semantic else None,
+            "audio_tokenizer_fingerprint": encoder.fingerprint, "text_tokenizer": text_tokenizer,
             "limits": asdict(cfg.limits), "num_codebooks": NUM_CODEBOOKS, "frame_rate": 25}
 
 
@@ -372,8 +380,9 @@ def build_shards(cfg: BuildConfig, log=print) -> dict:
         raise BuildFailed(f"{cfg.input}: the manifest holds no records")
     cache_dir = cfg.cache_dir or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"),
                                               "higgs-ds", "codes")
-    encoder = AudioEncoder(cfg.audio_tokenizer, cache_dir)
-    settings = _settings(cfg, fmt, n_positions, encoder.fingerprint, cfg.text_tokenizer)
+    encoder = AudioEncoder(cfg.audio_tokenizer, cache_dir, semantic_model=cfg.semantic_model)
+    text_tok = load_text_tokenizer(cfg.text_tokenizer) if cfg.text_tokenizer else None
+    settings = _settings(cfg, fmt, n_positions, encoder, text_tok.name_or_path if text_tok is not None else None)
     _check_or_write_settings(out, settings)
     num_shards = settings["num_shards"]
     mine = [j for j in range(num_shards) if j % nparts == part]
@@ -388,7 +397,6 @@ def build_shards(cfg: BuildConfig, log=print) -> dict:
         return index // cfg.shard_size in pending
 
     todo = [r for r in records if in_pending(r.index)]
-    text_tok = load_text_tokenizer(cfg.text_tokenizer) if cfg.text_tokenizer else None
     good, audio_rejects, seconds_of = validate_records(todo, cfg.limits, cfg.workers, text_tok)
     part_rejects = [r for r in rejects if r.index is not None and in_pending(r.index)] + audio_rejects
     for j in mine:

@@ -7,10 +7,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
 import random
+import resource
 import shutil
 import sys
 import time
@@ -20,18 +22,20 @@ import numpy as np
 import torch
 
 from higgs_ds import checkpoint
-from higgs_ds.config import TrainConfig, dump_config, load_config, to_dict
+from higgs_ds.config import ConfigError, TrainConfig, dump_config, load_config, to_dict
+from higgs_ds.hub import CheckpointError
 from higgs_ds.data import BatchReader, DataPosition, load_train_index, stream_batches
 from higgs_ds.plan import PlanSettings, plan_eval
 from higgs_ds.distributed import StopSignal, all_reduce_sum, deepspeed_config, dist_env, init_distributed
 from higgs_ds.loss import combine, token_sums
 from higgs_ds.metrics import Metrics
 from higgs_ds.collate import check_collator, make_collator
-from higgs_ds.model import apply_lora, batch_to_inputs, load_model, load_tokenizer
+from higgs_ds.model import apply_lora, batch_to_inputs, load_model, load_tokenizer, resolve_model
 from higgs_ds.shards import ShardIndex
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # DataLoader workers fork after the tokenizer ran
 
+EXIT_USER_ERROR = 2  # a wrong config or checkpoint: nothing ran
 EXIT_STOPPED = 3  # stopped on a signal after saving a checkpoint: the launcher requeues
 
 
@@ -107,6 +111,9 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
     import deepspeed
 
     de = dist_env()
+    # hub checkpoints download (or a wrong layout fails) here, before any process group exists; the run records
+    # the resolved names (REPO@COMMIT) in config.yaml and checkpoints
+    cfg = dataclasses.replace(cfg, model=resolve_model(cfg.model))
     device = init_distributed(de, dist_timeout_s)
     run_dir = Path(cfg.run_dir)
 
@@ -264,7 +271,8 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
         summary = {"step": step, "stopped_by": stopped_by, "first": first_loss, "last": last_row,
                    "checkpoint": str(run_dir / "checkpoints" / checkpoint.tag(step)),
                    "adapter": str(run_dir / "adapter") if stopped_by is None else None,
-                   "data_wait_share": data_wait / max(1e-9, data_wait + compute), "rank_weight_checksums": checksums}
+                   "data_wait_share": data_wait / max(1e-9, data_wait + compute), "rank_weight_checksums": checksums,
+                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
         if de.is_main:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             if stopped_by and os.environ.get("HIGGS_DS_STOP_FILE"):  # slurm/train.sh requeues on it
@@ -294,8 +302,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=3e-4 steps=2000")
     stop = StopSignal()  # first: a warning signal during start-up must not kill the process
     args = parser.parse_args(argv)
-    cfg = load_config(args.config, args.overrides)  # config errors surface before any process group starts
-    summary = train(cfg, args.deepspeed, args.dist_timeout, stop=stop)
+    try:
+        cfg = load_config(args.config, args.overrides)  # config errors surface before any process group starts
+        summary = train(cfg, args.deepspeed, args.dist_timeout, stop=stop)
+    except (ConfigError, CheckpointError) as e:  # the user's to fix: one plain message, from rank 0 only
+        if dist_env().is_main:
+            print(f"[higgs-ds] error: {e}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
     return EXIT_STOPPED if summary["stopped_by"] else 0
 
 
