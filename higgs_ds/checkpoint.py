@@ -120,8 +120,10 @@ def run_config_of(ckpt: Path) -> dict:
 def export(ckpt: str | Path, out: str | Path, merge: bool, base: str | None = None, log=print) -> Path:
     """Copy the peft adapter of a checkpoint to OUT, or (merge) write a full bf16 model that
     HiggsAudioModel.from_pretrained loads, with the adapter folded into the base weights."""
-    from boson_multimodal.model.higgs_audio import HiggsAudioModel
     from peft import PeftModel
+
+    from higgs_ds.config import ModelConfig
+    from higgs_ds.model import load_model, load_tokenizer
 
     ckpt, out = Path(ckpt), Path(out)
     if (ckpt / "checkpoints" / "latest").exists():  # a run dir: take its latest checkpoint
@@ -130,19 +132,17 @@ def export(ckpt: str | Path, out: str | Path, merge: bool, base: str | None = No
     if not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter} has no adapter_config.json (is {ckpt} a complete checkpoint?)")
     cfg = run_config_of(ckpt)
-    base = base or cfg["model"]["path"]
-    tokenizer = cfg["model"]["tokenizer"] or base
+    model_cfg = ModelConfig(path=base or cfg["model"]["path"], tokenizer=cfg["model"]["tokenizer"] if not base else None)
     if not merge:
         shutil.copytree(adapter, out, dirs_exist_ok=True)
         log(f"adapter of {ckpt} -> {out} (load: PeftModel.from_pretrained(HiggsAudioModel.from_pretrained("
-            f"{base!r}), {str(out)!r}))")
+            f"{model_cfg.path!r}), {str(out)!r}))")
         return out
-    model = HiggsAudioModel.from_pretrained(base, torch_dtype=torch.float32)
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()  # fold in fp32, then cast
-    merged = merged.to(torch.bfloat16)
+    # in the dtype it is stored in (bf16 for hub checkpoints: a 5.77B fp32 copy would not fit in 24 GB); peft adds
+    # the fp32 LoRA delta in fp32 before rounding, so this equals an fp32 merge rounded once
+    model = load_model(model_cfg, "auto")
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().to(torch.bfloat16)
     merged.save_pretrained(str(out), safe_serialization=True)
-    from transformers import AutoTokenizer
-
-    AutoTokenizer.from_pretrained(tokenizer).save_pretrained(str(out))
-    log(f"merged {adapter} into {base} -> {out} (bf16; load with HiggsAudioModel.from_pretrained)")
+    load_tokenizer(model_cfg).save_pretrained(str(out))
+    log(f"merged {adapter} into {model_cfg.path} -> {out} (bf16; load with HiggsAudioModel.from_pretrained)")
     return out

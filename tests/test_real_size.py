@@ -1,0 +1,78 @@
+"""The real Higgs-Audio v2 size (5.77B, bf16, random weights, no download) through the real trainer on one CPU rank
+under ZeRO-2: train, checkpoint, resume, export the adapter and the merged model, load the merged model. Needs about
+24 GB of disk and 24 GB of memory; `make test` runs it (marker real_size)."""
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, launch_training, read_run, run_cli, train_overrides
+
+pytestmark = [pytest.mark.slow, pytest.mark.real_size]
+PARAMS_V2 = 5.77e9
+
+
+@pytest.fixture(scope="module")
+def full_size_model(fixtures_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("v2") / "model"
+    code = ("import sys; from pathlib import Path; from higgs_ds.fixtures import build_full_size_model; "
+            "build_full_size_model(Path(sys.argv[1]), Path(sys.argv[2]))")
+    subprocess.run([sys.executable, "-c", code, out, fixtures_dir / "tokenizer"], cwd=REPO, check=True, timeout=1200)
+    yield out
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def test_full_size_trains_resumes_and_exports(full_size_model, fixtures_dir, shards, tmp_path):
+    from safetensors import safe_open
+
+    run = tmp_path / "run"
+    settings = {"model.path": full_size_model, "model.tokenizer": "none", "data.val": "none",
+                "data.micro_batch_size": 1, "lora.rank": 16, "lora.alpha": 32, "optim.lr": 1e-4,
+                "optim.warmup_steps": 1}
+    _, first = launch_training("torchrun", 1, train_overrides(fixtures_dir, shards, run, steps=2, **settings),
+                               timeout=1800)
+    total, trainable = (float(x) for x in re.search(r"([\d.]+)M parameters, ([\d.]+)M trainable", first).groups())
+    assert abs(total - trainable - PARAMS_V2 / 1e6) < 10 and 10 < trainable < 100, (total, trainable)
+    _, resumed = launch_training("torchrun", 1, train_overrides(fixtures_dir, shards, run, steps=3, **settings),
+                                 timeout=1800)
+    assert "at step 2 (epoch 0, batch 2)" in resumed
+    rows, _, summary = read_run(run)
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    # a random model starts near ln(vocab): 1026 audio codes, 128256 text tokens
+    assert all(math.isfinite(r["loss"]) for r in rows)
+    assert abs(rows[0]["audio_loss"] - math.log(1026)) < 2
+    assert summary["peak_rss_gb"] < 20, summary["peak_rss_gb"]  # 24 GB machines, with headroom
+    print(json.dumps({"step_time_s": [r["step_time_s"] for r in rows], "tokens_per_s": [r["tokens_per_s"] for r in rows],
+                      "peak_rss_gb": summary["peak_rss_gb"]}))
+
+    merged = tmp_path / "merged"
+    run_cli("export", "--checkpoint", run, "--out", merged, "--merge", timeout=1800)
+    check = ("import sys, torch; from boson_multimodal.model.higgs_audio import HiggsAudioModel; "
+             "m = HiggsAudioModel.from_pretrained(sys.argv[1], torch_dtype=torch.bfloat16); "
+             "print(sum(p.numel() for p in m.parameters()), {p.dtype for p in m.parameters()})")
+    proc = subprocess.run([sys.executable, "-c", check, merged], cwd=REPO, capture_output=True, text=True,
+                          timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    count, dtypes = proc.stdout.strip().splitlines()[-1].split(maxsplit=1)  # after DeepSpeed's log lines
+    assert abs(int(count) - PARAMS_V2) < 0.01e9 and dtypes.strip() == "{torch.bfloat16}"
+
+    # the merged weight of an adapted layer is the fp32 sum base + B @ A * alpha / rank, rounded once to bf16
+    key = "layers.27.audio_mlp.down_proj.weight"
+    index = json.loads((full_size_model / "model.safetensors.index.json").read_text())["weight_map"]
+    merged_index = json.loads((merged / "model.safetensors.index.json").read_text())["weight_map"]
+    with safe_open(full_size_model / index[key], "pt") as f:
+        base = f.get_tensor(key)
+    with safe_open(merged / merged_index[key], "pt") as f:
+        got = f.get_tensor(key)
+    with safe_open(run / "adapter" / "adapter_model.safetensors", "pt") as f:
+        prefix = "base_model.model." + key.removesuffix(".weight")
+        a, b = f.get_tensor(prefix + ".lora_A.weight"), f.get_tensor(prefix + ".lora_B.weight")
+    assert b.abs().sum() > 0  # trained away from the zero init
+    expected = (base.float() + (b @ a) * (32 / 16)).to(base.dtype)
+    assert got.dtype == base.dtype and bool((got == expected).all())
+    assert not bool((got == base).all())
