@@ -5,6 +5,8 @@ utilisation, peak memory, and the largest micro-batch that fits in 24 GB and in 
     python -m bench.gpu                          # on a GPU machine (one GPU)
     python -m bench.gpu --size tiny --device cpu --seq-lens 128 --batches 1 2 --steps 2   # a CPU smoke run
 
+Every case runs in a fresh process; one that fails or runs out of memory is recorded as such and the rest go on.
+
 FLOPs counted per trained token (model FLOPs, recomputation not counted):
     4 * P_active + 6 * P_lora + 6 * n_layers * L * d_model
 P_active = the weights a token passes through (attention, one FFN path of the DualFFN, the text head, and the audio
@@ -17,41 +19,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
+import subprocess
+import sys
 import time
 
 import numpy as np
 import torch
 
-V2_ARCH = dict(  # Higgs-Audio v2 generation 3B base: Llama-3.2-3B backbone, a DualFFN audio path in all 28 layers
-    text_config=dict(model_type="llama", vocab_size=128256, hidden_size=3072, intermediate_size=8192,
-                     num_hidden_layers=28, num_attention_heads=24, num_key_value_heads=8, head_dim=128,
-                     max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5,
-                     rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
-                                   "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-                     tie_word_embeddings=False),
-    audio_adapter_type="dual_ffn_fast_forward", audio_ffn_hidden_size=3072, audio_ffn_intermediate_size=8192,
-    audio_dual_ffn_layers=list(range(28)), use_delay_pattern=True, skip_audio_tower=True, encode_whisper_embed=False,
-    encode_audio_in_tokens=True, audio_num_codebooks=8, audio_codebook_size=1024, audio_stream_bos_id=1024,
-    audio_stream_eos_id=1025, audio_in_token_idx=128015, audio_out_token_idx=128016, pad_token_id=128001,
-    audio_out_bos_token_id=128013, audio_eos_token_id=128012)
+from higgs_ds.fixtures import V2_ARCH, random_model
+
 TINY_ARCH = dict(V2_ARCH, text_config=dict(V2_ARCH["text_config"], vocab_size=512, hidden_size=64,
                                            intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                                            num_key_value_heads=2, head_dim=16, rope_scaling=None),
                  audio_ffn_hidden_size=64, audio_ffn_intermediate_size=128, audio_dual_ffn_layers=[0, 1],
                  audio_in_token_idx=500, audio_out_token_idx=501, pad_token_id=502, audio_out_bos_token_id=503,
                  audio_eos_token_id=504)
-SPECIAL = {"bos": 128000, "header_start": 128006, "header_end": 128007, "eot": 128009, "audio_bos": 128011}
-
-
-def build_model(arch: dict, device: str):
-    from boson_multimodal.model.higgs_audio import HiggsAudioConfig, HiggsAudioModel
-
-    config = HiggsAudioConfig(**json.loads(json.dumps(arch)))
-    torch.set_default_dtype(torch.bfloat16)
-    with torch.device(device):
-        model = HiggsAudioModel(config)
-    torch.set_default_dtype(torch.float32)
-    return model
+RESULT = "RESULT "  # the prefix of the line a case process reports on
 
 
 def synthetic_batch(config, seq_len: int, batch: int, collator):
@@ -108,7 +92,7 @@ def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_g
         torch.cuda.reset_peak_memory_stats()
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, (memory_gb or 1e9) * 2**30 / total))
-    model = build_model(arch, args.device)
+    model = random_model(arch, args.device)
     if checkpointing:
         enable_activation_checkpointing(model)
     model = apply_lora(model, LoraConfig(rank=16, alpha=32, dropout=0.0))
@@ -148,13 +132,59 @@ def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_g
     return result
 
 
-def largest_batch(args, arch, seq_len: int, checkpointing: bool, memory_gb: float) -> int:
+def run_isolated(args, case: dict) -> dict:
+    """One case in a fresh process: its memory cannot leak into the next, and a crash or a kill (host out of
+    memory) becomes a failed row instead of ending the benchmark."""
+    cmd = [sys.executable, "-m", "bench.gpu", "--size", args.size, "--device", args.device, "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--peak-tflops", str(args.peak_tflops), "--case", json.dumps(case)]
+    env = {**os.environ, "MASTER_PORT": str(free_port())}
+    row = {**case, "ok": False}
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.case_timeout,
+                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    except subprocess.TimeoutExpired:
+        return {**row, "error": f"no result within {args.case_timeout:.0f} s"}
+    for line in proc.stdout.splitlines():
+        if line.startswith(RESULT):
+            return json.loads(line[len(RESULT):])
+    if proc.returncode < 0:
+        why = f"killed by signal {-proc.returncode}" + (" (host out of memory?)" if proc.returncode == -9 else "")
+    else:
+        why = f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ''}"
+    return {**row, "error": why}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def largest_batch(args, seq_len: int, checkpointing: bool, memory_gb: float) -> int:
     best, b = 0, 1
     while b <= args.max_batch:
-        if not run_case(args, arch, seq_len, b, checkpointing, memory_gb)["ok"]:
+        case = {"seq_len": seq_len, "micro_batch": b, "activation_checkpointing": checkpointing,
+                "memory_cap_gb": memory_gb}
+        if not run_isolated(args, case)["ok"]:
             break
         best, b = b, b * 2
     return best
+
+
+def run_one(args, arch, case: dict) -> int:
+    """The child side of run_isolated: measure one case and print it on a RESULT line."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29631"), RANK="0",
+                      WORLD_SIZE="1", LOCAL_RANK="0")
+    from higgs_ds.distributed import dist_env, init_distributed
+
+    init_distributed(dist_env(), 600)
+    row = run_case(args, arch, case["seq_len"], case["micro_batch"], case["activation_checkpointing"],
+                   case.get("memory_cap_gb"))
+    row["peak_host_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(RESULT + json.dumps(row), flush=True)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,31 +198,38 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100/H200 SXM: 989)")
     p.add_argument("--fit", type=float, nargs="*", default=[24, 80], help="memory caps (GB) for the largest batch")
     p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--out", default=None, help="write the results as JSON here")
+    p.add_argument("--case-timeout", type=float, default=3600, help="seconds one case may take")
+    p.add_argument("--out", default=None, help="write the results as JSON here (rewritten after every case)")
+    p.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run this one case in-process
     args = p.parse_args(argv)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT", "29631"), RANK="0",
-                      WORLD_SIZE="1", LOCAL_RANK="0")
-    from higgs_ds.distributed import dist_env, init_distributed
-
-    init_distributed(dist_env(), 600)
     arch = V2_ARCH if args.size == "v2" else TINY_ARCH
+    if args.case:
+        return run_one(args, arch, json.loads(args.case))
     results = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu", "size": args.size,
                "cases": [], "largest_micro_batch": []}
+
+    def record(key: str, row: dict) -> None:
+        results[key].append(row)
+        print(json.dumps(row), flush=True)
+        if args.out:  # partial results survive a benchmark that is stopped half-way
+            tmp = f"{args.out}.tmp"
+            with open(tmp, "w") as f:
+                json.dump(results, f, indent=2)
+            os.replace(tmp, args.out)
+
     for seq_len in args.seq_lens:
         for checkpointing in (False, True):
             for batch in args.batches:
-                r = run_case(args, arch, seq_len, batch, checkpointing, None)
-                results["cases"].append(r)
-                print(json.dumps(r), flush=True)
+                record("cases", run_isolated(args, {"seq_len": seq_len, "micro_batch": batch,
+                                                    "activation_checkpointing": checkpointing, "memory_cap_gb": None}))
             if args.device == "cuda":
                 for cap in args.fit:
-                    best = largest_batch(args, arch, seq_len, checkpointing, cap)
-                    results["largest_micro_batch"].append({"seq_len": seq_len, "activation_checkpointing":
-                                                           checkpointing, "memory_gb": cap, "micro_batch": best})
-                    print(json.dumps(results["largest_micro_batch"][-1]), flush=True)
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(results, f, indent=2)
+                    record("largest_micro_batch", {"seq_len": seq_len, "activation_checkpointing": checkpointing,
+                                                   "memory_gb": cap,
+                                                   "micro_batch": largest_batch(args, seq_len, checkpointing, cap)})
+    failed = [c for c in results["cases"] if not c["ok"]]
+    if failed:
+        print(f"{len(failed)} of {len(results['cases'])} cases failed", file=sys.stderr)
     return 0
 
 

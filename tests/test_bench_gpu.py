@@ -14,7 +14,7 @@ from conftest import REPO, free_port
 def test_v2_architecture_has_the_published_parameter_counts():
     from boson_multimodal.model.higgs_audio import HiggsAudioConfig, HiggsAudioModel
 
-    from bench.gpu import V2_ARCH
+    from higgs_ds.fixtures import V2_ARCH
 
     with torch.device("meta"):
         model = HiggsAudioModel(HiggsAudioConfig(**json.loads(json.dumps(V2_ARCH))))
@@ -36,3 +36,19 @@ def test_gpu_benchmark_runs_on_cpu_with_a_tiny_config(tmp_path):
     assert len(cases) == 4 and all(c["ok"] for c in cases)
     assert {c["activation_checkpointing"] for c in cases} == {False, True}
     assert all(c["tokens_per_s"] > 0 and c["flops_per_token"] > 0 for c in cases)
+    assert all(0 < c["peak_host_rss_gb"] < 8 for c in cases)  # measured in each case's own process
+
+
+def test_a_failing_case_is_recorded_and_the_rest_still_run(tmp_path):
+    """Cases that cannot finish in time (no process imports torch in 1 s) each become a failed row; the
+    benchmark goes on to the next and exits 0 with every row written."""
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu", "--size", "tiny", "--device", "cpu", "--seq-lens", "64",
+                           "--batches", "1", "2", "--case-timeout", "1", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cases = json.loads(out.read_text())["cases"]
+    assert [(c["micro_batch"], c["activation_checkpointing"]) for c in cases] == [(1, False), (2, False), (1, True),
+                                                                                  (2, True)]
+    assert all(not c["ok"] and c["error"] == "no result within 1 s" for c in cases)
+    assert "4 of 4 cases failed" in proc.stderr
