@@ -95,14 +95,15 @@ def cmd_shards_verify(args) -> int:
 
 
 def cmd_shards_plan(args) -> int:
+    from higgs_ds.config import DataConfig
     from higgs_ds.plan import PlanSettings, plan_epoch, random_batches_efficiency, sample_costs
     from higgs_ds.shards import ShardIndex
 
     index = ShardIndex.load(args.dir)
-    settings = PlanSettings(world=args.world_size, micro=args.micro_batch_size, accum=args.grad_accum,
-                            workers=args.workers, token_budget=args.token_budget, max_batch_size=args.max_batch_size,
-                            window=args.sort_window, speaker_cap=args.speaker_cap,
-                            speaker_temperature=args.speaker_temperature)
+    data = DataConfig(train=args.dir, micro_batch_size=args.micro_batch_size, num_workers=args.workers,
+                      token_budget=args.token_budget, max_batch_size=args.max_batch_size, sort_window=args.sort_window,
+                      speaker_cap=args.speaker_cap, speaker_temperature=args.speaker_temperature)
+    settings = PlanSettings.from_config(data, world=args.world_size, accum=args.grad_accum)
     plan = plan_epoch(index.rows, args.seed, args.epoch, settings)
     costs = sample_costs(index.rows) if (index.rows["text_tokens"] >= 0).all() else None
     per_rank = plan.batches_per_rank

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import math
 import os
 from pathlib import Path
 
@@ -124,6 +126,10 @@ class AudioEncoder:
         self.encoded = 0
         self.cache_hits = 0
         self.encoded_seconds = 0.0
+        config = json.loads((self.checkpoint.path / "config.json").read_text())
+        self.num_codebooks, self.codebook_size = int(config["n_q"]), int(config["bins"])
+        # as boson_multimodal's HiggsAudioTokenizer computes it (25 for v2: 24 kHz / 960 samples a frame)
+        self.frame_rate = math.ceil(config["sample_rate"] / math.prod(config["ratios"]))
 
     @property
     def tokenizer(self):

@@ -99,10 +99,12 @@ class BatchReader:
     """Reads and collates micro-batches given as index rows; keeps shard files open per process. A sample that does
     not read or decode is skipped and logged with its shard and key; past `max_bad` in this process the run stops."""
 
-    def __init__(self, index: ShardIndex, tokenizer, collator, max_bad: int = 100, log=None):
+    def __init__(self, index: ShardIndex, tokenizer, collator, max_bad: int = 100):
         self.index, self.tokenizer, self.collator = index, tokenizer, collator
-        self.max_bad, self.bad, self.log = max_bad, 0, log
+        self.max_bad, self.bad = max_bad, 0
         self.tokenizer_fp = text_tokenizer_fingerprint(tokenizer)
+        first = index.parts[0] if isinstance(index, ShardMix) else index
+        self.frame_rate = float(first.meta["settings"]["frame_rate"])  # audio frames per second in these shards
         self.max_open_files = 32
         self._files: dict[int, object] = {}
         self._pid = os.getpid()

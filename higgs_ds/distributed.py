@@ -68,9 +68,6 @@ def init_distributed(de: DistEnv, timeout_s: float) -> torch.device:
     return device
 
 
-BATCH_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
-
-
 def deepspeed_config(path: str, micro: int, accum: int, world: int, precision: str, grad_clip: float) -> dict:
     """The JSON at `path` with batch sizes, precision and clipping from TrainConfig. A value the JSON sets that
     disagrees is an error: batch sizes are configured once, in the training config."""
@@ -111,14 +108,6 @@ def all_reduce_sum(values: list[float], device) -> list[float]:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
     return t.tolist()
-
-
-def agree_any(flag: bool, device) -> bool:
-    """True on every rank if it is true on any rank (one all-reduce)."""
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
 
 
 class StopSignal:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100
+from higgs_ds.collate import IGNORE
 
 
 @dataclass
@@ -38,7 +38,7 @@ def token_sums(outputs, label_audio_ids: torch.Tensor | None) -> TokenSums:
     text_tokens = (labels != IGNORE).sum()
     audio_logits = outputs.audio_logits
     if audio_logits is None or label_audio_ids is None or label_audio_ids.numel() == 0 or audio_logits.shape[0] < 2:
-        ncb = 8 if audio_logits is None else audio_logits.shape[1]
+        ncb = audio_logits.shape[1] if audio_logits is not None else 0  # no audio at all: no per-codebook sums
         zero = logits.sum() * 0.0  # keeps the graph connected so backward runs on every rank
         none = torch.zeros(ncb, dtype=torch.long, device=logits.device)
         return TokenSums(text_sum, zero, none.float(), text_tokens, none.sum(), none)

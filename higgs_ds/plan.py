@@ -14,9 +14,11 @@ Two batching modes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from higgs_ds.config import DataConfig
 
 DELAY_TOKENS = 2 + 7  # per audio segment: stream bos + eos, and the delay pattern's 7 extra steps (8 codebooks)
 
@@ -36,7 +38,6 @@ class Plan:
     dropped: int  # selected samples no rank reads this epoch (to equalise batch counts)
     padding_efficiency: float  # real tokens / padded tokens over the planned batches
     over_budget: int = 0  # samples costlier than the token budget on their own (each gets a batch alone)
-    stats: dict = field(default_factory=dict)
 
     @property
     def batches_per_rank(self) -> list[int]:
@@ -55,6 +56,20 @@ class PlanSettings:
     speaker_cap: int = 0  # at most this many samples per speaker per epoch (0 = no cap)
     speaker_temperature: float = 1.0  # t < 1 subsamples speakers to counts ~ n_s ** t (1 = as is)
     source_weights: tuple[float, ...] = ()  # several shard sets: their shares of each epoch (() = by size)
+
+    @classmethod
+    def from_config(cls, data: DataConfig, world: int, accum: int) -> "PlanSettings":
+        """The one place the data config becomes plan settings (training and `higgs-ds shards plan`)."""
+        return cls(world=world, micro=data.micro_batch_size, accum=accum,
+                   workers=data.num_workers if data.token_budget else 0,  # samples mode does not split by worker
+                   token_budget=data.token_budget, max_batch_size=data.max_batch_size, window=data.sort_window,
+                   speaker_cap=data.speaker_cap, speaker_temperature=data.speaker_temperature,
+                   source_weights=tuple(data.train_weights))
+
+    def resume_key(self, seed: int, train: str) -> dict:
+        """Everything an epoch's plan depends on besides the index: a resume with an equal key continues at the
+        exact next batch. Derived from every field, so a new setting cannot be left out."""
+        return {**asdict(self), "source_weights": list(self.source_weights), "seed": seed, "train": train}
 
 
 def select_speakers(speakers: np.ndarray, n: int, s: PlanSettings, rng: np.random.Generator) -> np.ndarray:

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from higgs_ds.chatml import DEFAULT_SYSTEM_PROMPT
+from higgs_ds.chatml import DEFAULT_SYSTEM_PROMPT, Utterance, cloning_messages
 
 VOICES = ["en-us+m3", "en-us+f3", "en-gb+m1", "en-us+f4", "en-gb-scotland+m2", "en-029+f2", "en-gb-x-rp+m4",
           "en-us+f1"]
@@ -60,10 +60,8 @@ def make_sample_data(out: str | Path, speakers: int = 3, utterances: int = 4, re
         for i, u in enumerate(utts):
             same = [v for v in utts if v["speaker"] == u["speaker"] and v is not u]
             refs = same[i % len(same):][:refs_per_target] if same else []
-            messages = [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}]
-            for v in refs + [u]:
-                messages.append({"role": "user", "content": v["text"]})
-                messages.append({"role": "assistant", "content": {"type": "audio", "audio_url": v["audio"]}})
+            as_utt = [Utterance(0, "", v["audio"], v["text"], v["speaker"]) for v in refs + [u]]
+            messages = cloning_messages(as_utt[:-1], as_utt[-1], DEFAULT_SYSTEM_PROMPT)
             f.write(json.dumps({"messages": messages, "speaker": u["speaker"],
                                 "start_index": len(messages) - 1}) + "\n")
     return {"utterances": str(out / "utterances.jsonl"), "chatml": str(out / "chatml.jsonl"), "files": len(utts)}

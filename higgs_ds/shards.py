@@ -33,8 +33,6 @@ from higgs_ds.audio import AudioError, AudioLimits, check_audio
 from higgs_ds.chatml import Record, RecordError, Reject, read_manifest
 
 FORMAT_VERSION = 1
-NUM_CODEBOOKS = 8
-CODEBOOK_SIZE = 1024
 INDEX_COLUMNS = {  # per-sample index columns and their dtypes
     "record": np.int64, "shard": np.int32, "offset": np.int64, "size": np.int64, "text_tokens": np.int32,
     "audio_frames": np.int32, "target_frames": np.int32, "n_audio": np.int16, "seconds": np.float32,
@@ -205,14 +203,14 @@ def decode_npy(data: bytes) -> np.ndarray:
 
 
 def sample_members(record: Record, codes: list[np.ndarray], digests: list[str], seconds: list[float],
-                   tokens: dict | None = None) -> dict:
+                   num_codebooks: int, tokens: dict | None = None) -> dict:
     meta = record.to_json()
     if tokens is not None:
         meta["tokens"] = tokens  # {"tokenizer": fingerprint, "input": [...], "label": [...]}
     meta.update(key=sample_key(record.index), index=record.index, source=record.source,
                 audio=[{"path": p, "sha256": d, "frames": int(c.shape[1]), "seconds": round(s, 6)}
                        for p, c, d, s in zip(record.audio, codes, digests, seconds)])
-    all_codes = np.concatenate(codes, axis=1).astype(np.int16) if codes else np.zeros((NUM_CODEBOOKS, 0), np.int16)
+    all_codes = np.concatenate(codes, axis=1).astype(np.int16) if codes else np.zeros((num_codebooks, 0), np.int16)
     return {"__key__": sample_key(record.index), "json": json.dumps(meta, sort_keys=True).encode(),
             "codes.npy": encode_npy(all_codes)}
 
@@ -284,7 +282,8 @@ def _settings(cfg: BuildConfig, fmt: str, n_positions: int, encoder, text_tokeni
             "refs_per_target": cfg.refs_per_target, "seed": cfg.seed, "audio_tokenizer": encoder.checkpoint.spec,
             "semantic_model": encoder.semantic.spec if encoder.semantic else None,
             "audio_tokenizer_fingerprint": encoder.fingerprint, "text_tokenizer": text_tokenizer,
-            "limits": asdict(cfg.limits), "num_codebooks": NUM_CODEBOOKS, "frame_rate": 25}
+            "limits": asdict(cfg.limits), "num_codebooks": encoder.num_codebooks,
+            "codebook_size": encoder.codebook_size, "frame_rate": encoder.frame_rate}
 
 
 def _check_or_write_settings(out: Path, settings: dict) -> None:
@@ -332,7 +331,7 @@ def _write_shard(out: Path, j: int, records: list[Record], rejects: list[Reject]
                 ids, labels = chatml_tokens(r.to_json(), len(r.audio), text_tok)
                 tokens = {"tokenizer": text_fp, "input": ids, "label": labels}
             offset = writer.tarstream.offset
-            writer.write(sample_members(r, codes, [d for _, d in coded], secs, tokens))
+            writer.write(sample_members(r, codes, [d for _, d in coded], secs, encoder.num_codebooks, tokens))
             target = sum(c.shape[1] for c, (i, role) in zip(codes, _audio_turns(r)) if role == "assistant"
                          and i >= r.start_index)
             rows["record"].append(r.index)
@@ -566,6 +565,8 @@ def verify(root: str | Path, log=print) -> list[str]:
     except (ShardError, ValueError, OSError, KeyError) as e:
         return [str(e)]
     problems = []
+    settings = idx.meta["settings"]
+    num_codebooks, codebook_size = settings["num_codebooks"], settings.get("codebook_size", 1024)  # older sets: 1024
     for j, shard in enumerate(idx.meta["shards"]):
         path = root / shard["shard"]
         if not path.is_file():
@@ -588,10 +589,10 @@ def verify(root: str | Path, log=print) -> list[str]:
                 if meta["key"] != sample_key(int(idx.rows["record"][i])):
                     raise ShardError(f"{path}: sample at offset {idx.rows['offset'][i]} is {meta['key']}, index "
                                      f"expects {sample_key(int(idx.rows['record'][i]))}")
-                if codes.shape != (NUM_CODEBOOKS, int(idx.rows["audio_frames"][i])):
+                if codes.shape != (num_codebooks, int(idx.rows["audio_frames"][i])):
                     raise ShardError(f"{path} {meta['key']}: codes shape {codes.shape} != index")
-                if codes.size and (codes.min() < 0 or codes.max() >= CODEBOOK_SIZE):
-                    raise ShardError(f"{path} {meta['key']}: codes outside [0, {CODEBOOK_SIZE})")
+                if codes.size and (codes.min() < 0 or codes.max() >= codebook_size):
+                    raise ShardError(f"{path} {meta['key']}: codes outside [0, {codebook_size})")
             except ShardError as e:
                 problems.append(str(e))
                 break

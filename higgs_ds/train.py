@@ -16,6 +16,7 @@ import resource
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,8 @@ from higgs_ds.hub import CheckpointError
 from higgs_ds.data import BatchReader, DataPosition, load_train_index, stream_batches
 from higgs_ds.plan import PlanSettings, plan_eval
 from higgs_ds.distributed import StopSignal, all_reduce_sum, deepspeed_config, dist_env, init_distributed
-from higgs_ds.loss import combine, token_sums
+from higgs_ds.loss import IGNORE, combine, token_sums
+from higgs_ds.stats import StepStats
 from higgs_ds.metrics import Metrics
 from higgs_ds.collate import check_collator, make_collator
 from higgs_ds.model import apply_lora, batch_to_inputs, load_model, load_tokenizer, resolve_model
@@ -58,20 +60,24 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-def plan_key(cfg: TrainConfig, world: int) -> dict:
-    """What the data plan depends on: a resume with the same values continues at the exact next batch."""
-    d = cfg.data
-    return {"world": world, "micro": d.micro_batch_size, "accum": cfg.grad_accum, "seed": d.seed,
-            "workers": d.num_workers if d.token_budget else 0, "token_budget": d.token_budget,
-            "max_batch_size": d.max_batch_size, "sort_window": d.sort_window, "speaker_cap": d.speaker_cap,
-            "speaker_temperature": d.speaker_temperature, "train": d.train, "train_weights": d.train_weights}
+@dataclass
+class TrainState:
+    """What a resume restores besides DeepSpeed's own state: saved in every checkpoint's client state."""
+
+    step: int = 0
+    data: DataPosition = field(default_factory=DataPosition)  # the next micro-batch this rank reads
+    skipped_steps: int = 0  # non-finite steps skipped so far (DeepSpeed counts them too and restores its count)
+
+    def client_state(self, cfg: TrainConfig, plan_key: dict) -> dict:
+        return {"step": self.step, "data": self.data.to_dict(), "skipped_steps": self.skipped_steps,
+                "plan": plan_key, "config": to_dict(cfg)}
 
 
 def label_counts(batch) -> tuple[int, int]:
     """Text and audio (frame x codebook) tokens this micro-batch trains on, known before its forward pass."""
-    text = int((batch.label_ids != -100).sum())
+    text = int((batch.label_ids != IGNORE).sum())
     audio = 0 if batch.label_audio_ids is None or batch.label_audio_ids.numel() == 0 else \
-        int((batch.label_audio_ids[:, 1:] != -100).sum())
+        int((batch.label_audio_ids[:, 1:] != IGNORE).sum())
     return text, audio
 
 
@@ -107,26 +113,10 @@ def evaluate(engine, reader: BatchReader, cfg: TrainConfig, rank: int, world: in
             "audio_loss": audio, "text_tokens": int(text_n), "audio_tokens": int(audio_n)}
 
 
-def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, stop: StopSignal | None = None) -> dict:
+def build(cfg: TrainConfig, de, ds_config_path: str, log):
+    """Model + LoRA (identical init on every rank), data readers, optimizer, scheduler and the DeepSpeed engine."""
     import deepspeed
 
-    de = dist_env()
-    # hub checkpoints download (or a wrong layout fails) here, before any process group exists; the run records
-    # the resolved names (REPO@COMMIT) in config.yaml and checkpoints
-    cfg = dataclasses.replace(cfg, model=resolve_model(cfg.model))
-    device = init_distributed(de, dist_timeout_s)
-    run_dir = Path(cfg.run_dir)
-
-    def log(msg: str) -> None:
-        if de.is_main:
-            print(f"[higgs-ds {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-    if de.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, run_dir / "config.yaml")
-    stop = stop or StopSignal()
-
-    # -- build: model + LoRA (identical init on every rank), data, optimizer, engine
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -136,7 +126,7 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_train, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
     log(f"model {cfg.model.path}: {n_total / 1e6:.2f}M parameters, {n_train / 1e6:.3f}M trainable (LoRA "
-        f"{cfg.lora.preset}, rank {cfg.lora.rank}); world size {de.world} on {device.type}")
+        f"{cfg.lora.preset}, rank {cfg.lora.rank}); world size {de.world}")
     torch.manual_seed(cfg.seed * 1000 + de.rank + 1)  # dropout differs per rank from here on
     collator = make_collator(model.config, cfg.data.collator)
     train_reader = BatchReader(load_train_index(cfg.data.train), tokenizer, collator, cfg.data.max_bad_samples)
@@ -148,137 +138,134 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
     ds_cfg = deepspeed_config(ds_config_path, cfg.data.micro_batch_size, cfg.grad_accum, de.world, cfg.precision,
                               cfg.optim.grad_clip)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
+    return engine, optimizer, train_reader, val_reader
 
-    # -- resume
-    step, pos, skipped = 0, DataPosition(), 0
-    ckpt = checkpoint.find_resume(run_dir, cfg.resume)
-    if ckpt is not None:
-        client = checkpoint.load(engine, ckpt)
-        step, skipped = client["step"], engine.skipped_steps  # DeepSpeed restores its own skip count
-        # the schedule follows the current config (a run may be extended: steps, lr), not the saved one
-        scheduler.base_lrs = [cfg.optim.lr] * len(optimizer.param_groups)
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.optim.lr * lr_lambda(cfg)(step)
-        pos = DataPosition(**client["data"])
-        if client.get("plan") != plan_key(cfg, de.world):
-            pos = DataPosition(pos.epoch + (1 if pos.batch else 0), 0)
-            log(f"data plan changed since the checkpoint ({client.get('plan')} -> {plan_key(cfg, de.world)}): data "
-                f"re-planned from the start of epoch {pos.epoch}")
-        log(f"resumed from {ckpt} at step {step} (epoch {pos.epoch}, batch {pos.batch})")
 
-    settings = PlanSettings(world=de.world, micro=cfg.data.micro_batch_size, accum=cfg.grad_accum,
-                            workers=cfg.data.num_workers, token_budget=cfg.data.token_budget,
-                            max_batch_size=cfg.data.max_batch_size, window=cfg.data.sort_window,
-                            speaker_cap=cfg.data.speaker_cap, speaker_temperature=cfg.data.speaker_temperature,
-                            source_weights=tuple(cfg.data.train_weights))
-    stream = stream_batches(train_reader, cfg.data.seed, de.rank, settings, pos, cfg.data.num_workers, log=log)
+def restore(engine, optimizer, cfg: TrainConfig, plan_key: dict, log) -> tuple[TrainState, bool]:
+    """The state to continue from: the checkpoint `cfg.resume` names (weights, optimizer, RNG restored into the
+    engine), or a fresh start. Returns (state, whether a checkpoint was loaded)."""
+    ckpt = checkpoint.find_resume(Path(cfg.run_dir), cfg.resume)
+    if ckpt is None:
+        return TrainState(), False
+    client = checkpoint.load(engine, ckpt)
+    state = TrainState(client["step"], DataPosition(**client["data"]), engine.skipped_steps)
+    # the schedule follows the current config (a run may be extended: steps, lr), not the saved one
+    engine.lr_scheduler.base_lrs = [cfg.optim.lr] * len(optimizer.param_groups)
+    for group in optimizer.param_groups:
+        group["lr"] = cfg.optim.lr * lr_lambda(cfg)(state.step)
+    if client.get("plan") != plan_key:
+        state.data = DataPosition(state.data.epoch + (1 if state.data.batch else 0), 0)
+        log(f"data plan changed since the checkpoint ({client.get('plan')} -> {plan_key}): data re-planned from "
+            f"the start of epoch {state.data.epoch}")
+    log(f"resumed from {ckpt} at step {state.step} (epoch {state.data.epoch}, batch {state.data.batch})")
+    return state, True
+
+
+def train_step(engine, stream, state: TrainState, cfg: TrainConfig, device, stop: StopSignal,
+               frame_rate: float) -> tuple[dict, bool]:
+    """One optimizer step over `grad_accum` micro-batches; returns its metrics row and whether some rank asked to
+    stop (every rank gets the same answer)."""
+    import torch.distributed as dist
+
+    t0 = time.perf_counter()
+    micro = []
+    for _ in range(cfg.grad_accum):
+        state.data, batch = next(stream)
+        micro.append(batch)
+    t1 = time.perf_counter()
+    counts = [label_counts(b) for b in micro]
+    text_total, audio_total = all_reduce_sum([sum(c[0] for c in counts), sum(c[1] for c in counts)], device)
+    lr = engine.optimizer.param_groups[0]["lr"]  # the rate this step's update uses
+    scale = dist.get_world_size() * cfg.grad_accum  # DeepSpeed averages over ranks and divides by accumulation steps
+    stats = StepStats(engine.module.config.audio_num_codebooks)
+    for batch in micro:
+        inputs = batch_to_inputs(batch, device)
+        sums = token_sums(engine(**inputs), inputs["label_audio_ids"])
+        engine.backward(combine(sums, text_total, audio_total, cfg.loss.text_weight, cfg.loss.audio_weight) * scale)
+        engine.step()
+        stats.add(sums, batch, frame_rate)
+    state.step += 1
+    skipped_now = engine.skipped_steps - state.skipped_steps
+    state.skipped_steps = engine.skipped_steps
+    total = stats.all_reduced(device, stop=stop.received is not None)
+    t2 = time.perf_counter()
+    if (total.text_tokens, total.audio_tokens) != (text_total, audio_total):
+        raise TrainingError(f"step {state.step}: label counts before the forward ({text_total}, {audio_total}) "
+                            f"differ from the loss's ({total.text_tokens}, {total.audio_tokens}): loss normalisation "
+                            f"would be wrong")
+    row = {"step": state.step, "loss": cfg.loss.text_weight * total.text_loss + cfg.loss.audio_weight *
+           total.audio_loss, "text_loss": total.text_loss, "audio_loss": total.audio_loss, "lr": lr,
+           "grad_norm": float(engine.get_global_grad_norm() or 0.0), "text_tokens": int(total.text_tokens),
+           "audio_tokens": int(total.audio_tokens), "audio_text_token_ratio": total.audio_tokens /
+           max(1, total.text_tokens), "tokens_per_s": total.positions / max(1e-9, t2 - t0),
+           "audio_seconds_per_s": total.audio_seconds / max(1e-9, t2 - t0), "step_time_s": t2 - t0,
+           "data_wait_s": t1 - t0, "epoch": state.data.epoch, "skipped_steps": state.skipped_steps,
+           "skipped_now": skipped_now, **total.codebook_losses()}
+    return row, total.stop > 0
+
+
+def save(engine, cfg: TrainConfig, state: TrainState, plan_key: dict, is_main: bool, log) -> Path:
+    return checkpoint.save(engine, Path(cfg.run_dir), state.step, state.client_state(cfg, plan_key), cfg.keep_last,
+                           is_main, log)
+
+
+def log_eval(engine, reader: BatchReader, cfg: TrainConfig, step: int, de, device, metrics: Metrics, log,
+             label: str) -> None:
+    ev = evaluate(engine, reader, cfg, de.rank, de.world, device)
+    metrics.log({"step": step, "split": "eval", **ev})
+    log(f"{label}: loss {ev['loss']:.4f} text {ev['text_loss']:.4f} audio {ev['audio_loss']:.4f}")
+
+
+def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, stop: StopSignal | None = None) -> dict:
+    de = dist_env()
+    # hub checkpoints download (or a wrong layout fails) here, before any process group exists; the run records
+    # the resolved names (REPO@COMMIT) in config.yaml and checkpoints
+    cfg = dataclasses.replace(cfg, model=resolve_model(cfg.model))
+    device = init_distributed(de, dist_timeout_s)
+    run_dir = Path(cfg.run_dir)
+    log = rank0_logger(de)
+    if de.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, run_dir / "config.yaml")
+    stop = stop or StopSignal()
+    engine, optimizer, train_reader, val_reader = build(cfg, de, ds_config_path, log)
+    plan = PlanSettings.from_config(cfg.data, de.world, cfg.grad_accum)
+    plan_key = plan.resume_key(cfg.data.seed, cfg.data.train)
+    state, resumed = restore(engine, optimizer, cfg, plan_key, log)
+    stream = stream_batches(train_reader, cfg.data.seed, de.rank, plan, state.data, cfg.data.num_workers, log=log)
     metrics = Metrics(run_dir, cfg.steps, de.is_main, cfg.progress_bar)
+    first = last = stopped_by = None
+    saved_step, evaluated_step, wait, busy = (state.step if resumed else -1), -1, 0.0, 0.0
     try:
-
-        def save() -> Path:
-            state = {"step": step, "data": pos.to_dict(), "plan": plan_key(cfg, de.world), "config": to_dict(cfg)}
-            return checkpoint.save(engine, run_dir, step, state, cfg.keep_last, de.is_main, log)
-
-        def run_eval(label: str) -> None:
-            ev = evaluate(engine, val_reader, cfg, de.rank, de.world, device)
-            metrics.log({"step": step, "split": "eval", **ev})
-            log(f"{label}: loss {ev['loss']:.4f} text {ev['text_loss']:.4f} audio {ev['audio_loss']:.4f}")
-
-        # -- the loop: one optimizer step per iteration
-        first_loss = last_row = None
-        data_wait = compute = 0.0
-        stopped_by = None
-        saved_step = step if ckpt is not None else -1
-        evaluated_step = -1
-        while step < cfg.steps:
-            t0 = time.perf_counter()
-            micro = []
-            for _ in range(cfg.grad_accum):
-                pos, batch = next(stream)
-                micro.append(batch)
-            t1 = time.perf_counter()
-            counts = [label_counts(b) for b in micro]
-            text_total, audio_total = all_reduce_sum([sum(c[0] for c in counts), sum(c[1] for c in counts)], device)
-            lr = optimizer.param_groups[0]["lr"]  # the rate this step's update uses
-            scale = de.world * cfg.grad_accum  # DeepSpeed averages over ranks and divides by accumulation steps
-            acc = np.zeros(4 + 16 + 2)
-            for batch in micro:
-                inputs = batch_to_inputs(batch, device)
-                out = engine(**inputs)
-                s = token_sums(out, inputs["label_audio_ids"])
-                loss = combine(s, text_total, audio_total, cfg.loss.text_weight, cfg.loss.audio_weight)
-                engine.backward(loss * scale)
-                engine.step()
-                ncb = len(s.codebook_sums)
-                acc[:4] += [s.text_sum.item(), s.audio_sum.item(), s.text_tokens.item(), s.audio_tokens.item()]
-                acc[4:4 + ncb] += s.codebook_sums.cpu().numpy()
-                acc[12:12 + ncb] += s.codebook_tokens.cpu().numpy()
-                audio_steps = sum(0 if x is None else x.shape[-1] for x in (batch.audio_in_ids, batch.audio_out_ids))
-                acc[20] += int(batch.attention_mask.sum()) + audio_steps
-                acc[21] += audio_steps / 25
-            step += 1
-            skipped_now = engine.skipped_steps - skipped
-            skipped = engine.skipped_steps
-            red = np.asarray(all_reduce_sum(acc.tolist() + [1.0 if stop.received else 0.0], device))
-            t2 = time.perf_counter()
-            data_wait, compute = data_wait + (t1 - t0), compute + (t2 - t1)
-            if (red[2], red[3]) != (text_total, audio_total):
-                raise TrainingError(f"step {step}: label counts before the forward ({text_total}, {audio_total}) differ "
-                                    f"from the loss's ({red[2]}, {red[3]}): loss normalisation would be wrong")
-            text_loss, audio_loss = red[0] / max(1, red[2]), red[1] / max(1, red[3])
-            row = {"step": step, "loss": cfg.loss.text_weight * text_loss + cfg.loss.audio_weight * audio_loss,
-                   "text_loss": text_loss, "audio_loss": audio_loss, "lr": lr,
-                   "grad_norm": float(engine.get_global_grad_norm() or 0.0), "text_tokens": int(red[2]),
-                   "audio_tokens": int(red[3]), "audio_text_token_ratio": red[3] / max(1, red[2]),
-                   "tokens_per_s": red[20] / max(1e-9, t2 - t0), "audio_seconds_per_s": red[21] / max(1e-9, t2 - t0),
-                   "step_time_s": t2 - t0, "data_wait_s": t1 - t0, "data_wait_share": data_wait / max(1e-9, data_wait + compute),
-                   "epoch": pos.epoch, "skipped_steps": skipped}
-            row.update({f"audio_loss_cb{i}": red[4 + i] / max(1, red[12 + i]) for i in range(8) if red[12 + i]})
-            first_loss = first_loss or row
-            last_row = row
-            metrics.log(row)
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                metrics.progress(row)
-            if skipped_now:
-                log(f"step {step}: non-finite gradients on some rank; every rank skipped the update "
-                    f"({skipped} skipped so far)")
-                if skipped > cfg.max_skipped_steps:
-                    raise TrainingError(f"{skipped} steps had non-finite loss or gradients (max_skipped_steps="
-                                        f"{cfg.max_skipped_steps}); lower optim.lr or check the data")
-            if val_reader is not None and cfg.eval_every and step % cfg.eval_every == 0:
-                run_eval(f"eval at step {step}")
-                evaluated_step = step
-            if red[-1] > 0:  # some rank got SIGUSR1/SIGTERM: all ranks save together, then stop for the requeue
+        while state.step < cfg.steps:
+            row, stop_agreed = train_step(engine, stream, state, cfg, device, stop, train_reader.frame_rate)
+            wait, busy = wait + row["data_wait_s"], busy + row["step_time_s"] - row["data_wait_s"]
+            first, last = first or row, {**row, "data_wait_share": wait / max(1e-9, wait + busy)}
+            metrics.log(last)
+            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                metrics.progress(last)
+            if row["skipped_now"]:
+                log(f"step {state.step}: non-finite gradients on some rank; every rank skipped the update "
+                    f"({state.skipped_steps} skipped so far)")
+                if state.skipped_steps > cfg.max_skipped_steps:
+                    raise TrainingError(f"{state.skipped_steps} steps had non-finite loss or gradients "
+                                        f"(max_skipped_steps={cfg.max_skipped_steps}); lower optim.lr or check the data")
+            if val_reader is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
+                log_eval(engine, val_reader, cfg, state.step, de, device, metrics, log, f"eval at step {state.step}")
+                evaluated_step = state.step
+            if stop_agreed:  # some rank got SIGUSR1/SIGTERM: all ranks save together, then stop for the requeue
                 stopped_by = stop.received or "signal on another rank"
-                save()
-                saved_step = step
+                save(engine, cfg, state, plan_key, de.is_main, log)
+                saved_step = state.step
                 break
-            if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
-                save()
-                saved_step = step
-
+            if cfg.save_every and state.step % cfg.save_every == 0 and state.step < cfg.steps:
+                save(engine, cfg, state, plan_key, de.is_main, log)
+                saved_step = state.step
         if stopped_by is None:
-            if saved_step != step:
-                save()
-            if val_reader is not None and evaluated_step != step:
-                run_eval("final eval")
-            if de.is_main:
-                final = run_dir / "checkpoints" / checkpoint.tag(step) / "adapter"
-                shutil.copytree(final, run_dir / "adapter", dirs_exist_ok=True)
-        checksums = weight_checksums(engine, device)
-        if len(set(checksums)) != 1:
-            raise TrainingError(f"ranks hold different trainable weights (checksums {checksums}): they desynchronised")
-        summary = {"step": step, "stopped_by": stopped_by, "first": first_loss, "last": last_row,
-                   "checkpoint": str(run_dir / "checkpoints" / checkpoint.tag(step)),
-                   "adapter": str(run_dir / "adapter") if stopped_by is None else None,
-                   "data_wait_share": data_wait / max(1e-9, data_wait + compute), "rank_weight_checksums": checksums,
-                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            finish(engine, cfg, state, plan_key, val_reader, de, device, metrics, log, saved_step, evaluated_step)
+        summary = summarize(engine, cfg, state, stopped_by, first, last, device)
         if de.is_main:
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-            if stopped_by and os.environ.get("HIGGS_DS_STOP_FILE"):  # slurm/train.sh requeues on it
-                Path(os.environ["HIGGS_DS_STOP_FILE"]).write_text(f"{step}\n")
-            log(f"stopped by {stopped_by} at step {step}; checkpoint saved, resume with the same command"
-                if stopped_by else f"done: {step} steps; adapter in {run_dir / 'adapter'}")
+            report(summary, run_dir, log)
     finally:
         # shut the loader workers down here: after an exception the traceback keeps this frame alive, and at exit
         # multiprocessing would wait forever for workers that block SIGTERM (SLURM signals belong to the trainer)
@@ -289,6 +276,46 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
     dist.barrier()
     dist.destroy_process_group()
     return summary
+
+
+def finish(engine, cfg: TrainConfig, state: TrainState, plan_key: dict, val_reader, de, device, metrics, log,
+           saved_step: int, evaluated_step: int) -> None:
+    """The end of a run that was not stopped: the last checkpoint and evaluation, and the adapter in RUN/adapter."""
+    if saved_step != state.step:
+        save(engine, cfg, state, plan_key, de.is_main, log)
+    if val_reader is not None and evaluated_step != state.step:
+        log_eval(engine, val_reader, cfg, state.step, de, device, metrics, log, "final eval")
+    if de.is_main:
+        final = Path(cfg.run_dir) / "checkpoints" / checkpoint.tag(state.step) / "adapter"
+        shutil.copytree(final, Path(cfg.run_dir) / "adapter", dirs_exist_ok=True)
+
+
+def summarize(engine, cfg: TrainConfig, state: TrainState, stopped_by, first, last, device) -> dict:
+    checksums = weight_checksums(engine, device)
+    if len(set(checksums)) != 1:
+        raise TrainingError(f"ranks hold different trainable weights (checksums {checksums}): they desynchronised")
+    run_dir = Path(cfg.run_dir)
+    return {"step": state.step, "stopped_by": stopped_by, "first": first, "last": last,
+            "checkpoint": str(run_dir / "checkpoints" / checkpoint.tag(state.step)),
+            "adapter": str(run_dir / "adapter") if stopped_by is None else None,
+            "data_wait_share": last["data_wait_share"] if last else 0.0, "rank_weight_checksums": checksums,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+
+
+def report(summary: dict, run_dir: Path, log) -> None:
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if summary["stopped_by"] and os.environ.get("HIGGS_DS_STOP_FILE"):  # slurm/train.sh requeues on it
+        Path(os.environ["HIGGS_DS_STOP_FILE"]).write_text(f"{summary['step']}\n")
+    log(f"stopped by {summary['stopped_by']} at step {summary['step']}; checkpoint saved, resume with the same "
+        f"command" if summary["stopped_by"] else f"done: {summary['step']} steps; adapter in {run_dir / 'adapter'}")
+
+
+def rank0_logger(de):
+    def log(msg: str) -> None:
+        if de.is_main:
+            print(f"[higgs-ds {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    return log
 
 
 def main(argv: list[str] | None = None) -> int:
