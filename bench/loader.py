@@ -57,7 +57,8 @@ def main() -> list[tuple[str, str, str]]:
     from higgs_ds.data import BatchReader
     from higgs_ds.model import load_model, load_tokenizer
     from higgs_ds.plan import PlanSettings, plan_epoch, random_batches_efficiency, sample_costs
-    from higgs_ds.shards import ShardIndex, span_members, span_members_tarfile, decode_sample, encode_npy
+    from higgs_ds.sample_format import span_members, span_members_tarfile, decode_sample, encode_npy
+    from higgs_ds.shard_index import ShardIndex
 
     torch.set_num_threads(1)
     fx, sp = fixtures(), speech()

@@ -66,7 +66,7 @@ def bare_loop(fx: Path, shards: Path) -> dict:
     from higgs_ds.loss import combine, token_sums
     from higgs_ds.model import apply_lora, batch_to_inputs, load_model, load_tokenizer
     from higgs_ds.plan import PlanSettings, plan_epoch
-    from higgs_ds.shards import ShardIndex
+    from higgs_ds.shard_index import ShardIndex
 
     cfg = load_config(None, overrides(fx, shards, WORK / "bare"))
     device = init_distributed(dist_env(), 600)

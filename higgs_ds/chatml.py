@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -249,3 +251,46 @@ def read_manifest(path: str | Path, fmt: str = "auto", refs_per_target: int = 1,
     else:
         raise ValueError(f"unknown manifest format {fmt!r} (expected auto, chatml or utterances)")
     return records, rejects, fmt
+
+
+def load_text_tokenizer(name_or_path: str):
+    """The tokenizer, with its resolved name (`tokenizer.name_or_path` is then that name, not a cache path)."""
+    from transformers import AutoTokenizer
+
+    from higgs_ds.hub import resolve
+
+    checkpoint = resolve(name_or_path, "text_tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint.path))
+    tokenizer.name_or_path = checkpoint.spec
+    return tokenizer
+
+
+def text_tokenizer_fingerprint(tokenizer) -> str:
+    """Identifies a text tokenizer by content: pre-tokenized ids in shards are used only with the same one."""
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update(backend.to_str().encode() if backend is not None else json.dumps(tokenizer.get_vocab(),
+                                                                              sort_keys=True).encode())
+    h.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def chatml_tokens(record: dict, n_audio: int, tokenizer) -> tuple[list[int], list[int]]:
+    """(input ids, label ids) of a ChatML record (messages, start_index, speaker) through boson_multimodal's own
+    `prepare_chatml_sample` (which prints and hides its errors: they become a RecordError here)."""
+    from boson_multimodal.dataset.chatml_dataset import prepare_chatml_sample
+
+    with open(os.devnull, "w") as devnull:
+        import contextlib
+
+        with contextlib.redirect_stdout(devnull):
+            input_tokens, label_tokens, audio_contents, _ = prepare_chatml_sample(record, tokenizer)
+    if input_tokens is None:
+        raise RecordError("boson_multimodal's prepare_chatml_sample rejected the record")
+    if len(audio_contents) != n_audio:
+        raise RecordError(f"prepare_chatml_sample found {len(audio_contents)} audio items, expected {n_audio}")
+    return input_tokens, label_tokens
+
+
+def count_text_tokens(record: Record, tokenizer) -> int:
+    return len(chatml_tokens(record.to_json(), len(record.audio), tokenizer)[0])

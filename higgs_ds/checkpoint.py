@@ -9,7 +9,6 @@ RUN/checkpoints/latest        the tag of the newest checkpoint every rank finish
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -17,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from higgs_ds.files import atomic_write
 
 
 def tag(step: int) -> str:
@@ -69,9 +70,7 @@ def save(engine, run_dir: Path, step: int, client_state: dict, keep_last: int, i
     dist.barrier()  # every rank has written its part: only now does this checkpoint become the resume point
     if is_main:
         (path / "COMPLETE").write_text(json.dumps({"step": step}))
-        tmp = ckpt_root / f".latest.tmp{os.getpid()}"
-        tmp.write_text(t)
-        os.replace(tmp, ckpt_root / "latest")
+        atomic_write(ckpt_root / "latest", t)
         done = sorted(p for p in ckpt_root.glob("step*") if (p / "COMPLETE").exists())
         for old in done[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)

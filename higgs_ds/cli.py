@@ -78,14 +78,14 @@ def cmd_shards_validate(args) -> int:
 
 
 def cmd_shards_inspect(args) -> int:
-    from higgs_ds.shards import inspect
+    from higgs_ds.shard_check import inspect
 
     _print_info(inspect(args.dir), args.json)
     return 0
 
 
 def cmd_shards_verify(args) -> int:
-    from higgs_ds.shards import verify
+    from higgs_ds.shard_check import verify
 
     problems = verify(args.dir, log=_log)
     for p in problems:
@@ -97,7 +97,7 @@ def cmd_shards_verify(args) -> int:
 def cmd_shards_plan(args) -> int:
     from higgs_ds.config import DataConfig
     from higgs_ds.plan import PlanSettings, plan_epoch, random_batches_efficiency, sample_costs
-    from higgs_ds.shards import ShardIndex
+    from higgs_ds.shard_index import ShardIndex
 
     index = ShardIndex.load(args.dir)
     data = DataConfig(train=args.dir, micro_batch_size=args.micro_batch_size, num_workers=args.workers,

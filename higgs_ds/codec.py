@@ -7,12 +7,12 @@ import hashlib
 import io
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
 from higgs_ds.audio import read_audio
+from higgs_ds.files import atomic_write
 from higgs_ds.hub import Checkpoint, resolve, semantic_model_at, semantic_model_repo
 
 
@@ -107,9 +107,7 @@ class CodeCache:
         p.parent.mkdir(parents=True, exist_ok=True)
         buf = io.BytesIO()
         np.save(buf, codes, allow_pickle=False)
-        tmp = p.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(buf.getvalue())
-        os.replace(tmp, p)
+        atomic_write(p, buf.getvalue())
 
 
 class AudioEncoder:

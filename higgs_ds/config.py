@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from higgs_ds.shards import is_url
+from higgs_ds.files import is_url
 
 
 class ConfigError(ValueError):

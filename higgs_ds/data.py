@@ -15,7 +15,10 @@ import torch
 
 from higgs_ds.collate import IGNORE, Sample
 from higgs_ds.plan import PlanSettings, plan_epoch
-from higgs_ds.shards import ShardError, ShardIndex, chatml_tokens, open_binary, text_tokenizer_fingerprint
+from higgs_ds.chatml import chatml_tokens, text_tokenizer_fingerprint
+from higgs_ds.files import open_binary
+from higgs_ds.sample_format import ShardError
+from higgs_ds.shard_index import ShardIndex
 
 
 @dataclass

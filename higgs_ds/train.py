@@ -33,7 +33,7 @@ from higgs_ds.stats import StepStats
 from higgs_ds.metrics import Metrics
 from higgs_ds.collate import check_collator, make_collator
 from higgs_ds.model import apply_lora, batch_to_inputs, load_model, load_tokenizer, resolve_model
-from higgs_ds.shards import ShardIndex
+from higgs_ds.shard_index import ShardIndex
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # DataLoader workers fork after the tokenizer ran
 

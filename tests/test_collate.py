@@ -16,7 +16,7 @@ def setup(shards, fixtures_dir):
     from higgs_ds.config import ModelConfig
     from higgs_ds.data import BatchReader
     from higgs_ds.model import load_model, load_tokenizer
-    from higgs_ds.shards import ShardIndex
+    from higgs_ds.shard_index import ShardIndex
 
     mcfg = ModelConfig(path=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"))
     config = load_model(mcfg).config

@@ -12,7 +12,7 @@ from higgs_ds.data import BatchReader
 from higgs_ds.loss import combine, token_sums
 from higgs_ds.model import apply_lora, batch_to_inputs, enable_activation_checkpointing, load_model, \
     load_tokenizer
-from higgs_ds.shards import ShardIndex
+from higgs_ds.shard_index import ShardIndex
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,7 @@ def reader(shards, fixtures_dir):
     from higgs_ds.data import BatchReader
     from higgs_ds.collate import make_collator
     from higgs_ds.model import load_model, load_tokenizer
-    from higgs_ds.shards import ShardIndex
+    from higgs_ds.shard_index import ShardIndex
 
     mcfg = ModelConfig(path=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"))
     return BatchReader(ShardIndex.load(shards), load_tokenizer(mcfg), make_collator(load_model(mcfg).config))
@@ -121,7 +121,8 @@ def test_corrupt_samples_are_skipped_counted_and_bounded(shards, reader, tmp_pat
     import shutil
 
     from higgs_ds.data import BatchReader
-    from higgs_ds.shards import ShardError, ShardIndex
+    from higgs_ds.sample_format import ShardError
+    from higgs_ds.shard_index import ShardIndex
 
     copy = tmp_path / "copy"
     shutil.copytree(shards, copy)
@@ -142,7 +143,7 @@ def test_corrupt_samples_are_skipped_counted_and_bounded(shards, reader, tmp_pat
 
 
 def test_fsspec_urls_read_like_local_paths(shards):
-    from higgs_ds.shards import ShardIndex
+    from higgs_ds.shard_index import ShardIndex
 
     local, remote = ShardIndex.load(shards), ShardIndex.load(f"file://{shards}")
     assert len(remote) == len(local)
@@ -171,7 +172,7 @@ def test_weighted_mixing_of_shard_sets():
 def test_mixed_index_reads_each_set(shards, reader, fixtures_dir, speech, code_cache, tmp_path):
     from conftest import run_cli
     from higgs_ds.data import load_train_index
-    from higgs_ds.shards import ShardIndex
+    from higgs_ds.shard_index import ShardIndex
 
     other = tmp_path / "chatml"
     run_cli("shards", "build", "--input", speech / "chatml.jsonl", "--out", other, "--audio-tokenizer",

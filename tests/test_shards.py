@@ -26,7 +26,8 @@ def _files(d):
 def test_round_trip_records_and_codes(shards, speech, fixtures_dir):
     from higgs_ds.chatml import read_manifest
     from higgs_ds.codec import AudioEncoder
-    from higgs_ds.shards import ShardIndex, iter_shard_samples
+    from higgs_ds.shard_check import iter_shard_samples
+    from higgs_ds.shard_index import ShardIndex
 
     records, rejects, _ = read_manifest(speech / "utterances.jsonl")
     assert not rejects
@@ -123,7 +124,7 @@ def test_killed_build_resumes_without_duplicates(fixtures_dir, speech, shards, t
     for name in single:
         if name != "index.json":
             assert resumed_files[name] == single[name], name
-    from higgs_ds.shards import ShardIndex
+    from higgs_ds.shard_index import ShardIndex
 
     keys = ShardIndex.load(out).rows["record"]
     assert len(keys) == len(set(keys)) == 12
@@ -153,7 +154,9 @@ def test_verify_names_the_bad_shard(shards, tmp_path, damage):
 def test_corrupt_sample_bytes_give_a_clear_error(shards):
     import io
 
-    from higgs_ds.shards import ShardError, ShardIndex, read_sample_at
+    from higgs_ds.sample_format import ShardError, read_sample_at
+
+    from higgs_ds.shard_index import ShardIndex
 
     idx = ShardIndex.load(shards)
     from pathlib import Path
@@ -171,7 +174,8 @@ def test_stored_token_ids_are_used_only_with_the_same_tokenizer(shards, fixtures
     from transformers import AutoTokenizer
 
     from higgs_ds.data import to_sample
-    from higgs_ds.shards import ShardIndex, text_tokenizer_fingerprint
+    from higgs_ds.chatml import text_tokenizer_fingerprint
+    from higgs_ds.shard_index import ShardIndex
 
     idx = ShardIndex.load(shards)
     tok = AutoTokenizer.from_pretrained(fixtures_dir / "tokenizer")
@@ -188,7 +192,7 @@ def test_npy_payloads_decode_like_np_load():
     """decode_npy matches numpy's plain headers directly and hands any other header to numpy; never unpickles."""
     import io
 
-    from higgs_ds.shards import decode_npy
+    from higgs_ds.sample_format import decode_npy
 
     def npy(a, version=None):
         buf = io.BytesIO()

@@ -57,7 +57,7 @@ def test_adapter_loads_with_peft_and_merged_export_matches(bf16_run, fixtures_di
     from higgs_ds.collate import make_collator
     from higgs_ds.model import batch_to_inputs, load_tokenizer
     from higgs_ds.config import ModelConfig
-    from higgs_ds.shards import ShardIndex
+    from higgs_ds.shard_index import ShardIndex
 
     adapter = bf16_run / "adapter"
     weights = load_file(adapter / "adapter_model.safetensors")

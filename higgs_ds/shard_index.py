@@ -1,0 +1,70 @@
+"""A shard set's index (index.json + index.npz): load it and read samples at their byte offsets; the reader training
+uses. The root may be a local directory or an fsspec URL."""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from higgs_ds.files import open_binary
+from higgs_ds.sample_format import ShardError, read_sample_at, sample_key
+
+FORMAT_VERSION = 1
+
+
+INDEX_COLUMNS = {  # per-sample index columns and their dtypes
+    "record": np.int64, "shard": np.int32, "offset": np.int64, "size": np.int64, "text_tokens": np.int32,
+    "audio_frames": np.int32, "target_frames": np.int32, "n_audio": np.int16, "seconds": np.float32,
+    "speaker": np.int32,
+}
+
+
+@dataclass
+class ShardIndex:
+    """A shard set's index: `meta` from index.json, one numpy column per sample field in `rows`. The root may be a
+    local directory or an fsspec URL."""
+
+    root: str
+    meta: dict
+    rows: dict[str, np.ndarray]
+
+    @classmethod
+    def load(cls, root: str | Path) -> "ShardIndex":
+        root = str(root).rstrip("/")
+        try:
+            with open_binary(f"{root}/index.json") as f:
+                meta = json.loads(f.read())
+            with open_binary(f"{root}/index.npz") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise ShardError(f"{root}: no index.json/index.npz (is this a shard directory, and did every part "
+                             f"finish? `higgs-ds shards merge {root}` joins finished parts)") from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ShardError(f"{root}/index.json: format_version {meta.get('format_version')}, this higgs-ds reads "
+                             f"{FORMAT_VERSION}")
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            rows = {k: z[k] for k in z.files}
+        return cls(root, meta, rows)
+
+    def __len__(self) -> int:
+        return len(self.rows["record"])
+
+    def shard_path(self, j: int) -> str:
+        return f"{self.root}/{self.meta['shards'][j]['shard']}"
+
+    def speaker(self, i: int) -> str | None:
+        s = int(self.rows["speaker"][i])
+        return self.meta["speakers"][s] if s >= 0 else None
+
+    def where(self, i: int) -> str:
+        return f"{self.shard_path(int(self.rows['shard'][i]))} sample {sample_key(int(self.rows['record'][i]))}"
+
+    def read(self, i: int, f=None) -> tuple[dict, np.ndarray]:
+        if f is None:
+            with open_binary(self.shard_path(int(self.rows["shard"][i]))) as fh:
+                return self.read(i, fh)
+        return read_sample_at(f, int(self.rows["offset"][i]), int(self.rows["size"][i]), self.where(i))
