@@ -32,7 +32,7 @@ def build_set(fx: Path, sp: Path) -> Path:
         build_shards(BuildConfig(input=str(replicated_chatml(sp)), out=str(out),
                                  audio_tokenizer=str(fx / "audio_tokenizer"),
                                  text_tokenizer=str(fx / "tokenizer"), shard_size=100,
-                                 cache_dir=str(WORK / "code-cache")), log=lambda m: None)
+                                 cache_dir=str(WORK / "code-cache")))
     return out
 
 

@@ -60,13 +60,13 @@ def main() -> list[tuple[str, str, str]]:
     # 360 records over the same 18 files
     cfg = dict(input=str(replicated_chatml(sp)), audio_tokenizer=str(fx / "audio_tokenizer"),
                text_tokenizer=str(fx / "tokenizer"), shard_size=100, cache_dir=str(cache))
-    build_shards(BuildConfig(out=str(out / "warm"), **cfg), log=lambda m: None)  # fills the cache
+    build_shards(BuildConfig(out=str(out / "warm"), **cfg))  # fills the cache
     n = len(ShardIndex.load(out / "warm"))
     k = [0]
 
     def cached_build():
         k[0] += 1
-        build_shards(BuildConfig(out=str(out / f"b{k[0]}"), **cfg), log=lambda m: None)
+        build_shards(BuildConfig(out=str(out / f"b{k[0]}"), **cfg))
 
     t = timed(cached_build)
     rows.append(("build from cached codes", f"{n / t:.1f}", f"samples/s ({n} samples incl. validation, text "

@@ -9,6 +9,7 @@ RUN/checkpoints/latest        the tag of the newest checkpoint every rank finish
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 from pathlib import Path
@@ -18,6 +19,8 @@ import torch
 import torch.distributed as dist
 
 from higgs_ds.files import atomic_write
+
+log = logging.getLogger(__name__)
 
 
 def tag(step: int) -> str:
@@ -56,7 +59,7 @@ def export_adapter(engine, out: Path, is_main: bool) -> None:
         engine.module.save_pretrained(str(out), state_dict=state, safe_serialization=True)
 
 
-def save(engine, run_dir: Path, step: int, client_state: dict, keep_last: int, is_main: bool, log=print) -> Path:
+def save(engine, run_dir: Path, step: int, client_state: dict, keep_last: int, is_main: bool) -> Path:
     ckpt_root = run_dir / "checkpoints"
     t = tag(step)
     path = ckpt_root / t
@@ -74,7 +77,7 @@ def save(engine, run_dir: Path, step: int, client_state: dict, keep_last: int, i
         done = sorted(p for p in ckpt_root.glob("step*") if (p / "COMPLETE").exists())
         for old in done[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
-        log(f"saved checkpoint {path}")
+        log.info(f"saved checkpoint {path}")
     dist.barrier()
     return path
 
@@ -116,7 +119,7 @@ def run_config_of(ckpt: Path) -> dict:
     return torch.load(states[0], map_location="cpu", weights_only=False)["config"]
 
 
-def export(ckpt: str | Path, out: str | Path, merge: bool, base: str | None = None, log=print) -> Path:
+def export(ckpt: str | Path, out: str | Path, merge: bool, base: str | None = None) -> Path:
     """Copy the peft adapter of a checkpoint to OUT, or (merge) write a full bf16 model that
     HiggsAudioModel.from_pretrained loads, with the adapter folded into the base weights."""
     from peft import PeftModel
@@ -134,7 +137,7 @@ def export(ckpt: str | Path, out: str | Path, merge: bool, base: str | None = No
     model_cfg = ModelConfig(path=base or cfg["model"]["path"], tokenizer=cfg["model"]["tokenizer"] if not base else None)
     if not merge:
         shutil.copytree(adapter, out, dirs_exist_ok=True)
-        log(f"adapter of {ckpt} -> {out} (load: PeftModel.from_pretrained(HiggsAudioModel.from_pretrained("
+        log.info(f"adapter of {ckpt} -> {out} (load: PeftModel.from_pretrained(HiggsAudioModel.from_pretrained("
             f"{model_cfg.path!r}), {str(out)!r}))")
         return out
     # in the dtype it is stored in (bf16 for hub checkpoints: a 5.77B fp32 copy would not fit in 24 GB); peft adds
@@ -143,5 +146,5 @@ def export(ckpt: str | Path, out: str | Path, merge: bool, base: str | None = No
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().to(torch.bfloat16)
     merged.save_pretrained(str(out), safe_serialization=True)
     load_tokenizer(model_cfg).save_pretrained(str(out))
-    log(f"merged {adapter} into {model_cfg.path} -> {out} (bf16; load with HiggsAudioModel.from_pretrained)")
+    log.info(f"merged {adapter} into {model_cfg.path} -> {out} (bf16; load with HiggsAudioModel.from_pretrained)")
     return out

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
 
+from higgs_ds.logs import setup_logging
 
-def _log(msg: str) -> None:
-    print(f"[higgs-ds {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+log = logging.getLogger("higgs_ds.cli")
 
 
 def _print_info(info: dict, as_json: bool) -> None:
@@ -57,9 +59,9 @@ def cmd_shards_build(args) -> int:
                       semantic_model=args.semantic_model)
     t0 = time.time()
     try:
-        summary = build_shards(cfg, log=_log)
+        summary = build_shards(cfg)
     except BuildFailed as e:
-        _log(f"build failed: {e}")
+        log.error(f"build failed: {e}")
         return 1
     summary["seconds"] = round(time.time() - t0, 2)
     print(json.dumps(summary, indent=2))
@@ -87,7 +89,7 @@ def cmd_shards_inspect(args) -> int:
 def cmd_shards_verify(args) -> int:
     from higgs_ds.shard_check import verify
 
-    problems = verify(args.dir, log=_log)
+    problems = verify(args.dir)
     for p in problems:
         print(f"BAD {p}")
     print("ok" if not problems else f"{len(problems)} problem(s)")
@@ -129,7 +131,7 @@ def cmd_shards_merge(args) -> int:
 def cmd_export(args) -> int:
     from higgs_ds.checkpoint import export
 
-    export(args.checkpoint, args.out, args.merge, args.base, log=_log)
+    export(args.checkpoint, args.out, args.merge, args.base)
     return 0
 
 
@@ -220,11 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    setup_logging()
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
-        _log(f"error: {e}")
+        log.error(f"error: {e}")
         return 2
 
 

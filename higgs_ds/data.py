@@ -3,9 +3,9 @@ rank runs the same number of micro-batches, resumable at any batch, skipping cor
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
-import sys
 import threading
 from queue import Full, Queue
 from dataclasses import dataclass
@@ -19,6 +19,8 @@ from higgs_ds.chatml import chatml_tokens, text_tokenizer_fingerprint
 from higgs_ds.files import open_binary
 from higgs_ds.sample_format import ShardError
 from higgs_ds.shard_index import ShardIndex
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -140,7 +142,7 @@ class BatchReader:
             except (ShardError, ValueError, KeyError, OSError) as e:
                 self.bad += 1
                 msg = f"skipped corrupt sample {self.index.where(int(i))}: {e} ({self.bad} skipped in this reader)"
-                print(f"[higgs-ds] {msg}", file=sys.stderr, flush=True)
+                log.warning(msg)
                 if self.bad > self.max_bad:
                     raise ShardError(f"{self.bad} corrupt samples (data.max_bad_samples={self.max_bad}); last: "
                                      f"{self.index.where(int(i))}: {e}; run `higgs-ds shards verify`") from None
@@ -175,10 +177,10 @@ class _PlannedBatches(torch.utils.data.Dataset):
 
 
 def stream_batches(reader: BatchReader, seed: int, rank: int, settings: PlanSettings, start: DataPosition,
-                   num_workers: int = 0, log=None, lookahead: int = 8, prefetch: int = 2):
+                   num_workers: int = 0, lookahead: int = 8, prefetch: int = 2):
     """Yield (DataPosition after this batch, collated batch) forever, epoch after epoch, from `start`. With workers,
     a thread takes batches from them ahead of the training loop (receiving a batch costs milliseconds)."""
-    source = _epochs(reader, seed, rank, settings, start, num_workers, log, lookahead)
+    source = _epochs(reader, seed, rank, settings, start, num_workers, lookahead)
     if not num_workers:
         yield from source
         return
@@ -215,13 +217,13 @@ def stream_batches(reader: BatchReader, seed: int, rank: int, settings: PlanSett
 
 
 def _epochs(reader: BatchReader, seed: int, rank: int, settings: PlanSettings, start: DataPosition,
-            num_workers: int, log, lookahead: int):
+            num_workers: int, lookahead: int):
     """The next epoch's loader workers start `lookahead` batches before this epoch ends: no stall between epochs."""
 
     def epoch_iter(epoch: int, skip: int):
         plan = plan_epoch(reader.index.rows, seed, epoch, settings)
-        if log and skip == 0:
-            log(f"epoch {epoch}: {plan.batches_per_rank[rank]} micro-batches per rank, {plan.dropped} of "
+        if skip == 0:
+            log.info(f"epoch {epoch}: {plan.batches_per_rank[rank]} micro-batches per rank, {plan.dropped} of "
                 f"{plan.selected} samples left out to keep ranks equal, padding efficiency "
                 f"{plan.padding_efficiency:.3f}")
         batches = plan.batches[rank][skip:]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import numpy as np
 
 from higgs_ds.sample_format import ShardError, decode_sample, sample_key
 from higgs_ds.shard_index import ShardIndex
+
+log = logging.getLogger(__name__)
 
 
 def inspect(root: str | Path) -> dict:
@@ -31,7 +34,7 @@ def inspect(root: str | Path) -> dict:
             "text_tokens_per_sample": percentiles(r["text_tokens"]) if (r["text_tokens"] >= 0).all() else None}
 
 
-def verify(root: str | Path, log=print) -> list[str]:
+def verify(root: str | Path) -> list[str]:
     """Every problem found (empty when the set is sound): checksums, counts, every sample decodes and matches."""
     root = Path(root)
     try:
@@ -70,7 +73,7 @@ def verify(root: str | Path, log=print) -> list[str]:
             except ShardError as e:
                 problems.append(str(e))
                 break
-        log(f"{path}: {'ok' if not problems or not problems[-1].startswith(str(path)) else 'BAD'}")
+        log.info(f"{path}: {'ok' if not problems or not problems[-1].startswith(str(path)) else 'BAD'}")
     return problems
 
 

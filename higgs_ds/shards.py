@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,8 @@ from higgs_ds.chatml import (Record, RecordError, Reject, chatml_tokens, content
 from higgs_ds.files import atomic_write, temp_path
 from higgs_ds.sample_format import ShardError, sample_members, shard_name
 from higgs_ds.shard_index import FORMAT_VERSION, INDEX_COLUMNS
+
+log = logging.getLogger(__name__)
 
 
 class BuildFailed(RuntimeError):
@@ -146,7 +149,7 @@ def shard_done(out: Path, j: int) -> bool:
 
 
 def _write_shard(out: Path, j: int, records: list[Record], rejects: list[Reject], encoder, text_tok, text_fp,
-                 seconds_of: dict[str, float], log) -> dict:
+                 seconds_of: dict[str, float]) -> dict:
     from webdataset import TarWriter
 
     name = shard_name(j)
@@ -186,7 +189,7 @@ def _write_shard(out: Path, j: int, records: list[Record], rejects: list[Reject]
             "rejects": [x.to_json() for x in rejects]}
     os.replace(tmp, out / name)
     atomic_write(sidecar_path(out, j), json.dumps(meta))
-    log(f"wrote {name}: {len(records)} samples, {len(rejects)} rejected, {meta['audio_seconds']:.1f} s of audio")
+    log.info(f"wrote {name}: {len(records)} samples, {len(rejects)} rejected, {meta['audio_seconds']:.1f} s of audio")
     return meta
 
 
@@ -195,7 +198,7 @@ def _audio_turns(record: Record) -> list[tuple[int, str]]:
             for item in content_items(m["content"]) if item["type"] == "audio"]
 
 
-def build_shards(cfg: BuildConfig, log=print) -> dict:
+def build_shards(cfg: BuildConfig) -> dict:
     """Build this part's shards (resuming: finished shards are kept), then join the index if every shard is done."""
     from higgs_ds.codec import AudioEncoder
 
@@ -218,7 +221,7 @@ def build_shards(cfg: BuildConfig, log=print) -> dict:
     for j in pending:  # torn writes of a killed run of this part (no other part writes these shards)
         for stale in out.glob(f".{shard_name(j)}.tmp*"):
             stale.unlink()
-    log(f"{cfg.input}: {len(records) + len(rejects)} records ({fmt}); part {part}/{nparts}: {len(mine)} of "
+    log.info(f"{cfg.input}: {len(records) + len(rejects)} records ({fmt}); part {part}/{nparts}: {len(mine)} of "
         f"{num_shards} shards, {len(mine) - len(pending)} already done")
 
     def in_pending(index: int) -> bool:
@@ -236,7 +239,7 @@ def build_shards(cfg: BuildConfig, log=print) -> dict:
     _write_rejects(out / f"rejects.part-{part}-of-{nparts}.jsonl", part_rejects)
     fraction = len(part_rejects) / max(1, part_total)
     for r in part_rejects[:20]:
-        log(f"rejected {r}")
+        log.warning(f"rejected {r}")
     if fraction > cfg.max_reject_fraction:
         raise BuildFailed(f"{len(part_rejects)} of {part_total} records rejected ({fraction:.1%}), over "
                           f"--max-reject-fraction {cfg.max_reject_fraction:.1%}; see "
@@ -251,7 +254,7 @@ def build_shards(cfg: BuildConfig, log=print) -> dict:
     text_fp = text_tokenizer_fingerprint(text_tok) if text_tok is not None else None
     for j in pending:
         _write_shard(out, j, by_shard[j], sorted(rejects_by_shard[j], key=lambda x: x.index), encoder, text_tok,
-                     text_fp, seconds_of, log)
+                     text_fp, seconds_of)
     summary = {"part": f"{part}/{nparts}", "shards_written": len(pending), "samples": len(good),
                "rejected": len(part_rejects), "encoded_files": encoder.encoded, "cache_hits": encoder.cache_hits,
                "encoded_seconds": round(encoder.encoded_seconds, 2)}
@@ -260,7 +263,7 @@ def build_shards(cfg: BuildConfig, log=print) -> dict:
         summary["index"] = str(out / "index.json")
         summary["total_samples"] = index["samples"]
     else:
-        log(f"index not written yet: other parts still have shards to build (join later: higgs-ds shards merge {out})")
+        log.info(f"index not written yet: other parts still have shards to build (join later: higgs-ds shards merge {out})")
     return summary
 
 

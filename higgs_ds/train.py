@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import math
 import os
 import random
@@ -28,6 +29,7 @@ from higgs_ds.hub import CheckpointError
 from higgs_ds.data import BatchReader, DataPosition, load_train_index, stream_batches
 from higgs_ds.plan import PlanSettings, plan_eval
 from higgs_ds.distributed import StopSignal, all_reduce_sum, deepspeed_config, dist_env, init_distributed
+from higgs_ds.logs import setup_logging
 from higgs_ds.loss import IGNORE, combine, token_sums
 from higgs_ds.stats import StepStats
 from higgs_ds.metrics import Metrics
@@ -35,6 +37,7 @@ from higgs_ds.collate import check_collator, make_collator
 from higgs_ds.model import apply_lora, batch_to_inputs, load_model, load_tokenizer, resolve_model
 from higgs_ds.shard_index import ShardIndex
 
+log = logging.getLogger("higgs_ds.train")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # DataLoader workers fork after the tokenizer ran
 
 EXIT_USER_ERROR = 2  # a wrong config or checkpoint: nothing ran
@@ -113,7 +116,7 @@ def evaluate(engine, reader: BatchReader, cfg: TrainConfig, rank: int, world: in
             "audio_loss": audio, "text_tokens": int(text_n), "audio_tokens": int(audio_n)}
 
 
-def build(cfg: TrainConfig, de, ds_config_path: str, log):
+def build(cfg: TrainConfig, de, ds_config_path: str):
     """Model + LoRA (identical init on every rank), data readers, optimizer, scheduler and the DeepSpeed engine."""
     import deepspeed
 
@@ -125,7 +128,7 @@ def build(cfg: TrainConfig, de, ds_config_path: str, log):
     model = apply_lora(load_model(cfg.model, dtype), cfg.lora)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_train, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
-    log(f"model {cfg.model.path}: {n_total / 1e6:.2f}M parameters, {n_train / 1e6:.3f}M trainable (LoRA "
+    log.info(f"model {cfg.model.path}: {n_total / 1e6:.2f}M parameters, {n_train / 1e6:.3f}M trainable (LoRA "
         f"{cfg.lora.preset}, rank {cfg.lora.rank}); world size {de.world}")
     torch.manual_seed(cfg.seed * 1000 + de.rank + 1)  # dropout differs per rank from here on
     collator = make_collator(model.config, cfg.data.collator)
@@ -141,7 +144,7 @@ def build(cfg: TrainConfig, de, ds_config_path: str, log):
     return engine, optimizer, train_reader, val_reader
 
 
-def restore(engine, optimizer, cfg: TrainConfig, plan_key: dict, log) -> tuple[TrainState, bool]:
+def restore(engine, optimizer, cfg: TrainConfig, plan_key: dict) -> tuple[TrainState, bool]:
     """The state to continue from: the checkpoint `cfg.resume` names (weights, optimizer, RNG restored into the
     engine), or a fresh start. Returns (state, whether a checkpoint was loaded)."""
     ckpt = checkpoint.find_resume(Path(cfg.run_dir), cfg.resume)
@@ -155,9 +158,9 @@ def restore(engine, optimizer, cfg: TrainConfig, plan_key: dict, log) -> tuple[T
         group["lr"] = cfg.optim.lr * lr_lambda(cfg)(state.step)
     if client.get("plan") != plan_key:
         state.data = DataPosition(state.data.epoch + (1 if state.data.batch else 0), 0)
-        log(f"data plan changed since the checkpoint ({client.get('plan')} -> {plan_key}): data re-planned from "
+        log.info(f"data plan changed since the checkpoint ({client.get('plan')} -> {plan_key}): data re-planned from "
             f"the start of epoch {state.data.epoch}")
-    log(f"resumed from {ckpt} at step {state.step} (epoch {state.data.epoch}, batch {state.data.batch})")
+    log.info(f"resumed from {ckpt} at step {state.step} (epoch {state.data.epoch}, batch {state.data.batch})")
     return state, True
 
 
@@ -204,35 +207,35 @@ def train_step(engine, stream, state: TrainState, cfg: TrainConfig, device, stop
     return row, total.stop > 0
 
 
-def save(engine, cfg: TrainConfig, state: TrainState, plan_key: dict, is_main: bool, log) -> Path:
+def save(engine, cfg: TrainConfig, state: TrainState, plan_key: dict, is_main: bool) -> Path:
     return checkpoint.save(engine, Path(cfg.run_dir), state.step, state.client_state(cfg, plan_key), cfg.keep_last,
-                           is_main, log)
+                           is_main)
 
 
-def log_eval(engine, reader: BatchReader, cfg: TrainConfig, step: int, de, device, metrics: Metrics, log,
+def log_eval(engine, reader: BatchReader, cfg: TrainConfig, step: int, de, device, metrics: Metrics,
              label: str) -> None:
     ev = evaluate(engine, reader, cfg, de.rank, de.world, device)
     metrics.log({"step": step, "split": "eval", **ev})
-    log(f"{label}: loss {ev['loss']:.4f} text {ev['text_loss']:.4f} audio {ev['audio_loss']:.4f}")
+    log.info(f"{label}: loss {ev['loss']:.4f} text {ev['text_loss']:.4f} audio {ev['audio_loss']:.4f}")
 
 
 def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, stop: StopSignal | None = None) -> dict:
     de = dist_env()
+    setup_logging(de.rank, de.world)  # again here: the submitit launcher calls train() directly
     # hub checkpoints download (or a wrong layout fails) here, before any process group exists; the run records
     # the resolved names (REPO@COMMIT) in config.yaml and checkpoints
     cfg = dataclasses.replace(cfg, model=resolve_model(cfg.model))
     device = init_distributed(de, dist_timeout_s)
     run_dir = Path(cfg.run_dir)
-    log = rank0_logger(de)
     if de.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
     stop = stop or StopSignal()
-    engine, optimizer, train_reader, val_reader = build(cfg, de, ds_config_path, log)
+    engine, optimizer, train_reader, val_reader = build(cfg, de, ds_config_path)
     plan = PlanSettings.from_config(cfg.data, de.world, cfg.grad_accum)
     plan_key = plan.resume_key(cfg.data.seed, cfg.data.train)
-    state, resumed = restore(engine, optimizer, cfg, plan_key, log)
-    stream = stream_batches(train_reader, cfg.data.seed, de.rank, plan, state.data, cfg.data.num_workers, log=log)
+    state, resumed = restore(engine, optimizer, cfg, plan_key)
+    stream = stream_batches(train_reader, cfg.data.seed, de.rank, plan, state.data, cfg.data.num_workers)
     metrics = Metrics(run_dir, cfg.steps, de.is_main, cfg.progress_bar)
     first = last = stopped_by = None
     saved_step, evaluated_step, wait, busy = (state.step if resumed else -1), -1, 0.0, 0.0
@@ -245,27 +248,27 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
             if state.step % cfg.log_every == 0 or state.step == cfg.steps:
                 metrics.progress(last)
             if row["skipped_now"]:
-                log(f"step {state.step}: non-finite gradients on some rank; every rank skipped the update "
+                log.info(f"step {state.step}: non-finite gradients on some rank; every rank skipped the update "
                     f"({state.skipped_steps} skipped so far)")
                 if state.skipped_steps > cfg.max_skipped_steps:
                     raise TrainingError(f"{state.skipped_steps} steps had non-finite loss or gradients "
                                         f"(max_skipped_steps={cfg.max_skipped_steps}); lower optim.lr or check the data")
             if val_reader is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
-                log_eval(engine, val_reader, cfg, state.step, de, device, metrics, log, f"eval at step {state.step}")
+                log_eval(engine, val_reader, cfg, state.step, de, device, metrics, f"eval at step {state.step}")
                 evaluated_step = state.step
             if stop_agreed:  # some rank got SIGUSR1/SIGTERM: all ranks save together, then stop for the requeue
                 stopped_by = stop.received or "signal on another rank"
-                save(engine, cfg, state, plan_key, de.is_main, log)
+                save(engine, cfg, state, plan_key, de.is_main)
                 saved_step = state.step
                 break
             if cfg.save_every and state.step % cfg.save_every == 0 and state.step < cfg.steps:
-                save(engine, cfg, state, plan_key, de.is_main, log)
+                save(engine, cfg, state, plan_key, de.is_main)
                 saved_step = state.step
         if stopped_by is None:
-            finish(engine, cfg, state, plan_key, val_reader, de, device, metrics, log, saved_step, evaluated_step)
+            finish(engine, cfg, state, plan_key, val_reader, de, device, metrics, saved_step, evaluated_step)
         summary = summarize(engine, cfg, state, stopped_by, first, last, device)
         if de.is_main:
-            report(summary, run_dir, log)
+            report(summary, run_dir)
     finally:
         # shut the loader workers down here: after an exception the traceback keeps this frame alive, and at exit
         # multiprocessing would wait forever for workers that block SIGTERM (SLURM signals belong to the trainer)
@@ -278,13 +281,13 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
     return summary
 
 
-def finish(engine, cfg: TrainConfig, state: TrainState, plan_key: dict, val_reader, de, device, metrics, log,
+def finish(engine, cfg: TrainConfig, state: TrainState, plan_key: dict, val_reader, de, device, metrics,
            saved_step: int, evaluated_step: int) -> None:
     """The end of a run that was not stopped: the last checkpoint and evaluation, and the adapter in RUN/adapter."""
     if saved_step != state.step:
-        save(engine, cfg, state, plan_key, de.is_main, log)
+        save(engine, cfg, state, plan_key, de.is_main)
     if val_reader is not None and evaluated_step != state.step:
-        log_eval(engine, val_reader, cfg, state.step, de, device, metrics, log, "final eval")
+        log_eval(engine, val_reader, cfg, state.step, de, device, metrics, "final eval")
     if de.is_main:
         final = Path(cfg.run_dir) / "checkpoints" / checkpoint.tag(state.step) / "adapter"
         shutil.copytree(final, Path(cfg.run_dir) / "adapter", dirs_exist_ok=True)
@@ -302,20 +305,12 @@ def summarize(engine, cfg: TrainConfig, state: TrainState, stopped_by, first, la
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
-def report(summary: dict, run_dir: Path, log) -> None:
+def report(summary: dict, run_dir: Path) -> None:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if summary["stopped_by"] and os.environ.get("HIGGS_DS_STOP_FILE"):  # slurm/train.sh requeues on it
         Path(os.environ["HIGGS_DS_STOP_FILE"]).write_text(f"{summary['step']}\n")
-    log(f"stopped by {summary['stopped_by']} at step {summary['step']}; checkpoint saved, resume with the same "
+    log.info(f"stopped by {summary['stopped_by']} at step {summary['step']}; checkpoint saved, resume with the same "
         f"command" if summary["stopped_by"] else f"done: {summary['step']} steps; adapter in {run_dir / 'adapter'}")
-
-
-def rank0_logger(de):
-    def log(msg: str) -> None:
-        if de.is_main:
-            print(f"[higgs-ds {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-    return log
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,12 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. optim.lr=3e-4 steps=2000")
     stop = StopSignal()  # first: a warning signal during start-up must not kill the process
     args = parser.parse_args(argv)
+    de = dist_env()
+    setup_logging(de.rank, de.world)
     try:
         cfg = load_config(args.config, args.overrides)  # config errors surface before any process group starts
         summary = train(cfg, args.deepspeed, args.dist_timeout, stop=stop)
     except (ConfigError, CheckpointError) as e:  # the user's to fix: one plain message, from rank 0 only
-        if dist_env().is_main:
-            print(f"[higgs-ds] error: {e}", file=sys.stderr, flush=True)
+        if de.is_main:
+            log.error(f"error: {e}")
         return EXIT_USER_ERROR
     return EXIT_STOPPED if summary["stopped_by"] else 0
 
