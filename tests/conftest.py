@@ -1,30 +1,11 @@
-"""Shared fixtures: the tiny Higgs stack, espeak-ng speech, a code cache and a shard set, built once per session."""
+"""Session fixtures: the tiny Higgs stack, espeak-ng speech, a code cache and a shard set, built once per session."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from higgs_ds.fixtures import ensure_fixtures, offline_env
-
-REPO = Path(__file__).resolve().parents[1]
-FIXTURES = REPO / ".cache" / "test-fixtures"
-# The fixture audio tokenizer loads its semantic model from this HF_HOME; set before transformers is imported.
-os.environ.update({**offline_env(FIXTURES), "TOKENIZERS_PARALLELISM": "false"})
-
-CLI = [sys.executable, "-m", "higgs_ds.cli"]
-
-
-def run_cli(*args, check=True, env=None, timeout=600):
-    """Run `higgs-ds ARGS` in a subprocess; returns the CompletedProcess (stdout/stderr as text)."""
-    proc = subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"higgs-ds {' '.join(map(str, args))} exited {proc.returncode}\n"
-                             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}")
-    return proc
+from higgs_ds.fixtures import ensure_fixtures
+from tests.helpers import FIXTURES, run_cli
 
 
 @pytest.fixture(scope="session")
@@ -54,67 +35,3 @@ def shards(fixtures_dir, speech, code_cache, tmp_path_factory) -> Path:
             fixtures_dir / "audio_tokenizer", "--text-tokenizer", fixtures_dir / "tokenizer", "--shard-size", 5,
             "--cache-dir", code_cache)
     return out
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def train_overrides(fixtures_dir, shards, run_dir, **kv) -> list[str]:
-    base = {"run_dir": run_dir, "model.path": fixtures_dir / "model", "model.tokenizer": fixtures_dir / "tokenizer",
-            "data.train": shards, "data.val": shards, "data.micro_batch_size": 2, "data.num_workers": 1,
-            "steps": 6, "log_every": 1, "save_every": 0, "eval_every": 0, "lora.rank": 4, "lora.alpha": 8,
-            "lora.dropout": 0.0, "optim.lr": 3e-3, "optim.warmup_steps": 2, "progress_bar": False}
-    base.update(kv)
-    return [f"{k}={v}" for k, v in base.items()]
-
-
-def launch_training(launcher: str, nproc: int, overrides: list[str], ds_config="ds_configs/zero2.json",
-                    timeout=900, check=True, extra_env=None):
-    """Run higgs_ds/train.py as the user would: `deepspeed`, `torchrun`, or N plain processes with srun's env."""
-    port = free_port()
-    env = {**os.environ, "MASTER_PORT": str(port), **(extra_env or {})}
-    script = ["higgs_ds/train.py", "--deepspeed", ds_config, *overrides]
-    venv_bin = Path(sys.executable).parent
-    if launcher == "deepspeed":
-        cmd = [str(venv_bin / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(port), *script]
-        procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
-    elif launcher == "torchrun":
-        cmd = [str(venv_bin / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", str(port), *script]
-        procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
-    elif launcher == "srun-env":  # what srun gives each task: SLURM_PROCID/NTASKS/LOCALID, no RANK
-        procs = []
-        for r in range(nproc):
-            e = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-            e.update(SLURM_PROCID=str(r), SLURM_NTASKS=str(nproc), SLURM_LOCALID=str(r), SLURM_JOB_ID="4242",
-                     SLURM_JOB_NODELIST="localhost", MASTER_ADDR="127.0.0.1")
-            procs.append(subprocess.Popen([sys.executable, *script], cwd=REPO, env=e, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, text=True))
-    else:
-        raise ValueError(launcher)
-    outputs = []
-    for p in procs:
-        try:
-            outputs.append(p.communicate(timeout=timeout)[0])
-        except subprocess.TimeoutExpired:
-            for q in procs:
-                q.kill()
-            raise
-    rc = max(p.returncode for p in procs)
-    text = "\n".join(outputs)
-    if check and rc != 0:
-        raise AssertionError(f"{launcher} training exited {rc}:\n{text[-6000:]}")
-    return rc, text
-
-
-def read_run(run_dir):
-    import json
-
-    run_dir = Path(run_dir)
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    summary = json.loads((run_dir / "summary.json").read_text())
-    return [r for r in rows if r.get("split") != "eval"], [r for r in rows if r.get("split") == "eval"], summary

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO, free_port
+from tests.helpers import REPO, free_port
 
 
 def test_v2_architecture_has_the_published_parameter_counts():

@@ -6,7 +6,7 @@ import wave
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from tests.helpers import run_cli
 
 
 def _wav(path, seconds=1.0, sr=16000, silent=False):

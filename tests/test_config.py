@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from conftest import REPO
+from tests.helpers import REPO
 from higgs_ds.config import ConfigError, load_config
 from higgs_ds.distributed import deepspeed_config
 
@@ -57,7 +57,7 @@ def test_bad_yaml_names_the_key(tmp_path, base):
 
 
 def test_bad_config_fails_before_any_process_group(base):
-    from conftest import launch_training
+    from tests.helpers import launch_training
 
     rc, out = launch_training("torchrun", 1, base + ["optim.lrr=1"], check=False, timeout=120)
     assert rc != 0 and "unknown config key 'optim.lrr'; did you mean 'lr'?" in out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import tomllib
 
-from conftest import REPO
+from tests.helpers import REPO
 
 INSTRUCTIONS = {"FROM", "RUN", "COPY", "ADD", "WORKDIR", "ENV", "USER", "ARG", "LABEL", "EXPOSE", "CMD",
                 "ENTRYPOINT", "VOLUME", "SHELL", "HEALTHCHECK", "STOPSIGNAL", "ONBUILD"}

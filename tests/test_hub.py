@@ -12,7 +12,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import REPO, launch_training, read_run, run_cli, train_overrides
+from tests.helpers import REPO, launch_training, read_run, run_cli, train_overrides
 from higgs_ds import hub
 from higgs_ds.fixtures import hf_cache_snapshot, semantic_model_dir
 

@@ -1,4 +1,5 @@
-"""The epoch plan and the loaders: equal batches on every rank, each sample once, exact resume, token budgets."""
+"""The epoch plan: equal batches on every rank, each sample once, the rank/accumulation split, token budgets,
+speaker balancing, weighted mixing, the eval plan."""
 
 import numpy as np
 import pytest
@@ -78,79 +79,6 @@ def test_eval_plan_covers_every_sample_once_with_equal_passes():
         assert sorted(seen.tolist()) == list(range(11))
 
 
-# ---- real loaders over real shards
-
-
-@pytest.fixture(scope="module")
-def reader(shards, fixtures_dir):
-    from higgs_ds.config import ModelConfig
-    from higgs_ds.data import BatchReader
-    from higgs_ds.collate import make_collator
-    from higgs_ds.model import load_model, load_tokenizer
-    from higgs_ds.shard_index import ShardIndex
-
-    mcfg = ModelConfig(path=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"))
-    return BatchReader(ShardIndex.load(shards), load_tokenizer(mcfg), make_collator(load_model(mcfg).config))
-
-
-def _keys(batch):
-    return batch.input_ids[batch.attention_mask.bool()].sum().item(), tuple(batch.audio_out_ids.shape)
-
-
-@pytest.mark.parametrize("world", [1, 2, 3, 4])
-def test_multi_worker_loaders_give_equal_batches_and_resume_exactly(reader, world):
-    import itertools
-
-    from higgs_ds.data import DataPosition, stream_batches
-
-    s = PlanSettings(world=world, micro=1, accum=1, workers=2, token_budget=400, max_batch_size=4)
-    per_rank = []
-    for rank in range(world):
-        stream = stream_batches(reader, 0, rank, s, DataPosition(), num_workers=2)
-        per_rank.append([(pos.to_dict(), _keys(b)) for pos, b in itertools.islice(stream, 7)])
-    epoch0 = [sum(1 for p, _ in r if p["epoch"] == 0) for r in per_rank]
-    assert len(set(epoch0)) == 1, epoch0  # the shards are uneven (5, 5, 2): ranks still get equal counts
-    # resuming at an arbitrary batch yields exactly what the uninterrupted stream yields next
-    for k in (1, 3, epoch0[0]):
-        pos = DataPosition(**per_rank[0][k - 1][0])
-        resumed = stream_batches(reader, 0, 0, s, pos, num_workers=2)
-        assert [(p.to_dict(), _keys(b)) for p, b in itertools.islice(resumed, 7 - k)] == per_rank[0][k:]
-
-
-def test_corrupt_samples_are_skipped_counted_and_bounded(shards, reader, tmp_path, capfd):
-    import shutil
-
-    from higgs_ds.data import BatchReader
-    from higgs_ds.sample_format import ShardError
-    from higgs_ds.shard_index import ShardIndex
-
-    copy = tmp_path / "copy"
-    shutil.copytree(shards, copy)
-    idx = ShardIndex.load(copy)
-    data = bytearray((copy / "shard-000000.tar").read_bytes())
-    for i in (1, 2):  # break samples 1 and 2 (their .codes.npy payload)
-        off = int(idx.rows["offset"][i])
-        data[off + 512: off + 700] = b"\xff" * 188
-    (copy / "shard-000000.tar").write_bytes(bytes(data))
-    bad = BatchReader(idx, reader.tokenizer, reader.collator, max_bad=2)
-    batch = bad.collate(np.array([0, 1, 3]))
-    assert batch.input_ids.shape[0] == 2 and bad.bad == 1
-    assert "skipped corrupt sample" in capfd.readouterr().err
-    only_bad = bad.collate(np.array([2]))  # nothing readable: a stand-in that trains nothing keeps ranks in step
-    assert (only_bad.label_ids == -100).all() and (only_bad.label_audio_ids == -100).all()
-    with pytest.raises(ShardError, match=r"3 corrupt samples \(data.max_bad_samples=2\).*shard-000000.tar sample"):
-        bad.collate(np.array([1]))
-
-
-def test_fsspec_urls_read_like_local_paths(shards):
-    from higgs_ds.shard_index import ShardIndex
-
-    local, remote = ShardIndex.load(shards), ShardIndex.load(f"file://{shards}")
-    assert len(remote) == len(local)
-    meta_l, codes_l = local.read(7)
-    meta_r, codes_r = remote.read(7)
-    assert meta_l == meta_r and np.array_equal(codes_l, codes_r)
-
 
 def test_weighted_mixing_of_shard_sets():
     from higgs_ds.plan import mix_sources
@@ -167,56 +95,3 @@ def test_weighted_mixing_of_shard_sets():
     assert len(mix_sources(np.arange(400), rows["source"], (0.0, 1.0), np.random.default_rng(0))) == 400
     with pytest.raises(ValueError, match="3 source weights for 2 shard set"):
         plan_epoch(rows, 0, 0, PlanSettings(world=1, source_weights=(1.0, 1.0, 1.0)))
-
-
-def test_mixed_index_reads_each_set(shards, reader, fixtures_dir, speech, code_cache, tmp_path):
-    from conftest import run_cli
-    from higgs_ds.data import load_train_index
-    from higgs_ds.shard_index import ShardIndex
-
-    other = tmp_path / "chatml"
-    run_cli("shards", "build", "--input", speech / "chatml.jsonl", "--out", other, "--audio-tokenizer",
-            fixtures_dir / "audio_tokenizer", "--text-tokenizer", fixtures_dir / "tokenizer", "--cache-dir",
-            code_cache, "--shard-size", 4)
-    mix = load_train_index(f"{shards},{other}")
-    a, b = ShardIndex.load(shards), ShardIndex.load(other)
-    assert len(mix) == len(a) + len(b) and mix.rows["shard"].max() == 2 + 3
-    for i in (0, len(a) - 1, len(a), len(mix) - 1):
-        want = a.read(i) if i < len(a) else b.read(i - len(a))
-        got = mix.read(i)
-        assert got[0] == want[0] and np.array_equal(got[1], want[1])
-    assert str(other) in mix.where(len(mix) - 1)
-
-
-def test_reader_keeps_a_bounded_number_of_shards_open(shards, reader):
-    from higgs_ds.data import BatchReader
-
-    r = BatchReader(reader.index, reader.tokenizer, reader.collator)
-    r.max_open_files = 2
-    for rows in ([0], [6], [11], [1], [7]):  # shards 0, 1, 2, 0, 1
-        r.collate(np.array(rows))
-        assert len(r._files) <= 2
-    assert list(r._files) == [0, 1]  # least recently used (shard 2) was closed
-
-
-def test_forked_workers_do_not_share_the_parents_open_shards(reader):
-    """A reader that has read in the parent (training checks its collator on the first samples) is forked into
-    loader workers: each must open its own files, or their seeks on shared descriptors corrupt each other's reads
-    (seen as skipped samples and changed batches in training)."""
-    import os
-
-    import torch
-
-    from higgs_ds.data import BatchReader, _PlannedBatches
-
-    r = BatchReader(reader.index, reader.tokenizer, reader.collator, max_bad=0)
-    want = [_keys(r.collate(np.array([i]))) for i in range(len(r.index))]  # opens every shard in the parent
-    fds = [f.fileno() for f in r._files.values()]
-    assert len(fds) == 3
-    for fd in fds:
-        os.lseek(fd, 0, os.SEEK_SET)  # a worker reading through an inherited descriptor would move this offset
-    loader = torch.utils.data.DataLoader(_PlannedBatches(r, [np.array([i]) for i in range(len(r.index))] * 20),
-                                         batch_size=None, num_workers=2,
-                                         multiprocessing_context=torch.multiprocessing.get_context("fork"))
-    assert [_keys(b) for b in loader] == want * 20
-    assert [os.lseek(fd, 0, os.SEEK_CUR) for fd in fds] == [0, 0, 0]

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conftest import launch_training, read_run, run_cli, train_overrides
+from tests.helpers import launch_training, read_run, run_cli, train_overrides
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, launch_training, read_run, run_cli, train_overrides
+from tests.helpers import REPO, launch_training, read_run, run_cli, train_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.real_size]
 PARAMS_V2 = 5.77e9

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, launch_training, read_run, train_overrides
+from tests.helpers import REPO, launch_training, read_run, train_overrides
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
-CLUSTER = REPO / "tests" / "slurm" / "cluster.sh"
+CLUSTER = REPO / "tests" / "runs" / "cluster.sh"
 VENV_BIN = Path(sys.executable).parent
 
 
