@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.higgs-ds-installed
 DEMO   ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps test test-fast demo bench clean
+.PHONY: help venv deps lint test test-fast demo bench clean
 
 help:
 	@echo "make demo   - fixtures + espeak-ng speech + shards + 2-rank DeepSpeed LoRA run + adapter export (CPU)"
@@ -32,7 +32,10 @@ deps:
 	  apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null; \
 	else echo "espeak-ng is missing: install it (apt-get install espeak-ng) and re-run"; exit 1; fi
 
-test: venv deps
+lint: venv
+	$(PY) -m pyflakes higgs_ds launcher bench tests
+
+test: venv deps lint
 	$(VENV)/bin/pytest -q -rs $(PYTEST_ARGS) tests
 
 test-fast: venv deps

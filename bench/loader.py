@@ -47,48 +47,26 @@ def realistic_rows(n: int = 20000, seed: int = 0) -> dict:
             "speaker": rng.integers(0, 200, n), "target_frames": (25 * target).astype(np.int32)}
 
 
-def main() -> list[tuple[str, str, str]]:
+def naive_dataset(index, tok, work: Path):
+    """The baseline loader: one JSON + one .npy file per sample, tokenized by prepare_chatml_sample at every read,
+    as ChatMLDatasetSample for boson_multimodal's collator."""
     import torch
     from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample, prepare_chatml_sample
 
-    from higgs_ds.codec import AudioEncoder
-    from higgs_ds.config import ModelConfig
-    from higgs_ds.collate import batch_differences, make_collator
-    from higgs_ds.data import BatchReader
-    from higgs_ds.model import load_model, load_tokenizer
-    from higgs_ds.plan import PlanSettings, plan_epoch, random_batches_efficiency, sample_costs
-    from higgs_ds.sample_format import span_members, span_members_tarfile, decode_sample, encode_npy
-    from higgs_ds.shard_index import ShardIndex
+    from higgs_ds.sample_format import encode_npy
 
-    torch.set_num_threads(1)
-    fx, sp = fixtures(), speech()
-    root = build_set(fx, sp)
-    mcfg = ModelConfig(path=str(fx / "model"), tokenizer=str(fx / "tokenizer"))
-    config = load_model(mcfg).config
-    tok, collator, boson = load_tokenizer(mcfg), make_collator(config), make_collator(config, "boson")
-    index = ShardIndex.load(root)
-    reader = BatchReader(index, tok, collator)
-    plan = plan_epoch(index.rows, 0, 0, PlanSettings(world=1, token_budget=3000, max_batch_size=16))
-    batches = plan.batches[0]
-    n = sum(len(b) for b in batches)
-
-    def ours():
-        for b in batches:
-            reader.collate(b)
-
-    naive_dir = Path(tempfile.mkdtemp(dir=WORK))
     for i in range(len(index)):
         meta, codes = index.read(i)
-        (naive_dir / f"{i}.json").write_text(json.dumps({k: meta[k] for k in ("messages", "start_index", "audio")}))
-        (naive_dir / f"{i}.npy").write_bytes(encode_npy(codes))
+        (work / f"{i}.json").write_text(json.dumps({k: meta[k] for k in ("messages", "start_index", "audio")}))
+        (work / f"{i}.npy").write_bytes(encode_npy(codes))
 
     class NaiveDataset(torch.utils.data.Dataset):
         def __len__(self):
             return len(index)
 
         def __getitem__(self, i):
-            meta = json.loads((naive_dir / f"{i}.json").read_text())
-            codes = np.load(naive_dir / f"{i}.npy", allow_pickle=False)
+            meta = json.loads((work / f"{i}.json").read_text())
+            codes = np.load(work / f"{i}.npy", allow_pickle=False)
             ids, labels, _, _ = prepare_chatml_sample({"messages": meta["messages"],
                                                        "start_index": meta["start_index"]}, tok)
             frames = [a["frames"] for a in meta["audio"]]
@@ -99,29 +77,43 @@ def main() -> list[tuple[str, str, str]]:
                 audio_waveforms_start=torch.zeros(0, dtype=torch.long), audio_sample_rate=torch.zeros(0),
                 audio_speaker_indices=torch.zeros(0, dtype=torch.long))
 
-    ds = NaiveDataset()
+    return NaiveDataset()
+
+
+def loader_timings(index, tok, collator, boson, batches) -> dict[str, float]:
+    """Seconds to read and collate every batch: ours, ours re-tokenizing at every read, and the naive loader."""
+    from higgs_ds.data import BatchReader
+
+    reader = BatchReader(index, tok, collator)
+    retokenizing = BatchReader(index, tok, collator)
+    retokenizing.tokenizer_fp = None  # before: token ids made by prepare_chatml_sample at every read
+    ds = naive_dataset(index, tok, Path(tempfile.mkdtemp(dir=WORK)))
 
     def naive():
         for b in batches:
             boson.collator([copy.copy(ds[int(i)]) for i in b])
 
-    t_ours = min(timed_once(ours) for _ in range(3))
-    t_naive = min(timed_once(naive) for _ in range(3))
+    return {"ours": min(timed_once(lambda: [reader.collate(b) for b in batches]) for _ in range(3)),
+            "naive": min(timed_once(naive) for _ in range(3)),
+            "retokenizing": min(timed_once(lambda: [retokenizing.collate(b) for b in batches]) for _ in range(3))}
 
-    retokenizing = BatchReader(index, tok, collator)
-    retokenizing.tokenizer_fp = None  # before: token ids made by prepare_chatml_sample at every read
 
-    def ours_retokenizing():
-        for b in batches:
-            retokenizing.collate(b)
+def collator_timings(reader, collator, boson, batches) -> tuple[float, float, int]:
+    """(ours, boson's) seconds to collate the same samples; stops if any batch differs."""
+    from higgs_ds.collate import batch_differences
 
-    t_retok = min(timed_once(ours_retokenizing) for _ in range(3))
     samples = [reader.samples(b) for b in batches]
     differing = [k for k, s in enumerate(samples) if batch_differences(collator(s), boson(s))]
     if differing:
         raise SystemExit(f"BatchCollator and HiggsAudioSampleCollator differ on batches {differing}")
-    t_fast = min(timed_once(lambda: [collator(s) for s in samples]) for _ in range(3))
-    t_boson = min(timed_once(lambda: [boson(s) for s in samples]) for _ in range(3))
+    return (min(timed_once(lambda: [collator(s) for s in samples]) for _ in range(3)),
+            min(timed_once(lambda: [boson(s) for s in samples]) for _ in range(3)), len(samples))
+
+
+def parse_timings(index) -> tuple[float, float, int]:
+    """(direct ustar/npy parse, tarfile + np.load) seconds over the samples of the first shard."""
+    from higgs_ds.sample_format import decode_sample, span_members, span_members_tarfile
+
     spans = []
     with open(index.shard_path(0), "rb") as f:
         for i in range(int((index.rows["shard"] == 0).sum())):
@@ -137,30 +129,27 @@ def main() -> list[tuple[str, str, str]]:
             m = span_members_tarfile(data, "x")
             json.loads(m["json"]), np.load(io.BytesIO(m["codes.npy"]), allow_pickle=False)
 
-    t_direct = min(timed_once(read_direct) for _ in range(5))
-    t_tarfile = min(timed_once(read_tarfile) for _ in range(5))
+    return min(timed_once(read_direct) for _ in range(5)), min(timed_once(read_tarfile) for _ in range(5)), len(spans)
+
+
+def encode_seconds_per_clip(fx: Path, sp: Path) -> float:
+    from higgs_ds.codec import AudioEncoder
+
     enc = AudioEncoder(str(fx / "audio_tokenizer"), cache_dir=None, device="cpu")
     wavs = sorted((sp / "wavs").glob("*.wav"))[:4]
-    enc.encode_file(wavs[0])
+    enc.encode_file(wavs[0])  # warm-up
     t0 = time.perf_counter()
     for w in wavs:
         enc.encode_file(w)
-    per_clip = (time.perf_counter() - t0) / len(wavs)
-    on_the_fly = 2 * per_clip + t_naive / n  # two clips (reference + target) per sample, then the same work
-    rows = [("loader, ours", f"{n / t_ours:.0f}", f"samples/s per core ({n} samples, {len(batches)} token-budget "
-             f"batches)"),
-            ("loader, naive per-file", f"{n / t_naive:.0f}", f"samples/s per core; ours is {t_naive / t_ours:.1f}x"),
-            ("change: whole-batch collator", f"{t_boson / t_fast:.1f}x", f"collation speed-up vs "
-             f"HiggsAudioSampleCollator ({t_fast / n * 1e6:.0f} vs {t_boson / n * 1e6:.0f} us/sample), identical "
-             f"batches ({len(samples)} of {len(samples)})"),
-            ("change: stored token ids", f"{t_retok / t_ours:.2f}x", f"loader speed-up vs tokenizing at every read "
-             f"({n / t_retok:.0f} samples/s)"),
-            ("change: direct tar/npy parse", f"{t_tarfile / t_direct:.2f}x", f"sample read speed-up vs tarfile + "
-             f"np.load ({t_direct / len(spans) * 1e6:.0f} vs {t_tarfile / len(spans) * 1e6:.0f} us/sample)"),
-            ("loader, on-the-fly audio", f"{1 / on_the_fly:.2f}", f"samples/s per core; ours is "
-             f"{on_the_fly * n / t_ours:.0f}x")]
+    return (time.perf_counter() - t0) / len(wavs)
+
+
+def padding_rows() -> list[tuple[str, str, str]]:
+    from higgs_ds.plan import PlanSettings, plan_epoch, random_batches_efficiency, sample_costs
+
     real = realistic_rows()
     costs = sample_costs(real)
+    rows = []
     for budget in (4096, 8192, 16384):
         p = plan_epoch(real, 0, 0, PlanSettings(world=8, workers=4, token_budget=budget, max_batch_size=64))
         mean_batch = np.mean([len(b) for r in p.batches for b in r])
@@ -169,6 +158,43 @@ def main() -> list[tuple[str, str, str]]:
                      f"vs {rand:.3f} random batches of {mean_batch:.1f}; dropped {p.dropped / p.selected:.2%} "
                      f"(20k samples of 1-20 s, 8 ranks x 4 workers)"))
     return rows
+
+
+def main() -> list[tuple[str, str, str]]:
+    import torch
+
+    from higgs_ds.config import ModelConfig
+    from higgs_ds.collate import make_collator
+    from higgs_ds.data import BatchReader
+    from higgs_ds.model import load_model, load_tokenizer
+    from higgs_ds.plan import PlanSettings, plan_epoch
+    from higgs_ds.shard_index import ShardIndex
+
+    torch.set_num_threads(1)
+    fx, sp = fixtures(), speech()
+    index = ShardIndex.load(build_set(fx, sp))
+    mcfg = ModelConfig(path=str(fx / "model"), tokenizer=str(fx / "tokenizer"))
+    config = load_model(mcfg).config
+    tok, collator, boson = load_tokenizer(mcfg), make_collator(config), make_collator(config, "boson")
+    batches = plan_epoch(index.rows, 0, 0, PlanSettings(world=1, token_budget=3000, max_batch_size=16)).batches[0]
+    n = sum(len(b) for b in batches)
+    t = loader_timings(index, tok, collator, boson, batches)
+    t_fast, t_boson, n_batches = collator_timings(BatchReader(index, tok, collator), collator, boson, batches)
+    t_direct, t_tarfile, n_spans = parse_timings(index)
+    on_the_fly = 2 * encode_seconds_per_clip(fx, sp) + t["naive"] / n  # reference + target clip, then the same work
+    return [("loader, ours", f"{n / t['ours']:.0f}", f"samples/s per core ({n} samples, {len(batches)} token-budget "
+             f"batches)"),
+            ("loader, naive per-file", f"{n / t['naive']:.0f}", f"samples/s per core; ours is "
+             f"{t['naive'] / t['ours']:.1f}x"),
+            ("change: whole-batch collator", f"{t_boson / t_fast:.1f}x", f"collation speed-up vs "
+             f"HiggsAudioSampleCollator ({t_fast / n * 1e6:.0f} vs {t_boson / n * 1e6:.0f} us/sample), identical "
+             f"batches ({n_batches} of {n_batches})"),
+            ("change: stored token ids", f"{t['retokenizing'] / t['ours']:.2f}x", f"loader speed-up vs tokenizing at "
+             f"every read ({n / t['retokenizing']:.0f} samples/s)"),
+            ("change: direct tar/npy parse", f"{t_tarfile / t_direct:.2f}x", f"sample read speed-up vs tarfile + "
+             f"np.load ({t_direct / n_spans * 1e6:.0f} vs {t_tarfile / n_spans * 1e6:.0f} us/sample)"),
+            ("loader, on-the-fly audio", f"{1 / on_the_fly:.2f}", f"samples/s per core; ours is "
+             f"{on_the_fly * n / t['ours']:.0f}x")] + padding_rows()
 
 
 def timed_once(fn) -> float:
