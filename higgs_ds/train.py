@@ -97,23 +97,24 @@ def weight_checksums(engine, device) -> list[float]:
 
 
 def evaluate(engine, reader: BatchReader, cfg: TrainConfig, rank: int, world: int, device) -> dict:
+    """Teacher-forced losses over the validation set, every sample counted once across the ranks."""
     engine.eval()
-    sums = np.zeros(4)
+    stats = StepStats(engine.module.config.audio_num_codebooks)
     plan = plan_eval(len(reader.index), rank, world, cfg.data.micro_batch_size)
     if cfg.eval_batches:
         plan = plan[:cfg.eval_batches]
     with torch.no_grad():
         for rows, weight in plan:
             batch = reader.collate(rows)
-            out = engine(**batch_to_inputs(batch, device))
-            s = token_sums(out, batch.label_audio_ids.to(device) if batch.label_audio_ids is not None else None)
-            if weight:
-                sums += [s.text_sum.item(), s.audio_sum.item(), s.text_tokens.item(), s.audio_tokens.item()]
+            inputs = batch_to_inputs(batch, device)
+            sums = token_sums(engine(**inputs), inputs["label_audio_ids"])
+            if weight:  # a repeated batch that only keeps this rank in step with the others
+                stats.add(sums, batch, reader.frame_rate)
     engine.train()
-    text_sum, audio_sum, text_n, audio_n = all_reduce_sum(sums.tolist(), device)
-    text, audio = text_sum / max(1, text_n), audio_sum / max(1, audio_n)
-    return {"loss": cfg.loss.text_weight * text + cfg.loss.audio_weight * audio, "text_loss": text,
-            "audio_loss": audio, "text_tokens": int(text_n), "audio_tokens": int(audio_n)}
+    total = stats.all_reduced(device)
+    return {"loss": cfg.loss.text_weight * total.text_loss + cfg.loss.audio_weight * total.audio_loss,
+            "text_loss": total.text_loss, "audio_loss": total.audio_loss, "text_tokens": int(total.text_tokens),
+            "audio_tokens": int(total.audio_tokens)}
 
 
 def build(cfg: TrainConfig, de, ds_config_path: str):
