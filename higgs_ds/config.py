@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import os
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from higgs_ds.files import is_url
 
@@ -153,92 +157,88 @@ def _field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _coerce(value: Any, typ: Any, key: str) -> Any:
-    """Check/convert a YAML or CLI value to the field's type; ConfigError names the key."""
-    origin = typing.get_origin(typ)
-    args = typing.get_args(typ)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        if isinstance(value, str) and value.lower() in ("none", "null") and type(None) in args:
-            return None
-        return _coerce(value, next(a for a in args if a is not type(None)), key)
-    if dataclasses.is_dataclass(typ):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: must be a mapping, got {value!r}")
-        return _build(typ, value, key + ".")
-    if origin in (list, tuple):
-        if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: must be a list, got {value!r}")
-        item = args[0] if args else Any
-        out = [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
-        if origin is tuple:
-            if len(args) == 2 and args[1] is not Ellipsis and len(out) != 2:
-                raise ConfigError(f"{key}: must have {len(args)} items, got {len(out)}")
-            return tuple(out)
-        return out
-    if typ is Any:
-        return value
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise ConfigError(f"{key}: must be true or false, got {value!r}")
-    if typ in (int, float):
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: must be a number, got {value!r}")
-        try:
-            number = typ(value) if isinstance(value, str) else value
-        except ValueError:
-            raise ConfigError(f"{key}: must be {'an integer' if typ is int else 'a number'}, got {value!r}") from None
-        if typ is int and (not isinstance(number, int) or isinstance(number, float)):
-            raise ConfigError(f"{key}: must be an integer, got {value!r}")
-        return float(number) if typ is float else number
-    if typ is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{key}: must be a string, got {value!r}")
-        return str(value)
-    return value
-
-
 def _unknown(key: str, valid: list[str]) -> ConfigError:
     close = difflib.get_close_matches(key.split(".")[-1], valid, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
     return ConfigError(f"unknown config key {key!r}{hint}")
 
 
-def _build(cls, data: dict, prefix: str = ""):
-    types = _field_types(cls)
-    for k in data:
-        if k not in types:
-            raise _unknown(prefix + k, list(types))
-    return cls(**{k: _coerce(v, types[k], prefix + k) for k, v in data.items()})
+def _check_keys(tree: dict, cls, prefix: str = "") -> None:
+    """Every key of TREE names a field of CLS, and sections hold mappings; the error names the key and the closest
+    valid one. (OmegaConf checks the values' types when the layers merge.)"""
+    field_types = _field_types(cls)
+    for key, value in tree.items():
+        if key not in field_types:
+            raise _unknown(prefix + str(key), list(field_types))
+        typ = field_types[key]
+        section = dataclasses.is_dataclass(typ)
+        if section and not isinstance(value, dict):
+            raise ConfigError(f"{prefix}{key}: must be a mapping, got {value!r}")
+        if isinstance(value, dict) and not section:
+            raise ConfigError(f"{prefix}{key} is not a section")
+        items = typing.get_args(typ)
+        if typing.get_origin(typ) is tuple and Ellipsis not in items and isinstance(value, list) and \
+                len(value) != len(items):
+            raise ConfigError(f"{prefix}{key}: must have {len(items)} items, got {len(value)}")
+        if section:
+            _check_keys(value, typ, f"{prefix}{key}.")
 
 
-def _set_dotted(tree: dict, dotted: str, value: str, cls) -> None:
-    parts = dotted.split(".")
-    node, typ = tree, cls
+def _field_type(dotted: str) -> Any:
+    typ: Any = TrainConfig
+    for part in dotted.split("."):
+        typ = _field_types(typ)[part]
+    return typ
+
+
+def _override(item: str) -> dict:
+    """`a.b=value` as a nested mapping. Values are YAML, except that a string field keeps its text verbatim ("007"
+    stays "007") and an optional one takes none/null as None."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=3e-4)")
+    parsed: Any = yaml.safe_load(value) if value.strip() else value
+    parts, typ = key.split("."), TrainConfig
     for i, part in enumerate(parts):
-        types = _field_types(typ)
-        if part not in types:
-            raise _unknown(".".join(parts[: i + 1]), list(types))
-        if i == len(parts) - 1:
-            node[part] = yaml.safe_load(value) if value.strip() else value
-            if types[part] is str or typing.get_args(types[part]) == (str, type(None)):
-                node[part] = value  # keep strings verbatim ("007" stays "007")
-        else:
-            typ = types[part]
-            if not dataclasses.is_dataclass(typ):
-                raise ConfigError(f"{'.'.join(parts[: i + 1])} is not a section")
-            node = node.setdefault(part, {})
+        if not dataclasses.is_dataclass(typ):
+            raise ConfigError(f"{'.'.join(parts[:i])} is not a section")
+        field_types = _field_types(typ)
+        if part not in field_types:
+            raise _unknown(".".join(parts[:i + 1]), list(field_types))
+        typ = field_types[part]
+    optional = type(None) in typing.get_args(typ)
+    if optional and value.strip().lower() in ("none", "null"):
+        parsed = None
+    elif typ is str or (optional and str in typing.get_args(typ)):
+        parsed = value
+    elif typing.get_origin(typ) in (list, tuple) and isinstance(parsed, str):
+        parsed = [v.strip() for v in value.split(",") if v.strip()]  # a,b,c as well as [a, b, c]
+    return functools.reduce(lambda inner, k: {k: inner}, reversed(parts), parsed)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _value_error(e: OmegaConfBaseException) -> ConfigError:
+    key = getattr(e, "full_key", "") or ""
+    try:
+        typ = _field_type(key)
+    except (KeyError, TypeError):
+        return ConfigError(f"{key or 'config'}: {str(e).splitlines()[0]}")
+    if dataclasses.is_dataclass(typ):
+        return ConfigError(f"{key}: must be a mapping")
+    base = typ
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):  # Optional[X]: the X
+        base = next(a for a in typing.get_args(typ) if a is not type(None))
+    origin = typing.get_origin(base)
+    wanted = "a list" if origin in (list, tuple) else _TYPE_NAMES.get(base, getattr(base, "__name__", str(base)))
+    return ConfigError(f"{key}: must be {wanted}, got {getattr(e, 'value', None)!r}")
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """defaults <- YAML file <- `key=value` overrides, then validate()."""
-    tree: dict = {}
+    """defaults <- YAML file <- `key=value` overrides, merged by OmegaConf over the dataclasses, then validate()."""
+    layers = []
     if path:
         if not Path(path).is_file():
             raise ConfigError(f"config file {path} does not exist")
@@ -249,12 +249,18 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
                 raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(tree, dict):
             raise ConfigError(f"{path}: must hold a mapping of config keys")
+        _check_keys(tree, TrainConfig)
+        layers.append(tree)
     for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=3e-4)")
-        _set_dotted(tree, key.strip(), value, TrainConfig)
-    return _build(TrainConfig, tree).validate()
+        tree = _override(item)
+        _check_keys(tree, TrainConfig)
+        layers.append(tree)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), *(OmegaConf.create(t) for t in layers))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        raise _value_error(e) from None
+    return cfg.validate()
 
 
 def to_dict(cfg: TrainConfig) -> dict:
