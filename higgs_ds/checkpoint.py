@@ -134,7 +134,8 @@ def export(ckpt: str | Path, out: str | Path, merge: bool, base: str | None = No
     if not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{adapter} has no adapter_config.json (is {ckpt} a complete checkpoint?)")
     cfg = run_config_of(ckpt)
-    model_cfg = ModelConfig(path=base or cfg["model"]["path"], tokenizer=cfg["model"]["tokenizer"] if not base else None)
+    run_model = cfg["model"]
+    model_cfg = ModelConfig(path=base or run_model["path"], tokenizer=None if base else run_model["tokenizer"])
     if not merge:
         shutil.copytree(adapter, out, dirs_exist_ok=True)
         log.info(f"adapter of {ckpt} -> {out} (load: PeftModel.from_pretrained(HiggsAudioModel.from_pretrained("

@@ -107,7 +107,7 @@ def cmd_shards_plan(args) -> int:
                       speaker_cap=args.speaker_cap, speaker_temperature=args.speaker_temperature)
     settings = PlanSettings.from_config(data, world=args.world_size, accum=args.grad_accum)
     plan = plan_epoch(index.rows, args.seed, args.epoch, settings)
-    costs = sample_costs(index.rows) if (index.rows["text_tokens"] >= 0).all() else None
+    costs = sample_costs(index.rows, settings.clip_overhead) if (index.rows["text_tokens"] >= 0).all() else None
     per_rank = plan.batches_per_rank
     info = {"samples": len(index), "selected": plan.selected, "batches_per_rank": per_rank,
             "samples_dropped": plan.dropped, "dropped_fraction": plan.dropped / max(1, plan.selected),

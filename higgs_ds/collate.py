@@ -39,6 +39,12 @@ class CollatorSettings:
     return_audio_in_tokens: bool
     round_to: int = 8
 
+    @property
+    def clip_overhead(self) -> int:
+        """Sequence positions an audio clip takes beyond its frames: stream bos + eos, and the delay pattern's
+        extra steps (one per codebook after the first)."""
+        return 2 + (self.num_codebooks - 1 if self.use_delay_pattern else 0)
+
     @classmethod
     def from_config(cls, config) -> "CollatorSettings":
         if config.encode_whisper_embed and not config.skip_audio_tower:

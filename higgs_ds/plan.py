@@ -20,15 +20,16 @@ import numpy as np
 
 from higgs_ds.config import DataConfig
 
-DELAY_TOKENS = 2 + 7  # per audio segment: stream bos + eos, and the delay pattern's 7 extra steps (8 codebooks)
+V2_CLIP_OVERHEAD = 2 + 7  # Higgs-Audio v2: stream bos + eos, and the delay pattern's 7 steps (8 codebooks)
 
 
-def sample_costs(rows: dict[str, np.ndarray]) -> np.ndarray:
-    """Sequence length of each sample once its audio is expanded into the token sequence."""
+def sample_costs(rows: dict[str, np.ndarray], clip_overhead: int = V2_CLIP_OVERHEAD) -> np.ndarray:
+    """Sequence length of each sample once its audio is expanded into the token sequence (CollatorSettings has the
+    model's clip overhead)."""
     text = rows["text_tokens"].astype(np.int64)
     if (text < 0).any():
         raise ValueError("token-budget batching needs text token counts: build the shards with --text-tokenizer")
-    return text + rows["audio_frames"].astype(np.int64) + DELAY_TOKENS * rows["n_audio"].astype(np.int64)
+    return text + rows["audio_frames"].astype(np.int64) + clip_overhead * rows["n_audio"].astype(np.int64)
 
 
 @dataclass
@@ -56,11 +57,13 @@ class PlanSettings:
     speaker_cap: int = 0  # at most this many samples per speaker per epoch (0 = no cap)
     speaker_temperature: float = 1.0  # t < 1 subsamples speakers to counts ~ n_s ** t (1 = as is)
     source_weights: tuple[float, ...] = ()  # several shard sets: their shares of each epoch (() = by size)
+    clip_overhead: int = V2_CLIP_OVERHEAD  # positions an audio clip adds beyond its frames (CollatorSettings)
 
     @classmethod
-    def from_config(cls, data: DataConfig, world: int, accum: int) -> "PlanSettings":
+    def from_config(cls, data: DataConfig, world: int, accum: int,
+                    clip_overhead: int = V2_CLIP_OVERHEAD) -> "PlanSettings":
         """The one place the data config becomes plan settings (training and `higgs-ds shards plan`)."""
-        return cls(world=world, micro=data.micro_batch_size, accum=accum,
+        return cls(world=world, micro=data.micro_batch_size, accum=accum, clip_overhead=clip_overhead,
                    workers=data.num_workers if data.token_budget else 0,  # samples mode does not split by worker
                    token_budget=data.token_budget, max_batch_size=data.max_batch_size, window=data.sort_window,
                    speaker_cap=data.speaker_cap, speaker_temperature=data.speaker_temperature,
@@ -161,11 +164,11 @@ def plan_epoch(rows: dict[str, np.ndarray], seed: int, epoch: int, s: PlanSettin
         batches = [[perm[(k * s.world + r) * s.micro:(k * s.world + r + 1) * s.micro] for k in range(per_rank_n)]
                    for r in range(s.world)]
         used = per_rank_n * s.world * s.micro
-        costs = sample_costs(rows) if (rows["text_tokens"] >= 0).all() else None
+        costs = sample_costs(rows, s.clip_overhead) if (rows["text_tokens"] >= 0).all() else None
         eff = _efficiency(batches, costs) if costs is not None else float("nan")
         return Plan(batches, len(chosen), len(chosen) - used, eff)
 
-    costs = sample_costs(rows)
+    costs = sample_costs(rows, s.clip_overhead)
     shard_order = rng.permutation(int(rows["shard"].max()) + 1)
     rank_of_shard = np.empty_like(shard_order)
     rank_of_shard[shard_order] = np.arange(len(shard_order))

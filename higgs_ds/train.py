@@ -233,7 +233,7 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
         dump_config(cfg, run_dir / "config.yaml")
     stop = stop or StopSignal()
     engine, optimizer, train_reader, val_reader = build(cfg, de, ds_config_path)
-    plan = PlanSettings.from_config(cfg.data, de.world, cfg.grad_accum)
+    plan = PlanSettings.from_config(cfg.data, de.world, cfg.grad_accum, train_reader.collator.settings.clip_overhead)
     plan_key = plan.resume_key(cfg.data.seed, cfg.data.train)
     state, resumed = restore(engine, optimizer, cfg, plan_key)
     stream = stream_batches(train_reader, cfg.data.seed, de.rank, plan, state.data, cfg.data.num_workers)
@@ -252,8 +252,8 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
                 log.info(f"step {state.step}: non-finite gradients on some rank; every rank skipped the update "
                     f"({state.skipped_steps} skipped so far)")
                 if state.skipped_steps > cfg.max_skipped_steps:
-                    raise TrainingError(f"{state.skipped_steps} steps had non-finite loss or gradients "
-                                        f"(max_skipped_steps={cfg.max_skipped_steps}); lower optim.lr or check the data")
+                    raise TrainingError(f"{state.skipped_steps} steps had non-finite loss or gradients (max_"
+                                        f"skipped_steps={cfg.max_skipped_steps}); lower optim.lr or check the data")
             if val_reader is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
                 log_eval(engine, val_reader, cfg, state.step, de, device, metrics, f"eval at step {state.step}")
                 evaluated_step = state.step

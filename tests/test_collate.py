@@ -111,3 +111,18 @@ def test_training_refuses_a_collator_that_differs(setup):
     with pytest.raises(RuntimeError, match=r"different batches .* shards \(label_audio_ids: values differ\).*"
                                            r"data.collator=boson"):
         check_collator(OffByOne(CollatorSettings.from_config(config)), samples, "shards")
+
+
+def test_plan_costs_equal_the_collated_sequence_length(setup):
+    """The token-budget plan prices a sample at the length the model runs: text + audio frames + each clip's
+    overhead (stream bos/eos and the delay pattern), which CollatorSettings derives from the model config."""
+    from higgs_ds.plan import V2_CLIP_OVERHEAD, sample_costs
+
+    config, reader = setup
+    overhead = CollatorSettings.from_config(config).clip_overhead
+    assert overhead == V2_CLIP_OVERHEAD == 9  # 8 codebooks with the delay pattern
+    costs = sample_costs(reader.index.rows, overhead)
+    for i in range(len(reader.index)):
+        batch = reader.collate(np.array([i]))
+        audio = sum(x.shape[-1] for x in (batch.audio_in_ids, batch.audio_out_ids) if x is not None)
+        assert int(batch.attention_mask.sum()) + audio == costs[i]

@@ -151,7 +151,8 @@ def test_native_layout_directories_get_one_clear_message(tmp_path, fixtures_dir,
     proc = run_cli("shards", "build", "--input", speech / "utterances.jsonl", "--out", tmp_path / "out",
                    "--audio-tokenizer", native_tok, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert f"audio tokenizer {native_tok} is in the transformers-native layout (higgs_audio_v2_tokenizer)" in proc.stderr
+    native = f"audio tokenizer {native_tok} is in the transformers-native layout (higgs_audio_v2_tokenizer)"
+    assert native in proc.stderr
     assert f"{hub.AUDIO_TOKENIZER_REPO}@{TOKENIZER_PIN}" in proc.stderr
     assert not (tmp_path / "out" / "build.json").exists()
 

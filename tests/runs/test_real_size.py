@@ -47,8 +47,8 @@ def test_full_size_trains_resumes_and_exports(full_size_model, fixtures_dir, sha
     assert all(math.isfinite(r["loss"]) for r in rows)
     assert abs(rows[0]["audio_loss"] - math.log(1026)) < 2
     assert summary["peak_rss_gb"] < 20, summary["peak_rss_gb"]  # 24 GB machines, with headroom
-    print(json.dumps({"step_time_s": [r["step_time_s"] for r in rows], "tokens_per_s": [r["tokens_per_s"] for r in rows],
-                      "peak_rss_gb": summary["peak_rss_gb"]}))
+    print(json.dumps({"step_time_s": [r["step_time_s"] for r in rows],
+                      "tokens_per_s": [r["tokens_per_s"] for r in rows], "peak_rss_gb": summary["peak_rss_gb"]}))
 
     merged = tmp_path / "merged"
     run_cli("export", "--checkpoint", run, "--out", merged, "--merge", timeout=1800)
