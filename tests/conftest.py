@@ -35,3 +35,17 @@ def shards(fixtures_dir, speech, code_cache, tmp_path_factory) -> Path:
             fixtures_dir / "audio_tokenizer", "--text-tokenizer", fixtures_dir / "tokenizer", "--shard-size", 5,
             "--cache-dir", code_cache)
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_model(fixtures_dir, shards):
+    """(model config, the tiny fp32 model, a reader over the session's shards), fresh for each test module."""
+    from higgs_ds.collate import make_collator
+    from higgs_ds.config import ModelConfig
+    from higgs_ds.data import BatchReader
+    from higgs_ds.model import load_model, load_tokenizer
+    from higgs_ds.shard_index import ShardIndex
+
+    mcfg = ModelConfig(path=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"))
+    model = load_model(mcfg)
+    return mcfg, model, BatchReader(ShardIndex.load(shards), load_tokenizer(mcfg), make_collator(model.config))

@@ -4,24 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from higgs_ds.collate import make_collator
-from higgs_ds.config import ModelConfig
-from higgs_ds.data import BatchReader
 from higgs_ds.loss import combine, token_sums
-from higgs_ds.model import batch_to_inputs, load_model, load_tokenizer
-from higgs_ds.shard_index import ShardIndex
+from higgs_ds.model import batch_to_inputs
 
-@pytest.fixture(scope="module")
-def setup(fixtures_dir, shards):
-    mcfg = ModelConfig(path=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"))
-    model = load_model(mcfg)
-    reader = BatchReader(ShardIndex.load(shards), load_tokenizer(mcfg), make_collator(model.config))
-    return mcfg, model, reader
-
-
-def test_loss_matches_an_independent_per_sample_computation(setup):
+def test_loss_matches_an_independent_per_sample_computation(tiny_model):
     """Per-token CE over the batch, computed here sample by sample with plain loops over positions and codebooks."""
-    _, base, reader = setup
+    _, base, reader = tiny_model
     rows = [0, 3, 7]
     batch = reader.collate(rows)
     with torch.no_grad():

@@ -5,25 +5,13 @@ import copy
 import pytest
 import torch
 
-from higgs_ds.collate import make_collator
-from higgs_ds.config import LoraConfig, ModelConfig
-from higgs_ds.data import BatchReader
+from higgs_ds.config import LoraConfig
 from higgs_ds.loss import combine, token_sums
-from higgs_ds.model import apply_lora, batch_to_inputs, enable_activation_checkpointing, load_model, \
-    load_tokenizer
-from higgs_ds.shard_index import ShardIndex
+from higgs_ds.model import apply_lora, batch_to_inputs, enable_activation_checkpointing
 
 
-@pytest.fixture(scope="module")
-def setup(fixtures_dir, shards):
-    mcfg = ModelConfig(path=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"))
-    model = load_model(mcfg)
-    reader = BatchReader(ShardIndex.load(shards), load_tokenizer(mcfg), make_collator(model.config))
-    return mcfg, model, reader
-
-
-def test_default_lora_targets_attention_and_audio_ffn_only(setup):
-    mcfg, base, _ = setup
+def test_default_lora_targets_attention_and_audio_ffn_only(tiny_model):
+    mcfg, base, _ = tiny_model
     model = apply_lora(copy.deepcopy(base), LoraConfig(rank=4))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
@@ -39,8 +27,8 @@ def test_default_lora_targets_attention_and_audio_ffn_only(setup):
         apply_lora(copy.deepcopy(base), LoraConfig(preset="custom", targets=["self_attn.qq_proj"]))
 
 
-def test_fresh_adapter_leaves_outputs_equal_to_base(setup):
-    _, base, reader = setup
+def test_fresh_adapter_leaves_outputs_equal_to_base(tiny_model):
+    _, base, reader = tiny_model
     batch = batch_to_inputs(reader.collate([0, 1, 2]), "cpu")
     model = apply_lora(copy.deepcopy(base), LoraConfig(rank=4, dropout=0.0)).eval()
     base.eval()
@@ -49,8 +37,8 @@ def test_fresh_adapter_leaves_outputs_equal_to_base(setup):
     assert torch.equal(a.logits, b.logits) and torch.equal(a.audio_logits, b.audio_logits)
 
 
-def test_activation_checkpointing_keeps_loss_and_gradients(setup):
-    _, base, reader = setup
+def test_activation_checkpointing_keeps_loss_and_gradients(tiny_model):
+    _, base, reader = tiny_model
     batch = reader.collate([0, 1])
     results = []
     for ckpt in (False, True):
