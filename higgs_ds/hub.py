@@ -94,9 +94,10 @@ def resolve(spec: str, kind: str) -> Checkpoint:
     except (OSError, ValueError) as e:
         if isinstance(e, CheckpointError):
             raise
-        raise CheckpointError(f"could not get the {kind.replace('_', ' ')} {where} from the hub: {e}. Without hub "
-                              f"access, stage it on a machine that has access and pass its local directory "
-                              f"(README: Which checkpoints)") from None
+        local = "" if "@" in spec else f" (no directory {spec} exists here either)"
+        raise CheckpointError(f"could not get the {kind.replace('_', ' ')} {where} from the hub{local}: {e}. "
+                              f"Without hub access, stage it on a machine that has access and pass its local "
+                              f"directory (README: Which checkpoints)") from None
     check_layout(path, kind, where)
     commit = path.name if path.parent.name == "snapshots" else None  # the hub cache keeps snapshots/<commit>/
     return Checkpoint(kind, path, repo_id, commit)
