@@ -7,15 +7,30 @@ import sys
 import time
 from pathlib import Path
 
+from higgs_ds.files import atomic_write
+
+
+def drop_rows_after(path: Path, step: int) -> None:
+    """Keep the rows up to STEP: a run resumed from that step logs the later ones again, and a plot wants one row
+    per step (train and eval each), the resumed run's."""
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [x for x in lines if x.strip() and json.loads(x).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        atomic_write(path, "".join(kept))
+
 
 class Metrics:
-    def __init__(self, run_dir: Path, total_steps: int, enabled: bool, progress_bar: bool = True):
+    def __init__(self, run_dir: Path, total_steps: int, enabled: bool, progress_bar: bool = True,
+                 resumed_at: int | None = None):
         self.enabled, self.total = enabled, total_steps
         self.tty = progress_bar and sys.stderr.isatty()
         self._jsonl = self._tb = None
         self._t0, self._step0 = time.time(), None
         if enabled:
-            self._jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+            path = run_dir / "metrics.jsonl"
+            if resumed_at is not None and path.exists():
+                drop_rows_after(path, resumed_at)
+            self._jsonl = open(path, "a", buffering=1)
             try:
                 from torch.utils.tensorboard import SummaryWriter
 

@@ -237,7 +237,7 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
     plan_key = plan.resume_key(cfg.data.seed, cfg.data.train)
     state, resumed = restore(engine, optimizer, cfg, plan_key)
     stream = stream_batches(train_reader, cfg.data.seed, de.rank, plan, state.data, cfg.data.num_workers)
-    metrics = Metrics(run_dir, cfg.steps, de.is_main, cfg.progress_bar)
+    metrics = Metrics(run_dir, cfg.steps, de.is_main, cfg.progress_bar, resumed_at=state.step if resumed else None)
     first = last = stopped_by = None
     saved_step, evaluated_step, wait, busy = (state.step if resumed else -1), -1, 0.0, 0.0
     try:

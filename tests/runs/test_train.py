@@ -127,6 +127,22 @@ def test_resume_continues_exactly(fp32_straight, fixtures_dir, shards, tmp_path)
     assert s_resumed["rank_weight_checksums"] == s_straight["rank_weight_checksums"]
 
 
+def test_resuming_from_an_older_checkpoint_leaves_one_row_per_step(fp32_straight, fixtures_dir, shards, tmp_path):
+    """Steps logged after the checkpoint a run resumes from are logged again: metrics.jsonl keeps the resumed run's
+    row for each step (train and eval), and the losses still equal the straight run's."""
+    run = tmp_path / "older"
+    settings = dict(precision="fp32", save_every=2, keep_last=3, eval_every=2)
+    launch_training("torchrun", 2, train_overrides(fixtures_dir, shards, run, **settings))
+    older = run / "checkpoints" / "step00000004"
+    launch_training("torchrun", 2, train_overrides(fixtures_dir, shards, run, resume=older, **settings))
+    rows, evals, _ = read_run(run)
+    straight, _, _ = read_run(fp32_straight)
+    assert [r["step"] for r in rows] == list(range(1, 7)) and [r["step"] for r in evals] == [2, 4, 6]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in straight]
+    times = [r["time"] for r in rows]
+    assert times == sorted(times) and times[4] > times[3] + 1  # steps 5 and 6 come from the second run
+
+
 def test_non_finite_steps_are_skipped_on_every_rank_then_stop(fixtures_dir, shards, tmp_path):
     """A loss weight of 1e38 overflows fp32 to inf: DeepSpeed skips each update on all ranks; we count the skips
     and stop with a clear error once max_skipped_steps is exceeded (instead of training on garbage or hanging)."""
