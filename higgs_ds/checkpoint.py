@@ -139,7 +139,7 @@ def export(ckpt: str | Path, out: str | Path, merge: bool, base: str | None = No
     if not merge:
         shutil.copytree(adapter, out, dirs_exist_ok=True)
         log.info(f"adapter of {ckpt} -> {out} (load: PeftModel.from_pretrained(HiggsAudioModel.from_pretrained("
-            f"{model_cfg.path!r}), {str(out)!r}))")
+                 f"{model_cfg.path!r}), {str(out)!r}))")
         return out
     # in the dtype it is stored in (bf16 for hub checkpoints: a 5.77B fp32 copy would not fit in 24 GB); peft adds
     # the fp32 LoRA delta in fp32 before rounding, so this equals an fp32 merge rounded once

@@ -224,8 +224,8 @@ def _epochs(reader: BatchReader, seed: int, rank: int, settings: PlanSettings, s
         plan = plan_epoch(reader.index.rows, seed, epoch, settings)
         if skip == 0:
             log.info(f"epoch {epoch}: {plan.batches_per_rank[rank]} micro-batches per rank, {plan.dropped} of "
-                f"{plan.selected} samples left out to keep ranks equal, padding efficiency "
-                f"{plan.padding_efficiency:.3f}")
+                     f"{plan.selected} samples left out to keep ranks equal, padding efficiency "
+                     f"{plan.padding_efficiency:.3f}")
         batches = plan.batches[rank][skip:]
         loader = torch.utils.data.DataLoader(_PlannedBatches(reader, batches), batch_size=None, shuffle=False,
                                              num_workers=num_workers, prefetch_factor=4 if num_workers else None)

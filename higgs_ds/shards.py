@@ -221,8 +221,8 @@ def build_shards(cfg: BuildConfig) -> dict:
     for j in pending:  # torn writes of a killed run of this part (no other part writes these shards)
         for stale in out.glob(f".{shard_name(j)}.tmp*"):
             stale.unlink()
-    log.info(f"{cfg.input}: {len(records) + len(rejects)} records ({fmt}); part {part}/{nparts}: {len(mine)} of "
-        f"{num_shards} shards, {len(mine) - len(pending)} already done")
+    log.info(f"{cfg.input}: {len(records) + len(rejects)} records ({fmt}); part {part}/{nparts}: {len(mine)} "
+             f"of {num_shards} shards, {len(mine) - len(pending)} already done")
 
     def in_pending(index: int) -> bool:
         return index // cfg.shard_size in pending
@@ -263,7 +263,8 @@ def build_shards(cfg: BuildConfig) -> dict:
         summary["index"] = str(out / "index.json")
         summary["total_samples"] = index["samples"]
     else:
-        log.info(f"index not written yet: other parts still have shards to build (join later: higgs-ds shards merge {out})")
+        log.info(f"index not written yet: other parts still have shards to build (join later: higgs-ds shards merge "
+                 f"{out})")
     return summary
 
 

@@ -130,7 +130,7 @@ def build(cfg: TrainConfig, de, ds_config_path: str):
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_train, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
     log.info(f"model {cfg.model.path}: {n_total / 1e6:.2f}M parameters, {n_train / 1e6:.3f}M trainable (LoRA "
-        f"{cfg.lora.preset}, rank {cfg.lora.rank}); world size {de.world}")
+             f"{cfg.lora.preset}, rank {cfg.lora.rank}); world size {de.world}")
     torch.manual_seed(cfg.seed * 1000 + de.rank + 1)  # dropout differs per rank from here on
     collator = make_collator(model.config, cfg.data.collator)
     train_reader = BatchReader(load_train_index(cfg.data.train), tokenizer, collator, cfg.data.max_bad_samples)
@@ -159,8 +159,8 @@ def restore(engine, optimizer, cfg: TrainConfig, plan_key: dict) -> tuple[TrainS
         group["lr"] = cfg.optim.lr * lr_lambda(cfg)(state.step)
     if client.get("plan") != plan_key:
         state.data = DataPosition(state.data.epoch + (1 if state.data.batch else 0), 0)
-        log.info(f"data plan changed since the checkpoint ({client.get('plan')} -> {plan_key}): data re-planned from "
-            f"the start of epoch {state.data.epoch}")
+        log.info(f"data plan changed since the checkpoint ({client.get('plan')} -> {plan_key}): data re-planned "
+                 f"from the start of epoch {state.data.epoch}")
     log.info(f"resumed from {ckpt} at step {state.step} (epoch {state.data.epoch}, batch {state.data.batch})")
     return state, True
 
@@ -250,7 +250,7 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
                 metrics.progress(last)
             if row["skipped_now"]:
                 log.info(f"step {state.step}: non-finite gradients on some rank; every rank skipped the update "
-                    f"({state.skipped_steps} skipped so far)")
+                         f"({state.skipped_steps} skipped so far)")
                 if state.skipped_steps > cfg.max_skipped_steps:
                     raise TrainingError(f"{state.skipped_steps} steps had non-finite loss or gradients (max_"
                                         f"skipped_steps={cfg.max_skipped_steps}); lower optim.lr or check the data")
@@ -310,8 +310,11 @@ def report(summary: dict, run_dir: Path) -> None:
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     if summary["stopped_by"] and os.environ.get("HIGGS_DS_STOP_FILE"):  # slurm/train.sh requeues on it
         Path(os.environ["HIGGS_DS_STOP_FILE"]).write_text(f"{summary['step']}\n")
-    log.info(f"stopped by {summary['stopped_by']} at step {summary['step']}; checkpoint saved, resume with the same "
-        f"command" if summary["stopped_by"] else f"done: {summary['step']} steps; adapter in {run_dir / 'adapter'}")
+    if summary["stopped_by"]:
+        log.info(f"stopped by {summary['stopped_by']} at step {summary['step']}; checkpoint saved, resume with the "
+                 f"same command")
+    else:
+        log.info(f"done: {summary['step']} steps; adapter in {run_dir / 'adapter'}")
 
 
 def main(argv: list[str] | None = None) -> int:

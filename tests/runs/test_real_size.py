@@ -19,12 +19,13 @@ PARAMS_V2 = 5.77e9
 
 @pytest.fixture(scope="module")
 def full_size_model(fixtures_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("v2") / "model"
+    root = tmp_path_factory.mktemp("v2")  # the model and its merged export (11.5 GB each), removed afterwards
+    out = root / "model"
     code = ("import sys; from pathlib import Path; from higgs_ds.fixtures import build_full_size_model; "
             "build_full_size_model(Path(sys.argv[1]), Path(sys.argv[2]))")
     subprocess.run([sys.executable, "-c", code, out, fixtures_dir / "tokenizer"], cwd=REPO, check=True, timeout=1200)
     yield out
-    shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def test_full_size_trains_resumes_and_exports(full_size_model, fixtures_dir, shards, tmp_path):
@@ -50,7 +51,7 @@ def test_full_size_trains_resumes_and_exports(full_size_model, fixtures_dir, sha
     print(json.dumps({"step_time_s": [r["step_time_s"] for r in rows],
                       "tokens_per_s": [r["tokens_per_s"] for r in rows], "peak_rss_gb": summary["peak_rss_gb"]}))
 
-    merged = tmp_path / "merged"
+    merged = full_size_model.parent / "merged"
     run_cli("export", "--checkpoint", run, "--out", merged, "--merge", timeout=1800)
     check = ("import sys, torch; from boson_multimodal.model.higgs_audio import HiggsAudioModel; "
              "m = HiggsAudioModel.from_pretrained(sys.argv[1], torch_dtype=torch.bfloat16); "
