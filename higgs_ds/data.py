@@ -105,6 +105,8 @@ class BatchReader:
     not read or decode is skipped and logged with its shard and key; past `max_bad` in this process the run stops."""
 
     def __init__(self, index: ShardIndex, tokenizer, collator, max_bad: int = 100):
+        for part in index.parts if isinstance(index, ShardMix) else [index]:
+            part.check_files()
         self.index, self.tokenizer, self.collator = index, tokenizer, collator
         self.max_bad, self.bad = max_bad, 0
         self.tokenizer_fp = text_tokenizer_fingerprint(tokenizer)

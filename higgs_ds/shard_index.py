@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from higgs_ds.files import open_binary
+from higgs_ds.files import is_url, open_binary
 from higgs_ds.sample_format import ShardError, read_sample_at, sample_key
 
 FORMAT_VERSION = 1
@@ -67,4 +68,29 @@ class ShardIndex:
         if f is None:
             with open_binary(self.shard_path(int(self.rows["shard"][i]))) as fh:
                 return self.read(i, fh)
-        return read_sample_at(f, int(self.rows["offset"][i]), int(self.rows["size"][i]), self.where(i))
+        meta, codes = read_sample_at(f, int(self.rows["offset"][i]), int(self.rows["size"][i]), self.where(i))
+        expected = sample_key(int(self.rows["record"][i]))
+        if meta.get("key") != expected:
+            raise ShardError(f"{self.where(i)}: the bytes at offset {int(self.rows['offset'][i])} hold sample "
+                             f"{meta.get('key')}, not {expected}: the shard changed after it was indexed "
+                             f"(`higgs-ds shards verify {self.root}`)")
+        return meta, codes
+
+    def check_files(self) -> None:
+        """Every shard the index names exists with the size it had when indexed: one stat per shard (one listing
+        for a URL), so a deleted, truncated or replaced shard stops a run before it trains on a part of the data."""
+        if is_url(self.root):
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(self.root)
+            sizes = {Path(e["name"]).name: e["size"] for e in fs.ls(path, detail=True)}
+        else:
+            sizes = {s["shard"]: os.stat(self.shard_path(j)).st_size
+                     for j, s in enumerate(self.meta["shards"]) if os.path.exists(self.shard_path(j))}
+        problems = [f"{s['shard']} is missing" if s["shard"] not in sizes else
+                    f"{s['shard']} has {sizes[s['shard']]} bytes, index.json says {s['bytes']}"
+                    for s in self.meta["shards"] if sizes.get(s["shard"]) != s["bytes"]]
+        if problems:
+            raise ShardError(f"{self.root}: {len(problems)} of {len(self.meta['shards'])} shards do not match "
+                             f"index.json ({'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''}). "
+                             f"Rebuild the set, or see `higgs-ds shards verify {self.root}`")

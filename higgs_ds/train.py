@@ -25,7 +25,7 @@ import torch
 
 from higgs_ds import checkpoint
 from higgs_ds.config import ConfigError, TrainConfig, dump_config, load_config, to_dict
-from higgs_ds.hub import CheckpointError
+from higgs_ds.hub import CheckpointError, resolve
 from higgs_ds.data import BatchReader, DataPosition, load_train_index, stream_batches
 from higgs_ds.plan import PlanSettings, plan_eval
 from higgs_ds.distributed import StopSignal, all_reduce_sum, deepspeed_config, dist_env, init_distributed
@@ -35,6 +35,7 @@ from higgs_ds.stats import StepStats
 from higgs_ds.metrics import Metrics
 from higgs_ds.collate import check_collator, make_collator
 from higgs_ds.model import apply_lora, batch_to_inputs, load_model, load_tokenizer, resolve_model
+from higgs_ds.sample_format import ShardError
 from higgs_ds.shard_index import ShardIndex
 
 log = logging.getLogger("higgs_ds.train")
@@ -115,6 +116,30 @@ def evaluate(engine, reader: BatchReader, cfg: TrainConfig, rank: int, world: in
     return {"loss": cfg.loss.text_weight * total.text_loss + cfg.loss.audio_weight * total.audio_loss,
             "text_loss": total.text_loss, "audio_loss": total.audio_loss, "text_tokens": int(total.text_tokens),
             "audio_tokens": int(total.audio_tokens)}
+
+
+def check_model_fits_data(cfg: TrainConfig) -> None:
+    """The shard sets and the text tokenizer were made for this model (codebooks per frame, codebook size, text
+    vocabulary). Checked on config files before any process group exists: a mismatch is one message here, not a
+    shape error or a device-side assert inside the model."""
+    model_config = json.loads((resolve(cfg.model.path, "model").path / "config.json").read_text())
+    codebooks, codebook_size = model_config["audio_num_codebooks"], model_config["audio_codebook_size"]
+    sets = [("data.train", p.strip()) for p in cfg.data.train.split(",") if p.strip()]
+    for key, root in sets + ([("data.val", cfg.data.val)] if cfg.data.val else []):
+        built = ShardIndex.load(root).meta["settings"]
+        if built["num_codebooks"] != codebooks:
+            raise ConfigError(f"{key}: {root} holds {built['num_codebooks']} codebooks a frame (its build.json), but "
+                              f"the model {cfg.model.path} reads {codebooks} (audio_num_codebooks); build the "
+                              f"shards with the audio tokenizer that belongs to this model")
+        if built.get("codebook_size", 1024) > codebook_size:
+            raise ConfigError(f"{key}: {root} holds codes up to {built.get('codebook_size', 1024) - 1} (build.json "
+                              f"codebook_size), but the model {cfg.model.path} has audio_codebook_size "
+                              f"{codebook_size}")
+    vocab, tokens = model_config["text_config"]["vocab_size"], len(load_tokenizer(cfg.model))
+    if tokens > vocab:
+        raise ConfigError(f"model.tokenizer: {cfg.model.tokenizer or cfg.model.path} has {tokens} tokens, more than "
+                          f"the {vocab} of the model's text vocabulary ({cfg.model.path}); use the model's own "
+                          f"tokenizer")
 
 
 def build(cfg: TrainConfig, de, ds_config_path: str):
@@ -226,6 +251,7 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
     # hub checkpoints download (or a wrong layout fails) here, before any process group exists; the run records
     # the resolved names (REPO@COMMIT) in config.yaml and checkpoints
     cfg = dataclasses.replace(cfg, model=resolve_model(cfg.model))
+    check_model_fits_data(cfg)
     device = init_distributed(de, dist_timeout_s)
     run_dir = Path(cfg.run_dir)
     if de.is_main:
@@ -333,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)  # config errors surface before any process group starts
         summary = train(cfg, args.deepspeed, args.dist_timeout, stop=stop)
-    except (ConfigError, CheckpointError) as e:  # the user's to fix: one plain message, from rank 0 only
-        if de.is_main:
+    except (ConfigError, CheckpointError, ShardError) as e:  # the user's to fix: a plain message, no traceback
+        if de.is_main or isinstance(e, ShardError):  # the same on every rank, but a shard error may be one rank's
             log.error(f"error: {e}")
         return EXIT_USER_ERROR
     return EXIT_STOPPED if summary["stopped_by"] else 0

@@ -147,3 +147,40 @@ def test_stored_token_ids_are_used_only_with_the_same_tokenizer(shards, fixtures
         stored = to_sample(meta, codes, tok, fp)
         fresh = to_sample(meta, codes, tok, "another-tokenizer")  # falls back to tokenizing now
         assert np.array_equal(stored.input_ids, fresh.input_ids) and np.array_equal(stored.label_ids, fresh.label_ids)
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_shards_changed_after_indexing_stop_the_reader_before_it_reads(shards, reader, tmp_path, damage):
+    import shutil
+
+    from higgs_ds.data import BatchReader
+    from higgs_ds.sample_format import ShardError
+    from higgs_ds.shard_index import ShardIndex
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    target = copy / "shard-000001.tar"
+    size = target.stat().st_size
+    if damage == "delete":
+        target.unlink()
+    else:
+        target.write_bytes(target.read_bytes()[:4096])
+    with pytest.raises(ShardError) as err:
+        BatchReader(ShardIndex.load(copy), reader.tokenizer, reader.collator)
+    want = "shard-000001.tar is missing" if damage == "delete" else \
+        f"shard-000001.tar has 4096 bytes, index.json says {size}"
+    assert f"{copy}: 1 of 3 shards do not match index.json ({want})" in str(err.value)
+
+
+def test_an_index_row_that_reads_another_sample_is_an_error(shards):
+    """A shard replaced by one of the same size would hand index rows other samples: the key is checked."""
+    from higgs_ds.sample_format import ShardError
+    from higgs_ds.shard_index import ShardIndex
+
+    idx = ShardIndex.load(shards)
+    idx.rows["record"] = idx.rows["record"].copy()
+    idx.rows["record"][1] = idx.rows["record"][2]
+    assert idx.read(2)[0]["key"] == "s000000002"
+    with pytest.raises(ShardError, match=r"shard-000000.tar sample s000000002: the bytes at offset \d+ hold sample "
+                                         r"s000000001, not s000000002: the shard changed after it was indexed"):
+        idx.read(1)

@@ -1,6 +1,7 @@
 """Real DeepSpeed ZeRO-2 training over gloo on CPU: learning, rank agreement, batch-split equivalence, exact resume,
 adapter and merged export, the three launch forms."""
 
+import json
 import math
 
 import pytest
@@ -170,3 +171,37 @@ def test_token_budget_run_interrupted_mid_epoch_resumes_on_the_same_samples(fixt
     assert [(r["loss"], r["text_tokens"], r["audio_tokens"]) for r in a] == \
            [(r["loss"], r["text_tokens"], r["audio_tokens"]) for r in b]
     assert sa["rank_weight_checksums"] == sb["rank_weight_checksums"]
+
+
+def test_a_deleted_shard_stops_the_run_with_a_plain_message(fixtures_dir, shards, tmp_path):
+    import shutil
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    (copy / "shard-000002.tar").unlink()
+    rc, out = launch_training("srun-env", 2, train_overrides(fixtures_dir, copy, tmp_path / "run"), check=False)
+    assert rc == 2 and "Traceback" not in out
+    assert "1 of 3 shards do not match index.json (shard-000002.tar is missing)" in out
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"audio_num_codebooks": 4}, "holds 8 codebooks a frame (its build.json), but the model {model} reads 4"),
+    ({"audio_codebook_size": 100}, "holds codes up to 1023 (build.json codebook_size), but the model {model} has "
+                                   "audio_codebook_size 100"),
+    ({"text_config": {"vocab_size": 300}}, "has 481 tokens, more than the 300 of the model's text vocabulary"),
+])
+def test_a_model_that_does_not_fit_the_data_is_refused_before_any_process_group(fixtures_dir, shards, tmp_path,
+                                                                                 change, message):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(fixtures_dir / "model", model)
+    config = json.loads((model / "config.json").read_text())
+    for key, value in change.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    (model / "config.json").write_text(json.dumps(config))
+    overrides = train_overrides(fixtures_dir, shards, tmp_path / "run", **{"model.path": model})
+    rc, out = launch_training("srun-env", 2, overrides, check=False, timeout=300)
+    assert rc == 2 and "Traceback" not in out and out.count(message.format(model=model)) == 1
+    assert "deepspeed_shm_comm" not in out and not (tmp_path / "run").exists()
