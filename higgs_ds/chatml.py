@@ -56,6 +56,20 @@ class Reject:
         return f"{self.source}: {self.reason}"
 
 
+@dataclass(frozen=True)
+class TextLimits:
+    """Bounds on a record's text: an over-long transcript would make one sample cost minutes and gigabytes."""
+
+    max_text_tokens: int = 2048  # ChatML tokens of the whole record (checked when a text tokenizer is given)
+    max_chars_per_second: float = 40.0  # user-turn characters per second of the record's audio (0: no bound)
+
+
+def user_text_chars(record: Record) -> int:
+    """Characters of the user turns' text: the transcripts the audio speaks (system prompts are not counted)."""
+    return sum(len(item["text"]) for m in record.messages if m["role"] == "user"
+               for item in content_items(m["content"]) if item.get("type") == "text")
+
+
 def content_items(content: Any) -> list[dict]:
     """Normalise a message's content (str, dict or list of those) to a list of {"type": ...} dicts."""
     items = content if isinstance(content, list) else [content]

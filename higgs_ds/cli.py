@@ -49,6 +49,12 @@ def _limits(args):
                        min_sample_rate=args.min_sample_rate)
 
 
+def _text_limits(args):
+    from higgs_ds.chatml import TextLimits
+
+    return TextLimits(max_text_tokens=args.max_text_tokens, max_chars_per_second=args.max_chars_per_second)
+
+
 def cmd_shards_build(args) -> int:
     from higgs_ds.shards import BuildConfig, BuildFailed, build_shards, parse_part
 
@@ -56,7 +62,7 @@ def cmd_shards_build(args) -> int:
                       text_tokenizer=args.text_tokenizer, format=args.format, refs_per_target=args.refs_per_target,
                       seed=args.seed, shard_size=args.shard_size, part=parse_part(args.part), workers=args.workers,
                       cache_dir=args.cache_dir, max_reject_fraction=args.max_reject_fraction, limits=_limits(args),
-                      semantic_model=args.semantic_model)
+                      text_limits=_text_limits(args), semantic_model=args.semantic_model)
     t0 = time.time()
     try:
         summary = build_shards(cfg)
@@ -72,7 +78,7 @@ def cmd_shards_validate(args) -> int:
     from higgs_ds.shards import validate_manifest
 
     total, problems = validate_manifest(args.input, args.format, args.refs_per_target, args.seed, _limits(args),
-                                        args.workers, args.text_tokenizer)
+                                        args.workers, args.text_tokenizer, _text_limits(args))
     for p in problems:
         print(p)
     print(f"{total} records, {len(problems)} with problems", file=sys.stderr)
@@ -146,6 +152,9 @@ def _add_build_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-seconds", type=float, default=0.2)
     p.add_argument("--max-seconds", type=float, default=60.0)
     p.add_argument("--min-sample-rate", type=int, default=8000)
+    p.add_argument("--max-text-tokens", type=int, default=2048, help="ChatML tokens per record (with --text-tokenizer)")
+    p.add_argument("--max-chars-per-second", type=float, default=40.0,
+                   help="user-turn text characters per second of the record's audio (0: no bound)")
 
 
 def build_parser() -> argparse.ArgumentParser:

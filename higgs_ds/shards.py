@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from higgs_ds.audio import AudioError, AudioLimits, check_audio
-from higgs_ds.chatml import (Record, RecordError, Reject, chatml_tokens, content_items, count_text_tokens,
-                             load_text_tokenizer, read_manifest, text_tokenizer_fingerprint)
+from higgs_ds.chatml import (Record, RecordError, Reject, TextLimits, chatml_tokens, content_items,
+                             count_text_tokens, load_text_tokenizer, read_manifest, text_tokenizer_fingerprint,
+                             user_text_chars)
 from higgs_ds.files import atomic_write, temp_path
 from higgs_ds.sample_format import ShardError, sample_members, shard_name
 from higgs_ds.shard_index import FORMAT_VERSION, INDEX_COLUMNS
@@ -56,6 +57,7 @@ class BuildConfig:
     cache_dir: str | None = None
     max_reject_fraction: float = 0.01
     limits: AudioLimits = field(default_factory=AudioLimits)
+    text_limits: TextLimits = field(default_factory=TextLimits)
     semantic_model: str | None = None  # where the audio tokenizer's semantic model is (default: its hub id)
 
 
@@ -69,8 +71,8 @@ def parse_part(text: str) -> tuple[int, int]:
     return i, n
 
 
-def validate_records(records: list[Record], limits: AudioLimits, workers: int = 4,
-                     text_tokenizer=None) -> tuple[list[Record], list[Reject], dict[str, float]]:
+def validate_records(records: list[Record], limits: AudioLimits, workers: int = 4, text_tokenizer=None,
+                     text_limits: TextLimits = TextLimits()) -> tuple[list[Record], list[Reject], dict[str, float]]:
     """Decode every referenced audio file once and check it; returns (valid records, rejects, seconds per path)."""
     paths = sorted({p for r in records for p in r.audio})
 
@@ -86,11 +88,8 @@ def validate_records(records: list[Record], limits: AudioLimits, workers: int = 
     seconds = {p: v for p, v in results.items() if isinstance(v, float)}
     for r in records:
         bad = next((results[p] for p in r.audio if isinstance(results[p], str)), None)
-        if bad is None and text_tokenizer is not None:
-            try:
-                count_text_tokens(r, text_tokenizer)
-            except RecordError as e:
-                bad = str(e)
+        if bad is None:
+            bad = _text_out_of_bounds(r, sum(seconds[p] for p in r.audio), text_tokenizer, text_limits)
         if bad is None:
             good.append(r)
         else:
@@ -98,13 +97,30 @@ def validate_records(records: list[Record], limits: AudioLimits, workers: int = 
     return good, rejects, seconds
 
 
+def _text_out_of_bounds(record: Record, seconds: float, tokenizer, limits: TextLimits) -> str | None:
+    """Why the record's text is out of bounds, or None."""
+    chars = user_text_chars(record)
+    if limits.max_chars_per_second and seconds > 0 and chars / seconds > limits.max_chars_per_second:
+        return (f"{chars} characters of text for {seconds:.1f} s of audio ({chars / seconds:.0f}/s, over "
+                f"--max-chars-per-second {limits.max_chars_per_second:g})")
+    if tokenizer is None:
+        return None
+    try:
+        tokens = count_text_tokens(record, tokenizer)
+    except RecordError as e:
+        return str(e)
+    if tokens > limits.max_text_tokens:
+        return f"{tokens} text tokens, over --max-text-tokens {limits.max_text_tokens}"
+    return None
+
+
 def validate_manifest(path: str, fmt: str = "auto", refs_per_target: int = 1, seed: int = 0,
-                      limits: AudioLimits = AudioLimits(), workers: int = 4,
-                      text_tokenizer: str | None = None) -> tuple[int, list[Reject]]:
+                      limits: AudioLimits = AudioLimits(), workers: int = 4, text_tokenizer: str | None = None,
+                      text_limits: TextLimits = TextLimits()) -> tuple[int, list[Reject]]:
     """(number of records, every problem) without encoding any audio."""
     records, rejects, _ = read_manifest(path, fmt, refs_per_target, seed)
     tok = load_text_tokenizer(text_tokenizer) if text_tokenizer else None
-    good, audio_rejects, _ = validate_records(records, limits, workers, tok)
+    good, audio_rejects, _ = validate_records(records, limits, workers, tok, text_limits)
     all_rejects = sorted(rejects + audio_rejects, key=lambda r: (r.index if r.index is not None else -1, r.source))
     return len(good) + len(all_rejects), all_rejects
 
@@ -116,7 +132,8 @@ def _settings(cfg: BuildConfig, fmt: str, n_positions: int, encoder, text_tokeni
             "refs_per_target": cfg.refs_per_target, "seed": cfg.seed, "audio_tokenizer": encoder.checkpoint.spec,
             "semantic_model": encoder.semantic.spec if encoder.semantic else None,
             "audio_tokenizer_fingerprint": encoder.fingerprint, "text_tokenizer": text_tokenizer,
-            "limits": asdict(cfg.limits), "num_codebooks": encoder.num_codebooks,
+            "limits": asdict(cfg.limits), "text_limits": asdict(cfg.text_limits),
+            "num_codebooks": encoder.num_codebooks,
             "codebook_size": encoder.codebook_size, "frame_rate": encoder.frame_rate}
 
 
@@ -228,7 +245,7 @@ def build_shards(cfg: BuildConfig) -> dict:
         return index // cfg.shard_size in pending
 
     todo = [r for r in records if in_pending(r.index)]
-    good, audio_rejects, seconds_of = validate_records(todo, cfg.limits, cfg.workers, text_tok)
+    good, audio_rejects, seconds_of = validate_records(todo, cfg.limits, cfg.workers, text_tok, cfg.text_limits)
     part_rejects = [r for r in rejects if r.index is not None and in_pending(r.index)] + audio_rejects
     for j in mine:
         if j not in pending:

@@ -55,6 +55,10 @@ BAD_LINES = [
     ("audio too long", json.dumps(_record(target="long.wav")), "longer than"),
     ("silent audio", json.dumps(_record(target="silent.wav")), "pure digital silence"),
     ("sample rate too low", json.dumps(_record(target="lowrate.wav")), "sample rate 4000 Hz"),
+    ("transcript far longer than its audio",
+     json.dumps(_record() | {"messages": _record()["messages"][:3] + [{"role": "user", "content": "x" * 2000}] +
+                             _record()["messages"][4:]}),
+     "2014 characters of text for 2.5 s of audio (806/s, over --max-chars-per-second 40)"),
 ]
 
 
@@ -87,6 +91,18 @@ def test_validate_reports_every_bad_line(bad_manifest):
         assert hit, f"{what}: no report for line {line_no} in\n{proc.stdout}"
         assert fragment in hit[0], f"{what}: {hit[0]!r} lacks {fragment!r}"
     assert "Traceback" not in proc.stderr
+
+
+def test_text_token_bound_rejects_with_the_line(speech, fixtures_dir):
+    manifest = speech / "utterances.jsonl"
+    proc = run_cli("shards", "validate", "--input", manifest, "--text-tokenizer", fixtures_dir / "tokenizer",
+                   "--max-text-tokens", 90, check=False)
+    rejected = [line for line in proc.stdout.splitlines() if "text tokens, over --max-text-tokens 90" in line]
+    assert proc.returncode == 1 and rejected and all(line.startswith(f"{manifest}:") for line in rejected)
+    counts = sorted(int(line.split(": ")[-1].split()[0]) for line in rejected)
+    assert counts[0] > 90 and len(rejected) == 6  # exactly the records over the bound (they hold 70-116 tokens)
+    assert run_cli("shards", "validate", "--input", manifest, "--text-tokenizer", fixtures_dir / "tokenizer",
+                   check=False).returncode == 0  # the default bound keeps them all
 
 
 def test_validate_clean_manifest_exits_zero(speech):
