@@ -2,7 +2,8 @@
 LoRA adapter exported in peft format (fp32 master weights) beside each checkpoint.
 
 RUN/checkpoints/step00000100/   DeepSpeed's files (trainable weights, optimizer, scheduler) + rank*_rng.pt
-                              + adapter/ (adapter_config.json, adapter_model.safetensors) + COMPLETE
+                              + adapter/ (adapter_config.json, adapter_model.safetensors)
+                              + MANIFEST.json (size and sha256 of every file, checked before a resume) + COMPLETE
 RUN/checkpoints/latest        the tag of the newest checkpoint every rank finished writing
 """
 
@@ -18,9 +19,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from higgs_ds.files import atomic_write
+from higgs_ds.files import atomic_write, file_sha256
 
 log = logging.getLogger(__name__)
+MANIFEST = "MANIFEST.json"
+
+
+class CheckpointDamaged(RuntimeError):
+    """No checkpoint to resume from is intact; the message names the file."""
 
 
 def tag(step: int) -> str:
@@ -72,6 +78,7 @@ def save(engine, run_dir: Path, step: int, client_state: dict, keep_last: int, i
     export_adapter(engine, path / "adapter", is_main)
     dist.barrier()  # every rank has written its part: only now does this checkpoint become the resume point
     if is_main:
+        atomic_write(path / MANIFEST, json.dumps(file_manifest(path), indent=1))
         (path / "COMPLETE").write_text(json.dumps({"step": step}))
         atomic_write(ckpt_root / "latest", t)
         done = sorted(p for p in ckpt_root.glob("step*") if (p / "COMPLETE").exists())
@@ -82,21 +89,52 @@ def save(engine, run_dir: Path, step: int, client_state: dict, keep_last: int, i
     return path
 
 
+def file_manifest(path: Path) -> dict[str, dict]:
+    """Size and sha256 of every file of a checkpoint, by relative path (what resume checks before loading)."""
+    return {str(f.relative_to(path)): {"bytes": f.stat().st_size, "sha256": file_sha256(f)}
+            for f in sorted(path.rglob("*")) if f.is_file() and f.name not in (MANIFEST, "COMPLETE")}
+
+
+def damage(path: Path) -> str | None:
+    """What is wrong with a checkpoint's files (None: intact, or written before manifests existed)."""
+    if not (path / "COMPLETE").exists():
+        return "it was not completely written (no COMPLETE marker)"
+    if not (path / MANIFEST).is_file():
+        return None
+    for name, want in json.loads((path / MANIFEST).read_text()).items():
+        f = path / name
+        if not f.is_file():
+            return f"{f} is missing"
+        if f.stat().st_size != want["bytes"]:
+            return f"{f} has {f.stat().st_size} bytes, {want['bytes']} were written"
+        if file_sha256(f) != want["sha256"]:
+            return f"{f} does not hold the bytes that were written (sha256 differs)"
+    return None
+
+
 def find_resume(run_dir: Path, resume: str) -> Path | None:
+    """The checkpoint to resume from: RESUME itself when it is a path, else (auto) the newest intact one. A damaged
+    latest checkpoint is named and skipped for the one before it; every rank reaches the same choice."""
     if resume == "never":
         return None
     if resume != "auto":
         path = Path(resume)
-        if not (path / "COMPLETE").exists():
-            raise FileNotFoundError(f"{path} is not a complete checkpoint (no COMPLETE marker)")
+        if (problem := damage(path)) is not None:
+            raise CheckpointDamaged(f"cannot resume from {path}: {problem}")
         return path
-    latest = run_dir / "checkpoints" / "latest"
+    root = run_dir / "checkpoints"
+    latest = root / "latest"
     if not latest.exists():
         return None
-    path = run_dir / "checkpoints" / latest.read_text().strip()
-    if not (path / "COMPLETE").exists():
-        raise FileNotFoundError(f"{latest} points at {path}, which is not complete")
-    return path
+    newest = root / latest.read_text().strip()
+    older = sorted((p for p in root.glob("step*") if p.name < newest.name), reverse=True)
+    for path in [newest] + older:
+        problem = damage(path)
+        if problem is None:
+            return path
+        log.warning(f"checkpoint {path} is damaged: {problem}; trying the one before it")
+    raise CheckpointDamaged(f"no intact checkpoint in {root} (the newest, {newest}, is damaged); resume=never "
+                            f"starts the run over")
 
 
 def load(engine, path: Path) -> dict:

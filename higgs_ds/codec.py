@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from higgs_ds.audio import read_audio
-from higgs_ds.files import atomic_write
+from higgs_ds.files import atomic_write, file_sha256
 from higgs_ds.hub import Checkpoint, resolve, semantic_model_at, semantic_model_repo
 
 
@@ -20,14 +20,6 @@ def best_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_audio_tokenizer(name_or_path: str,

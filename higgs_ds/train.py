@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from higgs_ds import checkpoint
+from higgs_ds.checkpoint import CheckpointDamaged
 from higgs_ds.config import ConfigError, TrainConfig, dump_config, load_config, to_dict
 from higgs_ds.hub import CheckpointError, resolve
 from higgs_ds.data import BatchReader, DataPosition, load_train_index, stream_batches
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)  # config errors surface before any process group starts
         summary = train(cfg, args.deepspeed, args.dist_timeout, stop=stop)
-    except (ConfigError, CheckpointError, ShardError) as e:  # the user's to fix: a plain message, no traceback
+    except (ConfigError, CheckpointError, CheckpointDamaged, ShardError) as e:  # the user's to fix: a plain message, no traceback
         if de.is_main or isinstance(e, ShardError):  # the same on every rank, but a shard error may be one rank's
             log.error(f"error: {e}")
         return EXIT_USER_ERROR

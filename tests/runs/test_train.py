@@ -205,3 +205,25 @@ def test_a_model_that_does_not_fit_the_data_is_refused_before_any_process_group(
     rc, out = launch_training("srun-env", 2, overrides, check=False, timeout=300)
     assert rc == 2 and "Traceback" not in out and out.count(message.format(model=model)) == 1
     assert "deepspeed_shm_comm" not in out and not (tmp_path / "run").exists()
+
+
+def test_a_damaged_checkpoint_is_named_and_resume_falls_back_to_the_one_before(fixtures_dir, shards, tmp_path):
+    run = tmp_path / "run"
+    settings = dict(precision="fp32", save_every=2, keep_last=3, eval_every=0)
+    launch_training("torchrun", 2, train_overrides(fixtures_dir, shards, run, steps=6, **settings))
+    newest = run / "checkpoints" / "step00000006"
+    optim = sorted(newest.glob("*optim_states.pt"))[0]
+    size = optim.stat().st_size
+    optim.write_bytes(optim.read_bytes()[: size // 2])  # a torn copy, a bad disk block, a quota hit
+
+    rc, out = launch_training("srun-env", 2, train_overrides(fixtures_dir, shards, run, steps=8, resume=newest,
+                                                             **settings), check=False)
+    assert rc == 2 and "Traceback" not in out
+    assert f"cannot resume from {newest}: {optim} has {size // 2} bytes, {size} were written" in out
+
+    _, out = launch_training("torchrun", 2, train_overrides(fixtures_dir, shards, run, steps=8, **settings))
+    assert f"checkpoint {newest} is damaged: {optim} has {size // 2} bytes, {size} were written; trying the one " \
+           f"before it" in out
+    assert f"resumed from {run / 'checkpoints' / 'step00000004'} at step 4" in out
+    rows, _, summary = read_run(run)
+    assert [r["step"] for r in rows] == list(range(1, 9)) and summary["step"] == 8
