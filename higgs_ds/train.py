@@ -15,6 +15,7 @@ import os
 import random
 import resource
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -117,6 +118,39 @@ def evaluate(engine, reader: BatchReader, cfg: TrainConfig, rank: int, world: in
     return {"loss": cfg.loss.text_weight * total.text_loss + cfg.loss.audio_weight * total.audio_loss,
             "text_loss": total.text_loss, "audio_loss": total.audio_loss, "text_tokens": int(total.text_tokens),
             "audio_tokens": int(total.audio_tokens)}
+
+
+class RunDirInUse(RuntimeError):
+    """Another live run owns this run directory."""
+
+
+def own_run_dir(run_dir: Path, de, device):
+    """Rank 0 takes an exclusive lock on RUN/.lock for as long as the run lives (the OS drops it when the process
+    ends, however it ends, so a requeued or restarted job takes over); every rank learns whether it got it."""
+    import fcntl
+
+    handle = None
+    if de.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / ".lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.ctime(),
+                                     "slurm_job": os.environ.get("SLURM_JOB_ID")}))
+            handle.flush()
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip()
+            handle.close()
+            handle = None
+            log.error(f"error: {run_dir} belongs to another run that is still alive ({owner}); wait for it, stop "
+                      f"it, or give this run another run_dir")
+    held = all_reduce_sum([1.0 if handle is not None or not de.is_main else 0.0], device)[0] == de.world
+    if not held:
+        raise RunDirInUse(f"{run_dir} is in use by another run")
+    return handle
 
 
 def check_model_fits_data(cfg: TrainConfig) -> None:
@@ -255,8 +289,8 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
     check_model_fits_data(cfg)
     device = init_distributed(de, dist_timeout_s)
     run_dir = Path(cfg.run_dir)
+    lock = own_run_dir(run_dir, de, device)
     if de.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, run_dir / "config.yaml")
     stop = stop or StopSignal()
     engine, optimizer, train_reader, val_reader = build(cfg, de, ds_config_path)
@@ -302,6 +336,8 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
         # multiprocessing would wait forever for workers that block SIGTERM (SLURM signals belong to the trainer)
         stream.close()
         metrics.close()
+        if lock is not None:
+            lock.close()  # releases the run directory
     import torch.distributed as dist
 
     dist.barrier()
@@ -360,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)  # config errors surface before any process group starts
         summary = train(cfg, args.deepspeed, args.dist_timeout, stop=stop)
+    except RunDirInUse:
+        return EXIT_USER_ERROR  # rank 0 said whose run it is
     except (ConfigError, CheckpointError, CheckpointDamaged, ShardError) as e:  # the user's to fix: a plain message, no traceback
         if de.is_main or isinstance(e, ShardError):  # the same on every rank, but a shard error may be one rank's
             log.error(f"error: {e}")

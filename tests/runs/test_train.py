@@ -227,3 +227,35 @@ def test_a_damaged_checkpoint_is_named_and_resume_falls_back_to_the_one_before(f
     assert f"resumed from {run / 'checkpoints' / 'step00000004'} at step 4" in out
     rows, _, summary = read_run(run)
     assert [r["step"] for r in rows] == list(range(1, 9)) and summary["step"] == 8
+
+
+def test_a_second_run_into_a_live_run_dir_is_refused_and_a_dead_runs_dir_is_taken_over(fixtures_dir, shards,
+                                                                                          tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import REPO, free_port
+
+    run = tmp_path / "run"
+    first_env = {**os.environ, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(free_port())}
+    first = subprocess.Popen([sys.executable, "higgs_ds/train.py", "--deepspeed", "ds_configs/zero2.json",
+                              *train_overrides(fixtures_dir, shards, run, steps=100000)], cwd=REPO, env=first_env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text()):
+            assert first.poll() is None and time.time() < deadline, "the first run did not start training"
+            time.sleep(1)
+        rc, out = launch_training("srun-env", 2, train_overrides(fixtures_dir, shards, run, steps=2), check=False)
+        assert rc == 2 and "Traceback" not in out
+        assert f"{run} belongs to another run that is still alive" in out and f'"pid": {first.pid}' in out
+        assert out.count("belongs to another run") == 1
+    finally:
+        os.killpg(first.pid, 9)  # dies as a crashed or preempted job would, lock and all
+        first.wait()
+    _, out = launch_training("srun-env", 2, train_overrides(fixtures_dir, shards, run, steps=2, resume="never"))
+    assert "done: 2 steps" in out
+    assert f'"pid": {first.pid}' not in (run / ".lock").read_text()
