@@ -9,6 +9,7 @@ RUN/checkpoints/latest        the tag of the newest checkpoint every rank finish
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import random
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from higgs_ds.files import atomic_write, file_sha256
+from higgs_ds.files import atomic_write, file_sha256, no_space, out_of_space
 
 log = logging.getLogger(__name__)
 MANIFEST = "MANIFEST.json"
@@ -72,10 +73,17 @@ def save(engine, run_dir: Path, step: int, client_state: dict, keep_last: int, i
     if is_main and path.exists():
         shutil.rmtree(path)  # a half-written save of the same step from a killed run
     dist.barrier()
-    engine.save_checkpoint(str(ckpt_root), tag=t, client_state=client_state, save_latest=False,
-                           exclude_frozen_parameters=True)
-    torch.save(rng_state(), path / f"rank{dist.get_rank()}_rng.pt")
-    export_adapter(engine, path / "adapter", is_main)
+    try:
+        engine.save_checkpoint(str(ckpt_root), tag=t, client_state=client_state, save_latest=False,
+                               exclude_frozen_parameters=True)
+        torch.save(rng_state(), path / f"rank{dist.get_rank()}_rng.pt")
+        export_adapter(engine, path / "adapter", is_main)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as "unexpected pos" or "iostream error"
+        if not (no_space(e) or out_of_space(ckpt_root)):
+            raise
+        shutil.rmtree(path, ignore_errors=True)  # never resumed from: it has no COMPLETE marker
+        raise OSError(errno.ENOSPC, f"No space left on device while saving the checkpoint of step {step}",
+                      str(path)) from None
     dist.barrier()  # every rank has written its part: only now does this checkpoint become the resume point
     if is_main:
         atomic_write(path / MANIFEST, json.dumps(file_manifest(path), indent=1))

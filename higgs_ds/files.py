@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 from pathlib import Path
@@ -16,8 +17,36 @@ def temp_path(path: str | Path) -> Path:
 def atomic_write(path: str | Path, data: bytes | str) -> None:
     """PATH holds either its old content or all of DATA, never part: written beside it, then renamed over it."""
     tmp = temp_path(path)
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror, str(path)) from None  # the path the caller knows, not the temp name
     os.replace(tmp, path)
+
+
+def out_of_space(directory: str | Path) -> bool:
+    """Whether DIRECTORY takes no more data: asked by writing 1 MiB, for writers whose errors carry no errno."""
+    probe = temp_path(Path(directory) / "space-probe")
+    try:
+        with open(probe, "wb") as f:
+            f.write(bytes(1 << 20))
+            f.flush()
+            os.fsync(f.fileno())
+        return False
+    except OSError as e:
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def no_space(error: BaseException) -> bool:
+    """True for a full disk or quota, however the writer reported it (torch.save raises a RuntimeError)."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def is_url(path: str | Path) -> bool:

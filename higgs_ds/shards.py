@@ -31,7 +31,7 @@ from higgs_ds.audio import AudioError, AudioLimits, check_audio
 from higgs_ds.chatml import (Record, RecordError, Reject, TextLimits, chatml_tokens, content_items,
                              count_text_tokens, load_text_tokenizer, read_manifest, text_tokenizer_fingerprint,
                              user_text_chars)
-from higgs_ds.files import atomic_write, temp_path
+from higgs_ds.files import atomic_write, no_space
 from higgs_ds.sample_format import ShardError, sample_members, shard_name
 from higgs_ds.shard_index import FORMAT_VERSION, INDEX_COLUMNS
 
@@ -170,41 +170,40 @@ def _write_shard(out: Path, j: int, records: list[Record], rejects: list[Reject]
     from webdataset import TarWriter
 
     name = shard_name(j)
-    tmp = temp_path(out / name)  # streamed by TarWriter, renamed when complete
     rows: dict[str, list] = {k: [] for k in INDEX_COLUMNS if k != "speaker"}
     speakers: list[str | None] = []
     encode = lru_cache(maxsize=4096)(encoder.encode_file)
-    with open(tmp, "wb") as f:
-        writer = TarWriter(f, encoder=False, mtime=0)
-        for r in records:
-            coded = [encode(p) for p in r.audio]
-            codes = [c for c, _ in coded]
-            secs = [seconds_of[p] for p in r.audio]
-            tokens = None
-            if text_tok is not None:
-                ids, labels = chatml_tokens(r.to_json(), len(r.audio), text_tok)
-                tokens = {"tokenizer": text_fp, "input": ids, "label": labels}
-            offset = writer.tarstream.offset
-            writer.write(sample_members(r, codes, [d for _, d in coded], secs, encoder.num_codebooks, tokens))
-            target = sum(c.shape[1] for c, (i, role) in zip(codes, _audio_turns(r)) if role == "assistant"
-                         and i >= r.start_index)
-            rows["record"].append(r.index)
-            rows["shard"].append(j)
-            rows["offset"].append(offset)
-            rows["size"].append(writer.tarstream.offset - offset)
-            rows["text_tokens"].append(len(tokens["input"]) if tokens is not None else -1)
-            rows["audio_frames"].append(sum(c.shape[1] for c in codes))
-            rows["target_frames"].append(target)
-            rows["n_audio"].append(len(codes))
-            rows["seconds"].append(round(sum(secs), 6))
-            speakers.append(r.speaker)
-        writer.close()
-    data = tmp.read_bytes()
+    buf = io.BytesIO()  # held whole anyway for its sha256; a failed write then leaves no half-closed tar stream
+    writer = TarWriter(buf, encoder=False, mtime=0)
+    for r in records:
+        coded = [encode(p) for p in r.audio]
+        codes = [c for c, _ in coded]
+        secs = [seconds_of[p] for p in r.audio]
+        tokens = None
+        if text_tok is not None:
+            ids, labels = chatml_tokens(r.to_json(), len(r.audio), text_tok)
+            tokens = {"tokenizer": text_fp, "input": ids, "label": labels}
+        offset = writer.tarstream.offset
+        writer.write(sample_members(r, codes, [d for _, d in coded], secs, encoder.num_codebooks, tokens))
+        target = sum(c.shape[1] for c, (i, role) in zip(codes, _audio_turns(r)) if role == "assistant"
+                     and i >= r.start_index)
+        rows["record"].append(r.index)
+        rows["shard"].append(j)
+        rows["offset"].append(offset)
+        rows["size"].append(writer.tarstream.offset - offset)
+        rows["text_tokens"].append(len(tokens["input"]) if tokens is not None else -1)
+        rows["audio_frames"].append(sum(c.shape[1] for c in codes))
+        rows["target_frames"].append(target)
+        rows["n_audio"].append(len(codes))
+        rows["seconds"].append(round(sum(secs), 6))
+        speakers.append(r.speaker)
+    writer.close()
+    data = buf.getvalue()
     meta = {"shard": name, "samples": len(records), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
             "audio_seconds": round(sum(rows["seconds"]), 3), "text_tokens": int(sum(rows["text_tokens"])),
             "audio_frames": int(sum(rows["audio_frames"])), "rows": rows, "speakers": speakers,
             "rejects": [x.to_json() for x in rejects]}
-    os.replace(tmp, out / name)
+    atomic_write(out / name, data)
     atomic_write(sidecar_path(out, j), json.dumps(meta))
     log.info(f"wrote {name}: {len(records)} samples, {len(rejects)} rejected, {meta['audio_seconds']:.1f} s of audio")
     return meta
@@ -216,7 +215,20 @@ def _audio_turns(record: Record) -> list[tuple[int, str]]:
 
 
 def build_shards(cfg: BuildConfig) -> dict:
-    """Build this part's shards (resuming: finished shards are kept), then join the index if every shard is done."""
+    """Build this part's shards (resuming: finished shards are kept), then join the index if every shard is done.
+    A full disk ends the build with one message and no temporary files of this process left behind."""
+    try:
+        return _build_part(cfg)
+    except OSError as e:
+        if not no_space(e):
+            raise
+        for stale in Path(cfg.out).glob(f".*.tmp{os.getpid()}"):
+            stale.unlink(missing_ok=True)
+        raise BuildFailed(f"no space left on the device holding {e.filename or cfg.out}; free space or build into "
+                          f"another --out, then run the same command again (finished shards are kept)") from None
+
+
+def _build_part(cfg: BuildConfig) -> dict:
     from higgs_ds.codec import AudioEncoder
 
     out = Path(cfg.out)

@@ -27,6 +27,7 @@ import torch
 from higgs_ds import checkpoint
 from higgs_ds.checkpoint import CheckpointDamaged
 from higgs_ds.config import ConfigError, TrainConfig, dump_config, load_config, to_dict
+from higgs_ds.files import no_space
 from higgs_ds.hub import CheckpointError, resolve
 from higgs_ds.data import BatchReader, DataPosition, load_train_index, stream_batches
 from higgs_ds.plan import PlanSettings, plan_eval
@@ -393,11 +394,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     de = dist_env()
     setup_logging(de.rank, de.world)
+    cfg = None
     try:
         cfg = load_config(args.config, args.overrides)  # config errors surface before any process group starts
         summary = train(cfg, args.deepspeed, args.dist_timeout, stop=stop)
     except RunDirInUse:
         return EXIT_USER_ERROR  # rank 0 said whose run it is
+    except OSError as e:
+        if not no_space(e):
+            raise
+        where = e.filename or (cfg.run_dir if cfg else "the run directory")
+        log.error(f"error: {e.strerror or 'No space left on device'}: {where} (free space there, then run the same "
+                  f"command again: the run resumes from its last complete checkpoint)")
+        return EXIT_USER_ERROR
     except (ConfigError, CheckpointError, CheckpointDamaged, ShardError) as e:  # the user's to fix: a plain message, no traceback
         if de.is_main or isinstance(e, ShardError):  # the same on every rank, but a shard error may be one rank's
             log.error(f"error: {e}")

@@ -1,5 +1,6 @@
 """Helpers the tests share: paths, running the CLI and the trainer as a user would, reading a run's output."""
 
+import contextlib
 import json
 import os
 import socket
@@ -85,3 +86,18 @@ def read_run(run_dir):
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((run_dir / "summary.json").read_text())
     return [r for r in rows if r.get("split") != "eval"], [r for r in rows if r.get("split") == "eval"], summary
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str):
+    """A tmpfs of SIZE mounted at PATH (root only, as CI runs): a disk that really fills up."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -118,3 +118,21 @@ def test_killed_build_resumes_without_duplicates(fixtures_dir, speech, shards, t
 
     keys = ShardIndex.load(out).rows["record"]
     assert len(keys) == len(set(keys)) == 12
+
+
+def test_a_full_disk_ends_the_build_with_one_message_and_a_rerun_finishes(fixtures_dir, speech, code_cache, shards,
+                                                                           tmp_path):
+    import subprocess
+
+    from tests.helpers import small_disk
+
+    with small_disk(tmp_path / "disk", "48k") as disk:
+        out = disk / "shards"
+        proc = _build(fixtures_dir, speech / "utterances.jsonl", out, code_cache, "--shard-size", 5, check=False)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert f"build failed: no space left on the device holding {out}" in proc.stderr
+        assert "run the same command again (finished shards are kept)" in proc.stderr
+        assert not list(out.glob(".*.tmp*")) and not (out / "index.json").exists()
+        subprocess.run(["mount", "-o", "remount,size=16m", str(disk)], check=True)
+        _build(fixtures_dir, speech / "utterances.jsonl", out, code_cache, "--shard-size", 5)
+        assert _files(out) == _files(shards)  # byte-identical to a build that never ran out of space

@@ -259,3 +259,29 @@ def test_a_second_run_into_a_live_run_dir_is_refused_and_a_dead_runs_dir_is_take
     _, out = launch_training("srun-env", 2, train_overrides(fixtures_dir, shards, run, steps=2, resume="never"))
     assert "done: 2 steps" in out
     assert f'"pid": {first.pid}' not in (run / ".lock").read_text()
+
+
+def test_a_full_disk_at_a_checkpoint_is_named_and_the_run_resumes_once_space_is_free(fixtures_dir, shards,
+                                                                                       tmp_path):
+    import subprocess
+
+    from tests.helpers import small_disk
+
+    with small_disk(tmp_path / "disk", "4m") as disk:
+        run = disk / "run"
+        settings = dict(save_every=2, steps=4)
+        launch_training("srun-env", 1, train_overrides(fixtures_dir, shards, run, steps=2))  # what a save needs
+        used = sum(f.stat().st_size for f in run.rglob("*") if f.is_file())
+        subprocess.run(["rm", "-rf", str(run)], check=True)
+        filler = disk / "filler"
+        free = subprocess.run(["df", "--output=avail", "-B1", str(disk)], capture_output=True, text=True,
+                              check=True).stdout.split()[-1]
+        filler.write_bytes(bytes(int(free) - used // 2))  # room for the logs, not for a checkpoint
+        rc, out = launch_training("srun-env", 1, train_overrides(fixtures_dir, shards, run, **settings), check=False)
+        assert rc == 2 and "Traceback" not in out, out[-3000:]
+        step_dir = run / "checkpoints" / "step00000002"
+        assert f"No space left on device while saving the checkpoint of step 2: {step_dir} (free space there" in out
+        assert not step_dir.exists() and not (run / "checkpoints" / "latest").exists()
+        filler.unlink()
+        _, out = launch_training("srun-env", 1, train_overrides(fixtures_dir, shards, run, **settings))
+        assert "done: 4 steps" in out
