@@ -14,7 +14,7 @@ SPECIAL_TOKENS = [
 TEXT_VOCAB = 512
 HUBERT_REPO = "bosonai/hubert_base"
 HUBERT_COMMIT = "0" * 40
-FIXTURES_VERSION = 2  # bump when what build_fixtures writes changes
+FIXTURES_VERSION = 3  # bump when what build_fixtures writes changes
 
 _CORPUS = """system user assistant Generate audio following instruction. The quick brown fox jumps over the lazy dog.
 Speak in the voice of the reference speaker. She sells sea shells by the sea shore. Hello world, this is a test.
@@ -42,6 +42,9 @@ def build_text_tokenizer(out: Path):
     trainer = trainers.BpeTrainer(vocab_size=TEXT_VOCAB, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(_CORPUS.split("\n") * 4, trainer=trainer)
+    # The corpus yields fewer merges than TEXT_VOCAB; reserved special tokens fill the rest, as in Llama 3, so the
+    # tokenizer and the model's text vocabulary have the same size (generation checks sampled ids against it).
+    tok.add_special_tokens([f"<|reserved_special_token_{i}|>" for i in range(TEXT_VOCAB - tok.get_vocab_size())])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>",
                                    pad_token="<|pad|>")
     fast.save_pretrained(out)
@@ -169,14 +172,53 @@ def build_audio_tokenizer(out: Path, seed: int = 0) -> None:
     from boson_multimodal.audio_processing.higgs_audio_tokenizer import HiggsAudioTokenizer
 
     torch.manual_seed(seed)
-    tok = HiggsAudioTokenizer(**AUDIO_TOKENIZER_CONFIG, device="cpu")
-    # The RVQ codebooks k-means-initialise on the first clip they see; do it here on seeded noise, or every
-    # process would get codebooks (and codes) that depend on whichever clip it happened to encode first.
-    gen = torch.Generator().manual_seed(seed)
-    tok.encode((0.1 * torch.randn(48000, generator=gen)).numpy(), 24000)
+    tok = HiggsAudioTokenizer(**AUDIO_TOKENIZER_CONFIG, device="cpu").eval()
+    calibrate_codebooks(tok, seed)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(AUDIO_TOKENIZER_CONFIG, indent=2))
     torch.save(tok.state_dict(), out / "model.pth")
+
+
+def speech_like(seconds: float, seed: int, sr: int = 24000):
+    """A voiced, syllable-modulated harmonic signal with fricative-like noise bursts (float32 at SR)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sr)) / sr
+    f0 = 120 + 60 * np.sin(2 * np.pi * 0.3 * t + rng.uniform(0, 6)) + 20 * rng.standard_normal()
+    phase = 2 * np.pi * np.cumsum(f0) / sr
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 20))
+    syllables = np.clip(np.sin(2 * np.pi * 4 * t + rng.uniform(0, 6)), 0, None)
+    bursts = rng.standard_normal(len(t)) * (rng.uniform(size=len(t) // 2400 + 1).repeat(2400)[:len(t)] > 0.7)
+    return (0.1 * (voiced * syllables + 0.3 * bursts)).astype(np.float32)
+
+
+def calibrate_codebooks(tok, seed: int, clips: int = 8) -> None:
+    """Give every RVQ codebook random entries spread like the residual it quantizes (per-dimension mean and std
+    of the encoder's output on speech-like signals), and mark it initialised. Codes of speech then spread over
+    the whole code space in every codebook, as a trained codec's do; boson's own k-means init would run on the
+    first clip a process encodes (codes depending on order) and, on a few frames, collapse to a handful of codes."""
+    import torch
+
+    captured = []
+    hook = tok.quantizer.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach()))
+    layers = [layer._codebook for layer in tok.quantizer.vq.layers]
+    for codebook in layers:  # k-means init must not run on the calibration clips
+        codebook.inited.fill_(1.0)
+    try:
+        for i in range(clips):
+            tok.encode(speech_like(3.0, seed * 1000 + i), tok.sampling_rate)
+    finally:
+        hook.remove()
+    residual = torch.cat([e[0].T for e in captured])  # (frames, quantizer dim)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in tok.quantizer.vq.layers:
+            x = layer.project_in(residual)
+            codebook = layer._codebook
+            codebook.embed.copy_(x.mean(0) + x.std(0) * torch.randn(codebook.embed.shape, generator=gen))
+            codebook.embed_avg.copy_(codebook.embed)
+            residual = residual - layer.decode(layer.encode(residual.T.unsqueeze(0)))[0].T
 
 
 def fixtures_current(out: str | Path) -> bool:
@@ -209,4 +251,42 @@ def build_fixtures(out: str | Path, seed: int = 0) -> Path:
     build_audio_tokenizer(out / "audio_tokenizer", seed)
     (out / "FIXTURES.json").write_text(json.dumps({"version": FIXTURES_VERSION, "seed": seed,
                                                    "env": offline_env(out)}, indent=2))
+    return out
+
+
+WHISPER_SPECIAL_TOKENS = ["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|translate|>", "<|nocaptions|>",
+                          "<|notimestamps|>"]
+
+
+def build_asr_model(out: str | Path, seed: int = 0) -> Path:
+    """A tiny random Whisper (1 encoder and 1 decoder layer, a byte-level BPE of its own) that transformers' ASR
+    pipeline loads and runs: the ASR scoring path end to end, offline. Its transcripts are noise."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
+                              WhisperProcessor, WhisperTokenizer)
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(_CORPUS.split("\n") * 4, vocab_size=400, min_frequency=1, show_progress=False)
+    bpe.save_model(str(out))
+    eot = "<|endoftext|>"
+    tok = WhisperTokenizer(str(out / "vocab.json"), str(out / "merges.txt"), unk_token=eot, bos_token=eot,
+                           eos_token=eot, pad_token=eot)
+    tok.add_special_tokens({"additional_special_tokens": WHISPER_SPECIAL_TOKENS})
+    WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tok).save_pretrained(out)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in [eot] + WHISPER_SPECIAL_TOKENS}
+    config = WhisperConfig(vocab_size=len(tok), num_mel_bins=80, d_model=64, encoder_layers=1, decoder_layers=1,
+                           encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128,
+                           decoder_ffn_dim=128, max_source_positions=1500, max_target_positions=64,
+                           decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids[eot],
+                           pad_token_id=ids[eot], bos_token_id=ids[eot])
+    torch.manual_seed(seed)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=ids["<|startoftranscript|>"], eos_token_id=ids[eot], pad_token_id=ids[eot],
+        max_length=32, no_timestamps_token_id=ids["<|notimestamps|>"], lang_to_id={"<|en|>": ids["<|en|>"]},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]}, is_multilingual=True)
+    model.save_pretrained(out, safe_serialization=True)
     return out

@@ -189,7 +189,7 @@ def test_a_deleted_shard_stops_the_run_with_a_plain_message(fixtures_dir, shards
     ({"audio_num_codebooks": 4}, "holds 8 codebooks a frame (its build.json), but the model {model} reads 4"),
     ({"audio_codebook_size": 100}, "holds codes up to 1023 (build.json codebook_size), but the model {model} has "
                                    "audio_codebook_size 100"),
-    ({"text_config": {"vocab_size": 300}}, "has 481 tokens, more than the 300 of the model's text vocabulary"),
+    ({"text_config": {"vocab_size": 300}}, "has 512 tokens, more than the 300 of the model's text vocabulary"),
 ])
 def test_a_model_that_does_not_fit_the_data_is_refused_before_any_process_group(fixtures_dir, shards, tmp_path,
                                                                                  change, message):
