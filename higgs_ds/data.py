@@ -229,8 +229,11 @@ def _epochs(reader: BatchReader, seed: int, rank: int, settings: PlanSettings, s
                      f"{plan.selected} samples left out to keep ranks equal, padding efficiency "
                      f"{plan.padding_efficiency:.3f}")
         batches = plan.batches[rank][skip:]
+        # its own generator: the loader draws its workers' seed when an epoch starts, and that may happen in the
+        # prefetch thread while the training thread draws dropout masks from the global RNG
         loader = torch.utils.data.DataLoader(_PlannedBatches(reader, batches), batch_size=None, shuffle=False,
-                                             num_workers=num_workers, prefetch_factor=4 if num_workers else None)
+                                             num_workers=num_workers, prefetch_factor=4 if num_workers else None,
+                                             generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
         # SLURM signals every process of a job step; workers inherit this mask, so only the trainer gets them
         blocked = {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
         old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
