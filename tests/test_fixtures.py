@@ -59,3 +59,26 @@ def test_audio_tokenizer_with_mismatched_weights_is_an_error(fixtures_dir, tmp_p
     with pytest.raises(RuntimeError, match="1 missing keys") as err:
         load_audio_tokenizer(str(tmp_path), device="cpu")
     assert dropped in str(err.value) and str(tmp_path) in str(err.value)
+
+
+def test_fixture_codes_use_the_whole_code_space(fixtures_dir, speech):
+    """Every codebook of the fixture tokenizer spreads espeak speech over its 1024 codes, as a trained codec does
+    (a mismatch between shards and a model's codebook size cannot hide in a corner of the code space)."""
+    from higgs_ds.codec import AudioEncoder
+
+    enc = AudioEncoder(str(fixtures_dir / "audio_tokenizer"), cache_dir=None, device="cpu")
+    codes = np.concatenate([enc.encode_file(p)[0] for p in sorted((speech / "wavs").glob("*.wav"))], axis=1)
+    assert codes.shape[0] == 8 and codes.shape[1] > 800
+    distinct = [len(np.unique(c)) for c in codes]
+    assert min(distinct) > 150, distinct
+    assert codes.min() < 20 and codes.max() > 1000
+    top_share = [np.bincount(c).max() / len(c) for c in codes]
+    assert max(top_share) < 0.2, top_share  # no codebook collapses onto one code
+
+
+def test_text_tokenizer_fills_the_model_vocabulary(fixtures_dir):
+    from boson_multimodal.model.higgs_audio import HiggsAudioConfig
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(fixtures_dir / "tokenizer")
+    assert len(tok) == HiggsAudioConfig.from_pretrained(fixtures_dir / "model").text_config.vocab_size == 512
