@@ -19,18 +19,21 @@ help:
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check -e '.[dev]'
-	$(PIP) install -q --disable-pip-version-check --no-deps boson-multimodal==0.1.1
+	$(PIP) install -q --disable-pip-version-check --no-deps boson-multimodal==0.1.1 resemblyzer==0.1.4
 	touch $@
 
 venv: $(STAMP)
 
-# Debian packages: espeak-ng (speech for tests/demo). Installed only when running as root and missing.
+# Debian packages: espeak-ng (speech for tests and the demo), ffmpeg (mp3/flac/ogg/opus test corpora), chromium
+# (report.html in a real headless browser). Installed only when running as root and missing.
+DEBS := espeak-ng:espeak-ng ffmpeg:ffmpeg chromium:chromium
 deps:
-	@if command -v espeak-ng >/dev/null 2>&1; then :; \
+	@missing=""; for d in $(DEBS); do command -v $${d%%:*} >/dev/null 2>&1 || missing="$$missing $${d##*:}"; done; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	  echo "installing espeak-ng"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	  apt-get install -y -qq --no-install-recommends espeak-ng >/dev/null; \
-	else echo "espeak-ng is missing: install it (apt-get install espeak-ng) and re-run"; exit 1; fi
+	  echo "installing$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	else echo "missing Debian packages:$$missing; install them (apt-get install$$missing) and re-run"; exit 1; fi
 
 lint: venv
 	$(PY) -m pyflakes higgs_ds launcher bench tests

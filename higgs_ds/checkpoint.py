@@ -5,6 +5,7 @@ RUN/checkpoints/step00000100/   DeepSpeed's files (trainable weights, optimizer,
                               + adapter/ (adapter_config.json, adapter_model.safetensors)
                               + MANIFEST.json (size and sha256 of every file, checked before a resume) + COMPLETE
 RUN/checkpoints/latest        the tag of the newest checkpoint every rank finished writing
+RUN/checkpoints/best, RUN/best the best checkpoint under eval.select (a tag, and a symlink to its directory)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from higgs_ds.files import atomic_write, file_sha256, no_space, out_of_space
 
 log = logging.getLogger(__name__)
 MANIFEST = "MANIFEST.json"
+BEST = "best"  # RUN/checkpoints/best: the tag of the best checkpoint (eval.select); kept whatever keep_last says
 
 
 class CheckpointDamaged(RuntimeError):
@@ -90,11 +92,30 @@ def save(engine, run_dir: Path, step: int, client_state: dict, keep_last: int, i
         (path / "COMPLETE").write_text(json.dumps({"step": step}))
         atomic_write(ckpt_root / "latest", t)
         done = sorted(p for p in ckpt_root.glob("step*") if (p / "COMPLETE").exists())
-        for old in done[:-keep_last]:
+        best = (ckpt_root / BEST).read_text().strip() if (ckpt_root / BEST).is_file() else None
+        for old in [p for p in done[:-keep_last] if p.name != best]:  # the best checkpoint outlives retention
             shutil.rmtree(old, ignore_errors=True)
         log.info(f"saved checkpoint {path}")
     dist.barrier()
     return path
+
+
+def mark_best(run_dir: Path, step: int, info: dict) -> None:
+    """Point RUN/best (a symlink, what `export` and `synthesize --checkpoint` take) and RUN/checkpoints/best at the
+    checkpoint of STEP, and write RUN/best.json (step, score, metrics). Rank 0 only, after that checkpoint is
+    complete."""
+    import os
+
+    ckpt_root = run_dir / "checkpoints"
+    atomic_write(ckpt_root / BEST, tag(step))
+    link = run_dir / "best"
+    tmp = run_dir / f".best.tmp{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path("checkpoints") / tag(step), target_is_directory=True)
+    os.replace(tmp, link)
+    atomic_write(run_dir / "best.json", json.dumps({"step": step, "checkpoint": str(ckpt_root / tag(step)),
+                                                    "adapter": str(ckpt_root / tag(step) / "adapter"), **info},
+                                                   indent=1))
 
 
 def file_manifest(path: Path) -> dict[str, dict]:
@@ -165,6 +186,17 @@ def run_config_of(ckpt: Path) -> dict:
     return torch.load(states[0], map_location="cpu", weights_only=False)["config"]
 
 
+def step_dir(path: str | Path) -> Path:
+    """The checkpoint a path names: a step directory itself, RUN/best, or a run directory (its latest)."""
+    path = Path(path)
+    if (path / "checkpoints" / "latest").exists():
+        path = path / "checkpoints" / (path / "checkpoints" / "latest").read_text().strip()
+    if not (path / "adapter" / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{path / 'adapter'} has no adapter_config.json (is {path} a complete checkpoint "
+                                f"or a run directory?)")
+    return path.resolve()
+
+
 def export(ckpt: str | Path, out: str | Path, merge: bool, base: str | None = None) -> Path:
     """Copy the peft adapter of a checkpoint to OUT, or (merge) write a full bf16 model that
     HiggsAudioModel.from_pretrained loads, with the adapter folded into the base weights."""
@@ -173,12 +205,8 @@ def export(ckpt: str | Path, out: str | Path, merge: bool, base: str | None = No
     from higgs_ds.config import ModelConfig
     from higgs_ds.model import load_model, load_tokenizer
 
-    ckpt, out = Path(ckpt), Path(out)
-    if (ckpt / "checkpoints" / "latest").exists():  # a run dir: take its latest checkpoint
-        ckpt = ckpt / "checkpoints" / (ckpt / "checkpoints" / "latest").read_text().strip()
+    ckpt, out = step_dir(ckpt), Path(out)
     adapter = ckpt / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"{adapter} has no adapter_config.json (is {ckpt} a complete checkpoint?)")
     cfg = run_config_of(ckpt)
     run_model = cfg["model"]
     model_cfg = ModelConfig(path=base or run_model["path"], tokenizer=None if base else run_model["tokenizer"])

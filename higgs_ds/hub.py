@@ -28,13 +28,15 @@ SEMANTIC_MODEL_REPOS = {
     "hubert_base": "facebook/hubert-base-ls960",
     "wavlm_base_plus": "microsoft/wavlm-base-plus",
 }
-KINDS = ("model", "text_tokenizer", "audio_tokenizer", "semantic_model")
+KINDS = ("model", "text_tokenizer", "audio_tokenizer", "semantic_model", "asr_model", "speaker_model")
 # files worth downloading per kind (a text tokenizer named by a model repo must not pull 11 GB of weights)
 _ALLOW = {
     "model": ["*.json", "*.safetensors", "*.txt", "*.model"],
     "text_tokenizer": ["*.json", "*.txt", "*.model", "*.tiktoken"],
     "audio_tokenizer": ["config.json", "model.pth"],
     "semantic_model": ["*.json", "*.safetensors", "*.bin", "*.py"],
+    "asr_model": ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"],
+    "speaker_model": ["*.json", "*.safetensors", "*.txt"],
 }
 _NATIVE_MODEL_TYPES = {"higgs_audio_v2", "higgs_audio_v2_tokenizer"}
 
