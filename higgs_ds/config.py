@@ -20,6 +20,9 @@ from omegaconf.errors import OmegaConfBaseException
 from higgs_ds.files import is_url
 
 
+SELECT_METRICS = ("loss", "similarity", "wer", "mix")
+
+
 class ConfigError(ValueError):
     """A config key or value is wrong; the message names the key."""
 
@@ -77,6 +80,29 @@ class LossConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Listening evaluation (speech generated with the weights being trained, scored) and the best checkpoint."""
+
+    prompts: str | None = None  # JSONL of held-out prompts: ref_audio, ref_text, text [, id, target_audio, language]
+    num_prompts: int = 4  # without `prompts`: this many drawn from data.val (references fed as stored codes)
+    synth_every: int = 0  # generate and score every prompt every N steps and at the end (0: never)
+    max_seconds: float = 600.0  # wall-clock bound of one listening evaluation; prompts not reached are reported
+    max_new_tokens: int = 750  # per prompt: audio frames (25 a second) + text tokens
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int | None = None
+    seed: int = 0
+    audio_tokenizer: str | None = None  # default: the one data.val (else data.train) was built with (build.json)
+    semantic_model: str | None = None
+    asr_model: str | None = None  # Whisper (or any transformers ASR model) dir or hub id; none: WER not measured
+    speaker_model: str | None = None  # x-vector model dir or hub id; none: resemblyzer (ships in its wheel)
+    dnsmos: bool = True
+    select: str = "loss"  # which evaluation keeps RUN/best: loss | similarity | wer | mix
+    select_weights: dict[str, float] = field(default_factory=lambda: {"loss": 1.0, "similarity": 1.0, "wer": 1.0})
+    patience: int = 0  # stop after this many evaluations without a better `select` score (0: never)
+
+
+@dataclass
 class TrainConfig:
     run_dir: str = "runs/default"
     steps: int = 1000
@@ -96,6 +122,7 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> "TrainConfig":
         def need(ok: bool, key: str, msg: str) -> None:
@@ -146,6 +173,28 @@ class TrainConfig:
         need(self.lora.rank >= 1, "lora.rank", f"must be >= 1, got {self.lora.rank}")
         need(self.lora.alpha > 0, "lora.alpha", "must be > 0")
         need(0 <= self.lora.dropout < 1, "lora.dropout", "must be in [0, 1)")
+        ev = self.eval
+        need(ev.synth_every >= 0, "eval.synth_every", "must be >= 0 (0 = never)")
+        need(ev.num_prompts >= 1, "eval.num_prompts", "must be >= 1")
+        need(ev.max_seconds > 0, "eval.max_seconds", "must be > 0")
+        need(ev.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
+        need(ev.temperature >= 0 and 0 < ev.top_p <= 1, "eval.temperature", "temperature >= 0 and top_p in (0, 1]")
+        need(ev.prompts is None or Path(ev.prompts).is_file(), "eval.prompts", f"{ev.prompts} does not exist")
+        need(not ev.synth_every or bool(ev.prompts or self.data.val), "eval.synth_every",
+             "needs eval.prompts or data.val (where prompts are drawn from)")
+        need(ev.select in SELECT_METRICS, "eval.select", f"must be one of {', '.join(SELECT_METRICS)}, got "
+                                                          f"{ev.select!r}")
+        unknown = sorted(set(ev.select_weights) - {"loss", "similarity", "wer"})
+        need(not unknown, "eval.select_weights", f"keys must be loss, similarity, wer; got {unknown}")
+        uses = {"loss": ["loss"], "similarity": ["similarity"], "wer": ["wer"],
+                "mix": [k for k, w in ev.select_weights.items() if w]}[ev.select]
+        # the default (loss) without data.val just keeps no best checkpoint; asking for more than that needs data.val
+        need("loss" not in uses or bool(self.data.val) or (ev.select == "loss" and not ev.patience), "eval.select",
+             f"{ev.select} needs data.val (eval loss)")
+        need(uses == ["loss"] or bool(ev.synth_every), "eval.select",
+             f"{ev.select} needs listening evaluations: set eval.synth_every")
+        need("wer" not in uses or bool(ev.asr_model), "eval.select", f"{ev.select} needs WER: set eval.asr_model")
+        need(ev.patience >= 0, "eval.patience", "must be >= 0 (0 = never stop early)")
         local = self.model.path.startswith((".", "/")) or os.path.exists(self.model.path)
         need(not local or (Path(self.model.path) / "config.json").is_file(), "model.path",
              f"{self.model.path} has no config.json")
@@ -174,7 +223,7 @@ def _check_keys(tree: dict, cls, prefix: str = "") -> None:
         section = dataclasses.is_dataclass(typ)
         if section and not isinstance(value, dict):
             raise ConfigError(f"{prefix}{key}: must be a mapping, got {value!r}")
-        if isinstance(value, dict) and not section:
+        if isinstance(value, dict) and not section and typing.get_origin(typ) is not dict:
             raise ConfigError(f"{prefix}{key} is not a section")
         items = typing.get_args(typ)
         if typing.get_origin(typ) is tuple and Ellipsis not in items and isinstance(value, list) and \

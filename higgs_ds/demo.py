@@ -1,5 +1,6 @@
 """`make demo`: the whole job on tiny built-in fixtures on CPU. Fixtures, espeak-ng speech, shards, a 2-rank
-DeepSpeed ZeRO-2 LoRA run, the exported adapter and a merged model, then a summary of where everything is."""
+DeepSpeed ZeRO-2 LoRA run with listening evaluations, the exported adapter and a merged model, one sentence
+synthesized with the adapter and with the base model and scored, then a summary of where everything is."""
 
 from __future__ import annotations
 
@@ -38,18 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     cli = [sys.executable, "-m", "higgs_ds.cli"]
     t0 = time.time()
 
-    step("1/5 tiny random Higgs-Audio stack (model, text tokenizer, audio tokenizer), built locally")
+    step("1/6 tiny random Higgs-Audio stack (model, text tokenizer, audio tokenizer), built locally")
     if not fixtures_current(fixtures):
         run(cli + ["fixtures", "--out", fixtures], env=env)
     else:
         print(f"reusing {fixtures}")
 
-    step("2/5 speech from espeak-ng: 4 speakers x 6 utterances")
+    step("2/6 speech from espeak-ng: 4 speakers x 6 utterances")
     data = out / "data"
     if not (data / "utterances.jsonl").is_file():
         run(cli + ["sample-data", "--out", data, "--speakers", 4, "--utterances", 6], env=env)
 
-    step("3/5 shards: validate, build (utterances paired into zero-shot cloning records), verify, inspect")
+    step("3/6 shards: validate, build (utterances paired into zero-shot cloning records), verify, inspect")
     common = ["--audio-tokenizer", fixtures / "audio_tokenizer", "--text-tokenizer", fixtures / "tokenizer",
               "--cache-dir", out / "code-cache"]
     run(cli + ["shards", "validate", "--input", data / "utterances.jsonl"], env=env)
@@ -61,15 +62,29 @@ def main(argv: list[str] | None = None) -> int:
     run(cli + ["shards", "verify", out / "shards/train"], env=env)
     run(cli + ["shards", "inspect", out / "shards/train"], env=env)
 
-    step(f"4/5 LoRA training: deepspeed --num_gpus {args.ranks}, ZeRO-2, bf16, on CPU (gloo)")
+    step(f"4/6 LoRA training: deepspeed --num_gpus {args.ranks}, ZeRO-2, bf16, on CPU (gloo)")
     run_dir = out / "run"
     overrides = [f"run_dir={run_dir}", f"model.path={fixtures / 'model'}", f"model.tokenizer={fixtures / 'tokenizer'}",
                  f"data.train={out / 'shards/train'}", f"data.val={out / 'shards/val'}", f"steps={args.steps}"]
     run([Path(sys.executable).parent / "deepspeed", "--num_gpus", args.ranks, "higgs_ds/train.py", "--deepspeed",
          "ds_configs/zero2.json", "--config", "configs/demo.yaml", *overrides], env=env)
 
-    step("5/5 export: the adapter (peft) and a merged bf16 model")
+    step("5/6 export: the adapter (peft) and a merged bf16 model")
     run(cli + ["export", "--checkpoint", run_dir, "--out", out / "merged", "--merge"], env=env)
+
+    step("6/6 listen: one sentence in speaker spk0's voice, with the trained adapter and with the base model")
+    utts = [json.loads(x) for x in (data / "utterances.jsonl").read_text().splitlines()]
+    ref, target = [u for u in utts if u["speaker"] == "spk0"][:2]
+    listen = out / "listen"
+    prompt = ["--ref-audio", data / ref["audio"], "--ref-text", ref["text"], "--text", target["text"],
+              "--target-audio", data / target["audio"], "--audio-tokenizer", fixtures / "audio_tokenizer",
+              "--max-new-tokens", 100, "--seed", 0, "--quiet"]
+    scores = {}
+    for name, model in (("adapter", ["--checkpoint", run_dir]), ("base", ["--model", fixtures / "model",
+                                                                           "--text-tokenizer", fixtures / "tokenizer"])):
+        run(cli + ["synthesize", *model, *prompt, "--out", listen / f"{name}.wav"], env=env, stdout=subprocess.DEVNULL)
+        run(cli + ["score", listen / f"{name}.json", "--quiet"], env=env)
+        scores[name] = json.loads((listen / f"{name}.scores.json").read_text())["prompts"][0]["generated"]
 
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -84,7 +99,13 @@ def main(argv: list[str] | None = None) -> int:
   run          {run_dir}   (config.yaml, metrics.jsonl, tensorboard/, checkpoints/)
   adapter      {run_dir / 'adapter'}   (PeftModel.from_pretrained(HiggsAudioModel, ...))
   merged       {out / 'merged'}   (HiggsAudioModel.from_pretrained(..., torch_dtype=torch.bfloat16))
+  report       {run_dir / 'report.html'}   (curves, listening scores, audio players)
+  best         {run_dir / 'best'}   (eval.select: {json.loads((run_dir / 'best.json').read_text())['select']})
   resume       re-run the same deepspeed command with steps=N: resume=auto continues from the latest checkpoint
+  listen       "{target['text']}" in spk0's voice (speaker similarity to the reference, DNSMOS 1-5, seconds):
+""" + "\n".join(f"    {name:<8} {listen / (name + '.wav')}   similarity {sc['similarity']:.3f}  dnsmos "
+                 f"{sc['dnsmos']:.2f}  {sc['seconds']:.2f} s" for name, sc in scores.items()) + """
+    (tiny random fixtures: the scores show the path works, not what a real model sounds like)
 """)
     if last["audio_loss"] > first["audio_loss"] - 1.0:
         print("the audio loss did not fall as expected", file=sys.stderr)

@@ -62,3 +62,20 @@ def combine(sums: TokenSums, text_total: float, audio_total: float, text_weight:
     if audio_weight and audio_total > 0:
         loss = loss + audio_weight * sums.audio_sum / audio_total
     return loss
+
+
+def codebook_hits(outputs, label_audio_ids: torch.Tensor | None, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:
+    """(len(ks), num_codebooks) counts of audio targets among the top-k of their shifted logits (teacher-forced
+    accuracy: the signal that needs no generation); divide by TokenSums.codebook_tokens."""
+    audio_logits = outputs.audio_logits
+    ncb = audio_logits.shape[1] if audio_logits is not None else 0
+    hits = torch.zeros(len(ks), ncb, dtype=torch.long)
+    if audio_logits is None or label_audio_ids is None or label_audio_ids.numel() == 0 or audio_logits.shape[0] < 2:
+        return hits
+    a_labels = label_audio_ids[:, 1:].transpose(0, 1)  # (T-1, C)
+    valid = a_labels != IGNORE
+    top = audio_logits[:-1].topk(max(ks), dim=-1).indices  # (T-1, C, kmax)
+    match = top == a_labels.unsqueeze(-1)
+    for i, k in enumerate(ks):
+        hits[i] = (match[..., :k].any(-1) & valid).sum(0).cpu()
+    return hits

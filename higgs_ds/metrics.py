@@ -7,7 +7,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from higgs_ds.files import atomic_write
+
+
+def mel_image(wav: np.ndarray, sr: int, n_mels: int = 80) -> np.ndarray:
+    """A log-mel spectrogram scaled to [0, 1], low frequencies at the bottom (an image TensorBoard shows)."""
+    import librosa
+
+    mel = librosa.power_to_db(librosa.feature.melspectrogram(y=wav, sr=sr, n_mels=n_mels), ref=np.max)
+    return np.flipud((mel - mel.min()) / max(1e-9, float(mel.max() - mel.min()))).astype(np.float32)
 
 
 def drop_rows_after(path: Path, step: int) -> None:
@@ -44,10 +54,23 @@ class Metrics:
         row = {"time": round(time.time(), 3), **row}
         self._jsonl.write(json.dumps(row) + "\n")
         if self._tb is not None:
-            prefix = "eval/" if row.get("split") == "eval" else "train/"
+            prefix = f"{row.get('split', 'train')}/"
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k not in ("step", "time"):
                     self._tb.add_scalar(prefix + k, v, row["step"])
+
+    def log_samples(self, step: int, rows: list[dict]) -> None:
+        """TensorBoard audio and mel-spectrogram images of a listening evaluation's generated clips."""
+        if not self.enabled or self._tb is None:
+            return
+        from higgs_ds.audio import read_audio
+
+        for r in rows:
+            if "error" in r or not r.get("wav"):
+                continue
+            wav, sr = read_audio(r["wav"])
+            self._tb.add_audio(f"listen/{r['id']}", np.clip(wav, -1, 1)[None], step, sample_rate=sr)
+            self._tb.add_image(f"listen_mel/{r['id']}", mel_image(wav, sr), step, dataformats="HW")
 
     def progress(self, row: dict) -> None:
         if not self.enabled:

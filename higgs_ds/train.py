@@ -25,6 +25,9 @@ import numpy as np
 import torch
 
 from higgs_ds import checkpoint
+from higgs_ds.best import Best, metrics_used, selection_score
+from higgs_ds.listening import ListeningEval, check_listening
+from higgs_ds.report import write_report
 from higgs_ds.checkpoint import CheckpointDamaged
 from higgs_ds.config import ConfigError, TrainConfig, dump_config, load_config, to_dict
 from higgs_ds.files import no_space
@@ -33,7 +36,7 @@ from higgs_ds.data import BatchReader, DataPosition, load_train_index, stream_ba
 from higgs_ds.plan import PlanSettings, plan_eval
 from higgs_ds.distributed import StopSignal, all_reduce_sum, deepspeed_config, dist_env, init_distributed
 from higgs_ds.logs import setup_logging
-from higgs_ds.loss import IGNORE, combine, token_sums
+from higgs_ds.loss import IGNORE, codebook_hits, combine, token_sums
 from higgs_ds.stats import StepStats
 from higgs_ds.metrics import Metrics
 from higgs_ds.collate import check_collator, make_collator
@@ -46,6 +49,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # DataLoader workers f
 
 EXIT_USER_ERROR = 2  # a wrong config or checkpoint: nothing ran
 EXIT_STOPPED = 3  # stopped on a signal after saving a checkpoint: the launcher requeues
+TOP_K = (1, 5)  # teacher-forced audio accuracy: the target among the k most likely codes
 
 
 class TrainingError(RuntimeError):
@@ -74,10 +78,11 @@ class TrainState:
     step: int = 0
     data: DataPosition = field(default_factory=DataPosition)  # the next micro-batch this rank reads
     skipped_steps: int = 0  # non-finite steps skipped so far (DeepSpeed counts them too and restores its count)
+    best: Best = field(default_factory=Best)  # the best evaluation so far under eval.select
 
     def client_state(self, cfg: TrainConfig, plan_key: dict) -> dict:
         return {"step": self.step, "data": self.data.to_dict(), "skipped_steps": self.skipped_steps,
-                "plan": plan_key, "config": to_dict(cfg)}
+                "best": self.best.to_dict(), "plan": plan_key, "config": to_dict(cfg)}
 
 
 def label_counts(batch) -> tuple[int, int]:
@@ -103,7 +108,9 @@ def weight_checksums(engine, device) -> list[float]:
 def evaluate(engine, reader: BatchReader, cfg: TrainConfig, rank: int, world: int, device) -> dict:
     """Teacher-forced losses over the validation set, every sample counted once across the ranks."""
     engine.eval()
-    stats = StepStats(engine.module.config.audio_num_codebooks)
+    ncb = engine.module.config.audio_num_codebooks
+    stats = StepStats(ncb)
+    hits = torch.zeros(len(TOP_K), ncb, dtype=torch.long)
     plan = plan_eval(len(reader.index), rank, world, cfg.data.micro_batch_size)
     if cfg.eval_batches:
         plan = plan[:cfg.eval_batches]
@@ -111,14 +118,23 @@ def evaluate(engine, reader: BatchReader, cfg: TrainConfig, rank: int, world: in
         for rows, weight in plan:
             batch = reader.collate(rows)
             inputs = batch_to_inputs(batch, device)
-            sums = token_sums(engine(**inputs), inputs["label_audio_ids"])
+            outputs = engine(**inputs)
+            sums = token_sums(outputs, inputs["label_audio_ids"])
             if weight:  # a repeated batch that only keeps this rank in step with the others
                 stats.add(sums, batch, reader.frame_rate)
+                if sums.codebook_tokens.numel():
+                    hits += codebook_hits(outputs, inputs["label_audio_ids"], TOP_K)
     engine.train()
     total = stats.all_reduced(device)
+    hits = np.asarray(all_reduce_sum(hits.flatten().tolist(), device)).reshape(len(TOP_K), ncb)
+    tokens = np.maximum(total.codebook_tokens, 1)
+    accuracy = {}
+    for k, row in zip(TOP_K, hits):
+        accuracy[f"audio_top{k}"] = float(row.sum() / tokens.sum())
+        accuracy.update({f"audio_top{k}_cb{i}": float(h / t) for i, (h, t) in enumerate(zip(row, tokens))})
     return {"loss": cfg.loss.text_weight * total.text_loss + cfg.loss.audio_weight * total.audio_loss,
             "text_loss": total.text_loss, "audio_loss": total.audio_loss, "text_tokens": int(total.text_tokens),
-            "audio_tokens": int(total.audio_tokens)}
+            "audio_tokens": int(total.audio_tokens), **accuracy, **total.codebook_losses()}
 
 
 class RunDirInUse(RuntimeError):
@@ -171,6 +187,7 @@ def check_model_fits_data(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key}: {root} holds codes up to {built.get('codebook_size', 1024) - 1} (build.json "
                               f"codebook_size), but the model {cfg.model.path} has audio_codebook_size "
                               f"{codebook_size}")
+    check_listening(cfg, model_config)
     vocab, tokens = model_config["text_config"]["vocab_size"], len(load_tokenizer(cfg.model))
     if tokens > vocab:
         raise ConfigError(f"model.tokenizer: {cfg.model.tokenizer or cfg.model.path} has {tokens} tokens, more than "
@@ -213,7 +230,8 @@ def restore(engine, optimizer, cfg: TrainConfig, plan_key: dict) -> tuple[TrainS
     if ckpt is None:
         return TrainState(), False
     client = checkpoint.load(engine, ckpt)
-    state = TrainState(client["step"], DataPosition(**client["data"]), engine.skipped_steps)
+    state = TrainState(client["step"], DataPosition(**client["data"]), engine.skipped_steps,
+                       Best(**client.get("best", {})))
     # the schedule follows the current config (a run may be extended: steps, lr), not the saved one
     engine.lr_scheduler.base_lrs = [cfg.optim.lr] * len(optimizer.param_groups)
     for group in optimizer.param_groups:
@@ -274,11 +292,72 @@ def save(engine, cfg: TrainConfig, state: TrainState, plan_key: dict, is_main: b
                            is_main)
 
 
-def log_eval(engine, reader: BatchReader, cfg: TrainConfig, step: int, de, device, metrics: Metrics,
-             label: str) -> None:
+@dataclass
+class Evaluators:
+    val: BatchReader | None  # teacher-forced losses and accuracy on data.val
+    listening: ListeningEval | None  # speech generated with the current weights, scored
+
+    def due(self, cfg: TrainConfig, step: int) -> tuple[bool, bool]:
+        teacher = self.val is not None and bool(cfg.eval_every) and step % cfg.eval_every == 0
+        listen = self.listening is not None and step % cfg.eval.synth_every == 0
+        return teacher, listen
+
+
+def log_eval(engine, reader: BatchReader, cfg: TrainConfig, step: int, de, device, metrics: Metrics) -> dict:
     ev = evaluate(engine, reader, cfg, de.rank, de.world, device)
     metrics.log({"step": step, "split": "eval", **ev})
-    log.info(f"{label}: loss {ev['loss']:.4f} text {ev['text_loss']:.4f} audio {ev['audio_loss']:.4f}")
+    log.info(f"eval at step {step}: loss {ev['loss']:.4f} text {ev['text_loss']:.4f} audio {ev['audio_loss']:.4f} "
+             f"audio top-1 {ev['audio_top1']:.3f} top-5 {ev['audio_top5']:.3f}")
+    return ev
+
+
+def log_listening(listening: ListeningEval, cfg: TrainConfig, step: int, de, metrics: Metrics) -> dict:
+    result, rows = listening.run(step)
+    if de.is_main:
+        metrics.log({"step": step, "split": "listen", **result})
+        metrics.log_samples(step, rows)
+        write_report(Path(cfg.run_dir))
+
+    def fmt(key: str) -> str:
+        return "-" if result.get(key) is None else f"{result[key]:.3f}"
+
+    log.info(f"listening at step {step}: similarity {fmt('similarity')} wer {fmt('wer')} dnsmos {fmt('dnsmos')}; "
+             f"{result['prompts'] - result['failed']} of {result['prompts']} prompts generated in "
+             f"{result['synth_seconds']:.1f} s (samples in {Path(cfg.run_dir) / 'samples' / f'step{step:08d}'})")
+    return result
+
+
+def evaluate_step(engine, cfg: TrainConfig, state: TrainState, plan_key: dict, evaluators: Evaluators, de, device,
+                  metrics: Metrics, saved_step: int, teacher: bool, listen: bool) -> tuple[int, bool]:
+    """This step's evaluations, then the best checkpoint and patience. Returns (the step saved last, whether to
+    stop early); every rank gets the same answer."""
+    listen_row = log_listening(evaluators.listening, cfg, state.step, de, metrics) if listen else None
+    needs_loss = listen and evaluators.val is not None and "loss" in metrics_used(cfg.eval)
+    eval_row = log_eval(engine, evaluators.val, cfg, state.step, de, device, metrics) if teacher or needs_loss \
+        else None
+    score = selection_score(cfg.eval, eval_row, listen_row)
+    if score is None:
+        return saved_step, False
+    score = all_reduce_sum([score if de.is_main else 0.0], device)[0]  # rank 0's numbers decide for every rank
+    best = state.best
+    if best.score is None or score < best.score:
+        state.best = Best(score, state.step, 0)
+        if saved_step != state.step:
+            save(engine, cfg, state, plan_key, de.is_main)
+            saved_step = state.step
+        if de.is_main:
+            checkpoint.mark_best(Path(cfg.run_dir), state.step, {"select": cfg.eval.select, "score": score,
+                                                                 "eval": eval_row, "listening": listen_row})
+        log.info(f"step {state.step} is the best so far ({cfg.eval.select} score {score:.4f}): "
+                 f"{Path(cfg.run_dir) / 'best'}")
+        return saved_step, False
+    best.evals_since += 1
+    stop = bool(cfg.eval.patience) and best.evals_since >= cfg.eval.patience
+    if stop:
+        log.info(f"early stop at step {state.step}: {best.evals_since} evaluations without a better "
+                 f"{cfg.eval.select} score than step {best.step}'s {best.score:.4f} (eval.patience "
+                 f"{cfg.eval.patience})")
+    return saved_step, stop
 
 
 def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, stop: StopSignal | None = None) -> dict:
@@ -295,12 +374,16 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
         dump_config(cfg, run_dir / "config.yaml")
     stop = stop or StopSignal()
     engine, optimizer, train_reader, val_reader = build(cfg, de, ds_config_path)
+    listening = ListeningEval(cfg, engine.module.get_base_model(), train_reader.tokenizer, de.rank, de.world,
+                              device) if cfg.eval.synth_every else None
+    evaluators = Evaluators(val_reader, listening)
     plan = PlanSettings.from_config(cfg.data, de.world, cfg.grad_accum, train_reader.collator.settings.clip_overhead)
     plan_key = plan.resume_key(cfg.data.seed, cfg.data.train)
     state, resumed = restore(engine, optimizer, cfg, plan_key)
     stream = stream_batches(train_reader, cfg.data.seed, de.rank, plan, state.data, cfg.data.num_workers)
     metrics = Metrics(run_dir, cfg.steps, de.is_main, cfg.progress_bar, resumed_at=state.step if resumed else None)
     first = last = stopped_by = None
+    early_stop = False
     saved_step, evaluated_step, wait, busy = (state.step if resumed else -1), -1, 0.0, 0.0
     try:
         while state.step < cfg.steps:
@@ -316,20 +399,26 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
                 if state.skipped_steps > cfg.max_skipped_steps:
                     raise TrainingError(f"{state.skipped_steps} steps had non-finite loss or gradients (max_"
                                         f"skipped_steps={cfg.max_skipped_steps}); lower optim.lr or check the data")
-            if val_reader is not None and cfg.eval_every and state.step % cfg.eval_every == 0:
-                log_eval(engine, val_reader, cfg, state.step, de, device, metrics, f"eval at step {state.step}")
+            teacher, listen = evaluators.due(cfg, state.step)
+            if teacher or listen:
+                saved_step, early_stop = evaluate_step(engine, cfg, state, plan_key, evaluators, de, device, metrics,
+                                                       saved_step, teacher, listen)
                 evaluated_step = state.step
             if stop_agreed:  # some rank got SIGUSR1/SIGTERM: all ranks save together, then stop for the requeue
                 stopped_by = stop.received or "signal on another rank"
                 save(engine, cfg, state, plan_key, de.is_main)
                 saved_step = state.step
                 break
-            if cfg.save_every and state.step % cfg.save_every == 0 and state.step < cfg.steps:
+            if early_stop:
+                break
+            if cfg.save_every and state.step % cfg.save_every == 0 and state.step < cfg.steps and \
+                    saved_step != state.step:
                 save(engine, cfg, state, plan_key, de.is_main)
                 saved_step = state.step
         if stopped_by is None:
-            finish(engine, cfg, state, plan_key, val_reader, de, device, metrics, saved_step, evaluated_step)
+            finish(engine, cfg, state, plan_key, evaluators, de, device, metrics, saved_step, evaluated_step)
         summary = summarize(engine, cfg, state, stopped_by, first, last, device)
+        summary["early_stopped"] = early_stop
         if de.is_main:
             report(summary, run_dir)
     finally:
@@ -346,16 +435,19 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
     return summary
 
 
-def finish(engine, cfg: TrainConfig, state: TrainState, plan_key: dict, val_reader, de, device, metrics,
-           saved_step: int, evaluated_step: int) -> None:
-    """The end of a run that was not stopped: the last checkpoint and evaluation, and the adapter in RUN/adapter."""
+def finish(engine, cfg: TrainConfig, state: TrainState, plan_key: dict, evaluators: Evaluators, de, device,
+           metrics: Metrics, saved_step: int, evaluated_step: int) -> None:
+    """The end of a run that was not stopped by a signal: the last evaluations (before the last save, so that
+    checkpoint records the best so far), the last checkpoint, and the adapter in RUN/adapter."""
+    if evaluated_step != state.step and (evaluators.val is not None or evaluators.listening is not None):
+        saved_step, _ = evaluate_step(engine, cfg, state, plan_key, evaluators, de, device, metrics, saved_step,
+                                      evaluators.val is not None, evaluators.listening is not None)
     if saved_step != state.step:
         save(engine, cfg, state, plan_key, de.is_main)
-    if val_reader is not None and evaluated_step != state.step:
-        log_eval(engine, val_reader, cfg, state.step, de, device, metrics, "final eval")
     if de.is_main:
         final = Path(cfg.run_dir) / "checkpoints" / checkpoint.tag(state.step) / "adapter"
         shutil.copytree(final, Path(cfg.run_dir) / "adapter", dirs_exist_ok=True)
+        write_report(Path(cfg.run_dir))
 
 
 def summarize(engine, cfg: TrainConfig, state: TrainState, stopped_by, first, last, device) -> dict:
@@ -378,7 +470,10 @@ def report(summary: dict, run_dir: Path) -> None:
         log.info(f"stopped by {summary['stopped_by']} at step {summary['step']}; checkpoint saved, resume with the "
                  f"same command")
     else:
-        log.info(f"done: {summary['step']} steps; adapter in {run_dir / 'adapter'}")
+        how = f"stopped early at step {summary['step']}" if summary.get("early_stopped") else \
+            f"done: {summary['step']} steps"
+        best = f"; best checkpoint (eval.select) in {run_dir / 'best'}" if (run_dir / "best").exists() else ""
+        log.info(f"{how}; adapter in {run_dir / 'adapter'}{best}; report: {run_dir / 'report.html'}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -85,7 +85,7 @@ def read_run(run_dir):
     run_dir = Path(run_dir)
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((run_dir / "summary.json").read_text())
-    return [r for r in rows if r.get("split") != "eval"], [r for r in rows if r.get("split") == "eval"], summary
+    return [r for r in rows if r.get("split") is None], [r for r in rows if r.get("split") == "eval"], summary
 
 
 @contextlib.contextmanager
@@ -101,3 +101,14 @@ def small_disk(path: Path, size: str):
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def chromium_args() -> list[str]:
+    """Flags for Debian's chromium run headless as root on a machine with no network (nothing phones home)."""
+    import pytest
+    import shutil
+
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed (make deps installs it as root)")
+    return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
