@@ -99,6 +99,7 @@ class ListeningEval:
                                         top_p=ev.top_p, top_k=ev.top_k, seed=ev.seed)
         self.scorer = Scorer(ev.asr_model, ev.speaker_model, str(device), naturalness=ev.dnsmos)
         self._write_prompt_audio()
+        self.truth = self._score_ground_truth()
 
     def _write_prompt_audio(self) -> None:
         """RUN/samples/prompts/ID.ref.wav and ID.truth.wav for this rank's prompts: copies of their files, or the
@@ -115,6 +116,17 @@ class ListeningEval:
                 truth = out / f"{p.id}.truth.wav"
                 self._materialise(p.target_audio, p.target_codes, truth)
                 p.target_audio = str(truth)
+
+    def _score_ground_truth(self) -> dict[str, dict]:
+        """The ceiling, once: each prompt's ground truth scored as a generated clip would be."""
+        from higgs_ds.scoring import Clip
+
+        truth = {}
+        for p in self.mine:
+            if p.target_audio:
+                clip = Clip.load(p.target_audio)
+                truth[p.id] = self.scorer.score(clip, Clip.load(p.refs[0].audio), p.text, clip, p.language)
+        return truth
 
     def _materialise(self, path: str | None, codes, dest: Path) -> None:
         if path is not None:
@@ -138,20 +150,28 @@ class ListeningEval:
         out = self.samples / f"step{step:08d}"
         rows = synthesize_prompts(self.synth, self.mine, self.settings, out, progress=False,
                                   deadline=t0 + self.cfg.eval.max_seconds)
-        scored = score_rows(self.scorer, rows)["prompts"]
+        t1 = time.time()
+        scored = score_rows(self.scorer, rows, ground_truth=False)["prompts"]
         for row, s in zip(rows, scored):
             s.update(ref_wav=str(self.ref_wavs[row["id"]]), source=row["source"],
                      generate_seconds=row.get("generate_seconds"), frames=row.get("frames"))
+            if row["id"] in self.truth:
+                s["ground_truth"] = self.truth[row["id"]]
         gathered: list = [None] * self.world
-        dist.all_gather_object(gathered, {"rows": scored, "seconds": time.time() - t0})
+        dist.all_gather_object(gathered, {"rows": scored, "generate": t1 - t0, "score": time.time() - t1})
         everything = sorted((r for g in gathered for r in g["rows"]), key=lambda r: r["id"])
         ok = [r for r in everything if "error" not in r]
         result = {k: v for k, v in means([r["generated"] for r in ok]).items() if not k.endswith("_n")}
         result.update(prompts=len(everything), failed=len(everything) - len(ok),
-                      synth_seconds=max(g["seconds"] for g in gathered))
+                      synth_seconds=max(g["generate"] + g["score"] for g in gathered),
+                      generate_seconds=max(g["generate"] for g in gathered),
+                      score_seconds=max(g["score"] for g in gathered))
         if self.rank == 0:
+            truth = {k: v for k, v in means([r["ground_truth"] for r in ok if "ground_truth" in r]).items()
+                     if not k.endswith("_n")}
             out.mkdir(parents=True, exist_ok=True)
-            (out / "scores.json").write_text(json.dumps({"step": step, "mean": result, "prompts": everything,
-                                                         "scorer": self.scorer.describe()}, indent=1))
+            (out / "scores.json").write_text(json.dumps({"step": step, "mean": result, "ground_truth_mean": truth,
+                                                         "prompts": everything, "scorer": self.scorer.describe()},
+                                                        indent=1))
         return result, everything
 

@@ -96,11 +96,19 @@ def _evaluation(scores: dict, run_dir: Path, best_step: int | None) -> str:
         out.append(f'<tr class="prompt"><td>{html.escape(str(r["id"]))}</td><td>{text}</td>{cells}'
                    f'<td>{_audio(r.get("ref_wav"), run_dir)}</td><td>{_audio(r.get("wav"), run_dir)}</td>'
                    f'<td>{_audio(r.get("target_audio"), run_dir)}</td></tr>')
+        if "ground_truth" in r:  # the ceiling: the speaker's own recording scored the same way
+            cells = "".join(f"<td>{_cell(r['ground_truth'].get(k), d)}</td>" for k, _, d in TABLE_COLUMNS)
+            out.append(f'<tr class="truth"><td></td><td>ground truth</td>{cells}<td></td><td></td><td></td></tr>')
     mean = scores["mean"]
     cells = "".join(f"<td>{_cell(mean.get(k), d)}</td>" for k, _, d in TABLE_COLUMNS)
     out.append(f'<tr class="mean"><td>mean</td><td>{mean.get("prompts", 0) - mean.get("failed", 0)} of '
                f'{mean.get("prompts", 0)} generated in {mean.get("synth_seconds", 0):.1f} s</td>{cells}'
-               f'<td></td><td></td><td></td></tr></tbody></table></section>')
+               f'<td></td><td></td><td></td></tr>')
+    truth = scores.get("ground_truth_mean") or {}
+    if any(truth.get(k) is not None for k, _, _ in TABLE_COLUMNS):
+        cells = "".join(f"<td>{_cell(truth.get(k), d)}</td>" for k, _, d in TABLE_COLUMNS)
+        out.append(f'<tr class="mean truth"><td>ground truth</td><td>mean</td>{cells}<td></td><td></td><td></td></tr>')
+    out.append("</tbody></table></section>")
     return "".join(out)
 
 
@@ -143,6 +151,7 @@ table.scores {{ border-collapse: collapse; margin-bottom: 24px; }}
 table.scores th, table.scores td {{ border: 1px solid #ddd; padding: 4px 8px; font-size: 13px; text-align: left; }}
 tr.mean td {{ font-weight: bold; background: #f4f4f4; }}
 tr.failed td {{ color: #a00; }}
+tr.truth td {{ color: #555; font-style: italic; }}
 audio {{ height: 32px; width: 220px; }}
 </style></head>
 <body>

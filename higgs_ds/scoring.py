@@ -185,9 +185,9 @@ def means(rows: list[dict]) -> dict:
     return out
 
 
-def score_rows(scorer: Scorer, rows: list[dict], progress: bool = False) -> dict:
+def score_rows(scorer: Scorer, rows: list[dict], progress: bool = False, ground_truth: bool = True) -> dict:
     """Scores of synthesis rows (higgs_ds.synthesis.synthesize_prompts): per prompt, for the generated clip and,
-    where the prompt has ground truth, for it too (the ceiling), then means of both."""
+    where the prompt has ground truth (and GROUND_TRUTH), for it too (the ceiling), then means of both."""
     from tqdm import tqdm
 
     scored = []
@@ -201,7 +201,7 @@ def score_rows(scorer: Scorer, rows: list[dict], progress: bool = False) -> dict
         reference = Clip.load(row["ref_audio"][0]) if row["ref_audio"] and row["ref_audio"][0] else None
         truth = Clip.load(row["target_audio"]) if row.get("target_audio") else None
         out["generated"] = scorer.score(Clip.load(row["wav"]), reference, row["text"], truth, row.get("language"))
-        if truth is not None:
+        if truth is not None and ground_truth:
             out["ground_truth"] = scorer.score(truth, reference, row["text"], truth, row.get("language"))
         scored.append(out)
     ok = [r for r in scored if "error" not in r]

@@ -40,6 +40,7 @@ def test_listening_writes_samples_scores_and_tensorboard_audio(listen_run, fixtu
         for p in scores["prompts"]:
             assert os.path.isfile(p["wav"]) and os.path.isfile(p["ref_wav"]) and os.path.isfile(p["target_audio"])
             assert p["generated"]["similarity"] is not None
+            assert p["ground_truth"]["duration_ratio"] == 1.0 and p["ground_truth"]["similarity"] > 0.5
     evals = [r for r in rows if r.get("split") == "eval"]
     assert [r["step"] for r in evals] == [4, 8]
     for r in evals:  # teacher-forced accuracy per codebook, the signal that needs no generation
@@ -115,14 +116,15 @@ def test_report_renders_in_headless_chromium(listen_run, tmp_path):
             return els.map(a => ({ready: a.readyState, duration: a.duration, error: a.error && a.error.code}));
         }""")
         rows = page.locator("table.scores tr.prompt").count()
-        means = page.locator("table.scores tr.mean").count()
+        means = page.locator("table.scores tr.mean:not(.truth)").count()
+        truths = page.locator("table.scores tr.truth:not(.mean)").count()
         plots = page.evaluate("() => [...document.querySelectorAll('svg.plot polyline')].map(l => "
                               "l.getBBox().width)")
         title = page.title()
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
     assert title == f"higgs-ds run {listen_run.name}"
-    assert rows == 2 * 3 and means == 2  # 2 evaluations x 3 prompts
+    assert rows == 2 * 3 and means == 2 and truths == 2 * 3  # 2 evaluations x 3 prompts, each with its ceiling
     assert len(players) == 2 * 3 * 3  # reference, generated, ground truth
     assert all(pl["ready"] >= 1 and pl["error"] is None and pl["duration"] > 0 for pl in players), players
     assert len(plots) >= 6 and all(w > 0 for w in plots)  # training and eval curves drawn
