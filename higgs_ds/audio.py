@@ -8,6 +8,10 @@ from pathlib import Path
 import numpy as np
 
 
+READABLE = ("wav", "flac", "mp3", "ogg (vorbis, opus)")  # libsndfile >= 1.1, inside the soundfile wheel; any rate and
+# channel count: read_audio mixes down to mono, the audio tokenizer resamples to its own rate
+
+
 class AudioError(ValueError):
     """An audio file is missing, does not decode, or is out of bounds."""
 
@@ -29,7 +33,7 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     try:
         wav, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile raises RuntimeError/LibsndfileError/TypeError for broken files
-        raise AudioError(f"audio file {path} does not decode: {e}") from None
+        raise AudioError(f"audio file {path} does not decode ({e}); readable: {', '.join(READABLE)}") from None
     return wav.mean(axis=1), int(sr)
 
 

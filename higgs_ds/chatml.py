@@ -7,6 +7,7 @@ import json
 import os
 import random
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -14,6 +15,7 @@ from typing import Any, Iterator
 ROLES = ("system", "user", "assistant")
 RECORD_KEYS = {"messages", "speaker", "start_index", "misc"}
 UTTERANCE_KEYS = {"audio", "text", "speaker"}
+UTTERANCE_OPTIONAL = {"language", "duration"}  # what importers add where the corpus states it
 DEFAULT_SYSTEM_PROMPT = "Generate audio following instruction."
 
 
@@ -145,7 +147,7 @@ def parse_record(obj: Any, base_dir: Path, index: int, source: str) -> Record:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[int, Any | RecordError]]:
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is no part of the first record
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -187,6 +189,8 @@ class Utterance:
     audio: str
     text: str
     speaker: str
+    language: str | None = None
+    duration: float | None = None
 
 
 def read_utterances(path: Path) -> tuple[list[Utterance], list[Reject]]:
@@ -201,15 +205,21 @@ def read_utterances(path: Path) -> tuple[list[Utterance], list[Reject]]:
             missing = sorted(UTTERANCE_KEYS - set(obj))
             if missing:
                 raise RecordError(f"missing key {missing[0]!r} (an utterance needs audio, text, speaker)")
-            unknown = sorted(set(obj) - UTTERANCE_KEYS)
+            unknown = sorted(set(obj) - UTTERANCE_KEYS - UTTERANCE_OPTIONAL)
             if unknown:
-                raise RecordError(f"unknown key {unknown[0]!r} (allowed: audio, text, speaker)")
+                raise RecordError(f"unknown key {unknown[0]!r} (allowed: audio, text, speaker, language, duration)")
             for key in ("audio", "text", "speaker"):
                 if not isinstance(obj[key], str) or not obj[key].strip():
                     raise RecordError(f"{key!r} must be a non-empty string")
+            if "language" in obj and (not isinstance(obj["language"], str) or not obj["language"].strip()):
+                raise RecordError("'language' must be a non-empty string")
+            duration = obj.get("duration")
+            if duration is not None and (isinstance(duration, bool) or not isinstance(duration, (int, float))
+                                         or not duration > 0):
+                raise RecordError(f"'duration' must be a positive number of seconds, got {duration!r}")
             audio = Path(obj["audio"])
             utts.append(Utterance(index, source, str(audio if audio.is_absolute() else path.parent / audio),
-                                  obj["text"], obj["speaker"]))
+                                  obj["text"], obj["speaker"], obj.get("language"), duration))
         except RecordError as e:
             rejects.append(Reject(source, str(e), index))
     return utts, rejects
@@ -231,11 +241,13 @@ def pair_utterances(utts: list[Utterance], refs_per_target: int, seed: int,
     The draw for target i depends only on (seed, i) and the speaker's utterance list, so every part of a
     `--part I/N` build pairs identically."""
     by_speaker: dict[str, list[int]] = defaultdict(list)
+    position: list[int] = []  # utterance i is by_speaker[its speaker][position[i]]
     for i, u in enumerate(utts):
+        position.append(len(by_speaker[u.speaker]))
         by_speaker[u.speaker].append(i)
     records, rejects = [], []
     for i, target in enumerate(utts):
-        others = [j for j in by_speaker[target.speaker] if j != i]
+        others = _Without(by_speaker[target.speaker], position[i])
         if len(others) < refs_per_target:
             rejects.append(Reject(target.source, f"speaker {target.speaker!r} has {len(others) + 1} utterance(s); "
                                   f"--refs-per-target {refs_per_target} needs at least {refs_per_target + 1}",
@@ -243,10 +255,27 @@ def pair_utterances(utts: list[Utterance], refs_per_target: int, seed: int,
             continue
         refs = [utts[j] for j in random.Random(f"{seed}:{target.index}").sample(others, refs_per_target)]
         messages = cloning_messages(refs, target, system_prompt)
-        records.append(Record(index=target.index, source=target.source, messages=messages, start_index=len(messages) - 1,
-                              speaker=target.speaker, audio=[u.audio for u in refs + [target]],
-                              misc={"ref_sources": [u.source for u in refs]}))
+        misc = {"ref_sources": [u.source for u in refs], **({"language": target.language} if target.language else {})}
+        records.append(Record(index=target.index, source=target.source, messages=messages,
+                              start_index=len(messages) - 1, speaker=target.speaker,
+                              audio=[u.audio for u in refs + [target]], misc=misc))
     return records, rejects
+
+
+class _Without(Sequence):
+    """A list without its element at `skip`, as a sequence random.sample draws from without copying it (a
+    speaker of 100k utterances would otherwise cost a 100k-element copy per target)."""
+
+    def __init__(self, items: list, skip: int):
+        self.items, self.skip = items, skip
+
+    def __len__(self) -> int:
+        return len(self.items) - 1
+
+    def __getitem__(self, k: int):
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        return self.items[k + (k >= self.skip)]
 
 
 def read_manifest(path: str | Path, fmt: str = "auto", refs_per_target: int = 1,

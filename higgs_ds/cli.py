@@ -141,6 +141,51 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_manifest_import(args) -> int:
+    from pathlib import Path
+
+    from higgs_ds.corpora import ImportOptions, import_corpus, summarize, write_manifest, write_rejects
+
+    out = Path(args.out)
+    opts = ImportOptions(text=args.text, audio_dir=Path(args.audio_dir) if args.audio_dir else
+                         out.with_name(out.name.rsplit(".", 1)[0] + "_audio"), language=args.language, mic=args.mic,
+                         subset=args.subset, text_column=args.text_column, speaker_column=args.speaker_column,
+                         audio_column=args.audio_column, language_column=args.language_column)
+    t0 = time.time()
+    utterances, rejects = import_corpus(args.format, args.src, opts)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_manifest(out, utterances)
+    rejected = write_rejects(out, rejects)
+    for r in rejects[:20]:
+        log.warning(f"left out {r}")
+    seconds = time.time() - t0
+    print(json.dumps({"manifest": str(out), **summarize(utterances), "rejected": len(rejects),
+                      "rejects": str(rejected), "seconds": round(seconds, 2),
+                      "utterances_per_s": round((len(utterances) + len(rejects)) / max(seconds, 1e-9))}, indent=1))
+    if not utterances:
+        log.error(f"error: no utterance imported from {args.src} ({len(rejects)} left out, see {rejected})")
+        return 1
+    return 0
+
+
+def cmd_manifest_split(args) -> int:
+    from higgs_ds.splits import split_manifest
+
+    info = split_manifest(args.manifest, args.out_dir, args.val_speakers, args.val_fraction, args.heldout_fraction,
+                          args.seed)
+    print(json.dumps({k: v for k, v in info.items() if k != "val_speakers"} |
+                     {"val_speakers": len(info["val_speakers"])}, indent=1))
+    return 0
+
+
+def cmd_manifest_prompts(args) -> int:
+    from higgs_ds.splits import listening_prompts
+
+    n = listening_prompts(args.manifest, args.out, args.count, args.seed)
+    print(f"{n} prompts in {args.out} (use as eval.prompts or higgs-ds synthesize --prompts)")
+    return 0
+
+
 def _synthesis_config(args):
     from higgs_ds.synthesis import SynthesisConfig
 
@@ -351,6 +396,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default=None,
                    help="base model directory or hub id[@revision] (default: the run's model.path as resolved)")
     p.set_defaults(func=cmd_export)
+
+    manifest = sub.add_parser("manifest", help="import corpora into utterance manifests, split them").add_subparsers(
+        dest="manifest_command", required=True)
+    from higgs_ds.corpora import FORMATS
+
+    p = manifest.add_parser("import", help="a corpus in its own layout -> utterances.jsonl (+ .rejects.jsonl)")
+    p.add_argument("src", help="the corpus folder (or file: a NeMo manifest, a parquet file)")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, help="the utterance manifest to write (JSONL)")
+    p.add_argument("--text", choices=["normalized", "original"], default="normalized",
+                   help="which transcript, where the corpus ships both (ljspeech, libritts, nemo)")
+    p.add_argument("--audio-dir", default=None,
+                   help="where audio held inside records is written (parquet, emilia tars, segments); default "
+                        "OUT_audio/ beside the manifest")
+    p.add_argument("--language", default=None, help="the language, where the corpus does not say")
+    p.add_argument("--mic", default="mic1", choices=["mic1", "mic2"], help="vctk 0.92: which microphone")
+    p.add_argument("--subset", default="validated", help="commonvoice: which .tsv (validated, train, dev, test, ...)")
+    for col in ("text", "speaker", "audio", "language"):
+        p.add_argument(f"--{col}-column", default=None, help=f"hf-parquet: the {col} column (default: detected)")
+    p.set_defaults(func=cmd_manifest_import)
+
+    p = manifest.add_parser("split", help="speaker-disjoint train/val (and held-out utterances of seen speakers)")
+    p.add_argument("manifest")
+    p.add_argument("--out-dir", required=True, help="writes train.jsonl, val.jsonl, [heldout.jsonl], split.json")
+    p.add_argument("--val-speakers", type=int, default=None, help="this many speakers only in val")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="whole speakers in val until they hold this share of the utterances")
+    p.add_argument("--heldout-fraction", type=float, default=0.0,
+                   help="this share of each training speaker's utterances goes to heldout.jsonl")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_manifest_split)
+
+    p = manifest.add_parser("prompts", help="listening prompts (reference + target of one speaker) from a manifest")
+    p.add_argument("manifest")
+    p.add_argument("--out", required=True)
+    p.add_argument("--count", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_manifest_prompts)
 
     p = sub.add_parser("synthesize", help="speak text in a reference voice with a model, adapter or checkpoint")
     p.add_argument("--model", default=None, help="base or merged model: directory or hub id[@revision]")

@@ -80,8 +80,8 @@ def main(argv: list[str] | None = None) -> int:
               "--target-audio", data / target["audio"], "--audio-tokenizer", fixtures / "audio_tokenizer",
               "--max-new-tokens", 100, "--seed", 0, "--quiet"]
     scores = {}
-    for name, model in (("adapter", ["--checkpoint", run_dir]), ("base", ["--model", fixtures / "model",
-                                                                           "--text-tokenizer", fixtures / "tokenizer"])):
+    base = ["--model", fixtures / "model", "--text-tokenizer", fixtures / "tokenizer"]
+    for name, model in (("adapter", ["--checkpoint", run_dir]), ("base", base)):
         run(cli + ["synthesize", *model, *prompt, "--out", listen / f"{name}.wav"], env=env, stdout=subprocess.DEVNULL)
         run(cli + ["score", listen / f"{name}.json", "--quiet"], env=env)
         scores[name] = json.loads((listen / f"{name}.scores.json").read_text())["prompts"][0]["generated"]

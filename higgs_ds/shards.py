@@ -247,6 +247,7 @@ def _build_part(cfg: BuildConfig) -> dict:
     num_shards = settings["num_shards"]
     mine = [j for j in range(num_shards) if j % nparts == part]
     pending = [j for j in mine if not shard_done(out, j)]
+    pending_set = set(pending)
     for j in pending:  # torn writes of a killed run of this part (no other part writes these shards)
         for stale in out.glob(f".{shard_name(j)}.tmp*"):
             stale.unlink()
@@ -254,7 +255,7 @@ def _build_part(cfg: BuildConfig) -> dict:
              f"of {num_shards} shards, {len(mine) - len(pending)} already done")
 
     def in_pending(index: int) -> bool:
-        return index // cfg.shard_size in pending
+        return index // cfg.shard_size in pending_set
 
     todo = [r for r in records if in_pending(r.index)]
     good, audio_rejects, seconds_of = validate_records(todo, cfg.limits, cfg.workers, text_tok, cfg.text_limits)
@@ -263,8 +264,9 @@ def _build_part(cfg: BuildConfig) -> dict:
         if j not in pending:
             part_rejects_done = json.loads(sidecar_path(out, j).read_text())
             part_rejects += [Reject(x["source"], x["reason"], x["index"]) for x in part_rejects_done["rejects"]]
-    part_total = sum(1 for r in records if r.index // cfg.shard_size in mine) + \
-        sum(1 for r in rejects if r.index is not None and r.index // cfg.shard_size in mine)
+    mine_set = set(mine)
+    part_total = sum(1 for r in records if r.index // cfg.shard_size in mine_set) + \
+        sum(1 for r in rejects if r.index is not None and r.index // cfg.shard_size in mine_set)
     _write_rejects(out / f"rejects.part-{part}-of-{nparts}.jsonl", part_rejects)
     fraction = len(part_rejects) / max(1, part_total)
     for r in part_rejects[:20]:

@@ -157,7 +157,7 @@ def prompt_from_sample(index, i: int) -> Prompt:
                     target_path = info["path"] if Path(info["path"]).is_file() else None
                     target_codes = np.asarray(clip)
     return Prompt(id=meta["key"], source=index.where(i), text=text or "", refs=refs, target_audio=target_path,
-                  target_codes=target_codes)
+                  target_codes=target_codes, language=(meta.get("misc") or {}).get("language"))
 
 
 @dataclass
@@ -337,7 +337,8 @@ class ModelSource:
 
         if self.checkpoint is None:
             if self.model is None:
-                raise ValueError("name a model: --model DIR|ID (with --adapter DIR for an adapter), or --checkpoint RUN")
+                raise ValueError("name a model: --model DIR|ID (with --adapter DIR for an adapter), or "
+                                 "--checkpoint RUN")
             return self
         if self.adapter is not None:
             raise ValueError("--checkpoint brings its own adapter; pass --adapter only with --model")
