@@ -5,15 +5,15 @@ from __future__ import annotations
 import platform
 import time
 
-from bench import loader, shards, synth, train
+from bench import corpora, loader, shards, synth, train
 from bench.common import WORK
 
 
 def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    sections = [("shard build", shards.main()), ("loader", loader.main()), ("training", train.main()),
-                ("synthesis and listening", synth.main())]
+    sections = [("corpus import", corpora.main()), ("shard build", shards.main()), ("loader", loader.main()),
+                ("training", train.main()), ("synthesis and listening", synth.main())]
     import os
 
     print(f"\nhiggs-ds benchmarks on {platform.machine()}, {os.cpu_count()} cores, {time.time() - t0:.0f} s")
