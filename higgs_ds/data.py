@@ -7,7 +7,7 @@ import logging
 import os
 import signal
 import threading
-from queue import Full, Queue
+from queue import Empty, Full, Queue
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,74 +181,89 @@ class _PlannedBatches(torch.utils.data.Dataset):
 def stream_batches(reader: BatchReader, seed: int, rank: int, settings: PlanSettings, start: DataPosition,
                    num_workers: int = 0, lookahead: int = 8, prefetch: int = 2):
     """Yield (DataPosition after this batch, collated batch) forever, epoch after epoch, from `start`. With workers,
-    a thread takes batches from them ahead of the training loop (receiving a batch costs milliseconds)."""
-    source = _epochs(reader, seed, rank, settings, start, num_workers, lookahead)
+    a thread takes batches from them ahead of the training loop (receiving a batch costs milliseconds), and the next
+    epoch's workers start `lookahead` batches before this epoch ends (no stall between epochs)."""
     if not num_workers:
-        yield from source
-        return
-    queue: Queue = Queue(maxsize=prefetch)
+        epoch, skip = start.epoch, start.batch
+        while True:
+            for k, batch in enumerate(epoch_loader(reader, seed, rank, settings, epoch, skip, 0)[1]):
+                yield DataPosition(epoch, skip + k + 1), batch
+            epoch, skip = epoch + 1, 0
+    # Every loader, and so every worker fork, is made here on the training thread. A fork from the prefetch thread
+    # would copy whatever lock the training thread holds at that instant into the worker (the RNG's, while it draws
+    # dropout masks), and the worker would deadlock seeding itself.
+    loaders: Queue = Queue()  # (epoch, first batch, batches, iterator), in epoch order
+    out: Queue = Queue(maxsize=prefetch)  # ((position, batch) | NEXT_EPOCH, error)
     stop = threading.Event()
+
+    def put(message) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(message, timeout=0.1)
+                return True
+            except Full:
+                pass
+        return False
 
     def produce() -> None:
         try:
-            for item in source:
-                while not stop.is_set():
-                    try:
-                        queue.put((item, None), timeout=0.1)
-                        break
-                    except Full:
-                        pass
-                if stop.is_set():
-                    break
+            while not stop.is_set():
+                try:
+                    epoch, skip, count, batches = loaders.get(timeout=0.1)
+                except Empty:
+                    continue
+                asked = False
+                for k, batch in enumerate(batches):
+                    if not asked and k >= count - lookahead:
+                        asked = put((NEXT_EPOCH, None))
+                    if not put(((DataPosition(epoch, skip + k + 1), batch), None)):
+                        return
+                if not asked and not put((NEXT_EPOCH, None)):
+                    return
         except BaseException as e:  # handed to the training loop, which raises it
-            queue.put((None, e))
-        finally:
-            source.close()
+            out.put((None, e))
 
+    epoch = start.epoch
+    loaders.put((epoch, start.batch, *epoch_loader(reader, seed, rank, settings, epoch, start.batch, num_workers)))
     thread = threading.Thread(target=produce, name="higgs-ds-prefetch", daemon=True)
     thread.start()
     try:
         while True:
-            item, error = queue.get()
+            item, error = out.get()
             if error is not None:
                 raise error
+            if item is NEXT_EPOCH:
+                epoch += 1
+                loaders.put((epoch, 0, *epoch_loader(reader, seed, rank, settings, epoch, 0, num_workers)))
+                continue
             yield item
     finally:
         stop.set()
         thread.join(timeout=30)
+        while not loaders.empty():  # unread loaders: dropping them shuts their workers down
+            loaders.get_nowait()
 
 
-def _epochs(reader: BatchReader, seed: int, rank: int, settings: PlanSettings, start: DataPosition,
-            num_workers: int, lookahead: int):
-    """The next epoch's loader workers start `lookahead` batches before this epoch ends: no stall between epochs."""
+NEXT_EPOCH = object()  # the prefetch thread asks the training thread for the next epoch's loader
 
-    def epoch_iter(epoch: int, skip: int):
-        plan = plan_epoch(reader.index.rows, seed, epoch, settings)
-        if skip == 0:
-            log.info(f"epoch {epoch}: {plan.batches_per_rank[rank]} micro-batches per rank, {plan.dropped} of "
-                     f"{plan.selected} samples left out to keep ranks equal, padding efficiency "
-                     f"{plan.padding_efficiency:.3f}")
-        batches = plan.batches[rank][skip:]
-        # its own generator: the loader draws its workers' seed when an epoch starts, and that may happen in the
-        # prefetch thread while the training thread draws dropout masks from the global RNG
-        loader = torch.utils.data.DataLoader(_PlannedBatches(reader, batches), batch_size=None, shuffle=False,
-                                             num_workers=num_workers, prefetch_factor=4 if num_workers else None,
-                                             generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
-        # SLURM signals every process of a job step; workers inherit this mask, so only the trainer gets them
-        blocked = {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-        try:
-            return len(batches), iter(loader)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
-    epoch, skip = start.epoch, start.batch
-    count, it = epoch_iter(epoch, skip)
-    while True:
-        upcoming = None
-        for k, batch in enumerate(it):
-            if num_workers and upcoming is None and k >= count - lookahead:
-                upcoming = epoch_iter(epoch + 1, 0)
-            yield DataPosition(epoch, skip + k + 1), batch
-        epoch, skip = epoch + 1, 0
-        count, it = upcoming or epoch_iter(epoch, 0)
+def epoch_loader(reader: BatchReader, seed: int, rank: int, settings: PlanSettings, epoch: int, skip: int,
+                 num_workers: int):
+    """(number of batches, iterator over them) of this rank's plan for EPOCH from batch SKIP on."""
+    plan = plan_epoch(reader.index.rows, seed, epoch, settings)
+    if skip == 0:
+        log.info(f"epoch {epoch}: {plan.batches_per_rank[rank]} micro-batches per rank, {plan.dropped} of "
+                 f"{plan.selected} samples left out to keep ranks equal, padding efficiency "
+                 f"{plan.padding_efficiency:.3f}")
+    batches = plan.batches[rank][skip:]
+    # its own generator: the worker seed is drawn without touching the global RNG training draws from
+    loader = torch.utils.data.DataLoader(_PlannedBatches(reader, batches), batch_size=None, shuffle=False,
+                                         num_workers=num_workers, prefetch_factor=4 if num_workers else None,
+                                         generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    # SLURM signals every process of a job step; workers inherit this mask, so only the trainer gets them
+    blocked = {signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        return len(batches), iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

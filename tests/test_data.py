@@ -184,3 +184,40 @@ def test_an_index_row_that_reads_another_sample_is_an_error(shards):
     with pytest.raises(ShardError, match=r"shard-000000.tar sample s000000002: the bytes at offset \d+ hold sample "
                                          r"s000000001, not s000000002: the shard changed after it was indexed"):
         idx.read(1)
+
+
+def test_epoch_loaders_start_on_the_training_thread_while_it_draws_random_numbers(reader):
+    """The training thread draws random numbers all the time (dropout); workers forked from the prefetch thread
+    while it held the RNG's lock deadlocked seeding themselves (2 of 2 runs of this loop hung before). 12 epoch
+    boundaries with the RNG busy between batches, each batch awaited with a deadline, every loader made on the
+    training thread."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from higgs_ds import data
+    from higgs_ds.data import DataPosition, stream_batches
+
+    made_on = []
+    original = data.epoch_loader
+
+    def recording(*args, **kwargs):
+        made_on.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    data.epoch_loader = recording
+    try:
+        s = PlanSettings(world=1, micro=4, accum=1, workers=1)
+        stream = stream_batches(reader, 0, 0, s, DataPosition(), num_workers=1, lookahead=2)
+        with ThreadPoolExecutor(1) as pool:  # next(stream) on one thread that stands for the training thread
+            positions = []
+            for _ in range(36):
+                positions.append(pool.submit(next, stream).result(timeout=120)[0])
+                pool.submit(lambda: [torch.rand(2_000_000) for _ in range(30)]).result()  # holds the RNG lock
+            pool.submit(stream.close).result(timeout=60)
+    finally:
+        data.epoch_loader = original
+    assert [p.epoch for p in positions] == [e for e in range(12) for _ in range(3)]  # 12 samples: 3 batches of 4
+    assert len(set(made_on)) == 1 and made_on[0] != "higgs-ds-prefetch" and len(made_on) >= 12
+    assert positions[0].batch == 1 and positions[-1].batch == 3
