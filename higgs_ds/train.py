@@ -406,8 +406,9 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
                 evaluated_step = state.step
             if stop_agreed:  # some rank got SIGUSR1/SIGTERM: all ranks save together, then stop for the requeue
                 stopped_by = stop.received or "signal on another rank"
-                save(engine, cfg, state, plan_key, de.is_main)
-                saved_step = state.step
+                if saved_step != state.step:
+                    save(engine, cfg, state, plan_key, de.is_main)
+                    saved_step = state.step
                 break
             if early_stop:
                 break
