@@ -22,7 +22,7 @@ FRAMES = 100  # per prompt: 4 s of audio at most
 
 
 def prompts(sp: Path, n: int = 3):
-    from higgs_ds.synthesis import Prompt, Reference
+    from higgs_ds.prompts import Prompt, Reference
 
     utts = [json.loads(x) for x in (sp / "utterances.jsonl").read_text().splitlines()]
     return [Prompt(f"p{i}", "bench", utts[i + 1]["text"], [Reference(utts[i]["text"], str(sp / utts[i]["audio"]))])

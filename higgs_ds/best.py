@@ -17,6 +17,15 @@ class Best:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def update(self, score: float, step: int, patience: int) -> tuple[bool, bool]:
+        """Record STEP's score: (whether it is the new best, whether PATIENCE evaluations have passed without
+        one; 0 never stops)."""
+        if self.score is None or score < self.score:
+            self.score, self.step, self.evals_since = score, step, 0
+            return True, False
+        self.evals_since += 1
+        return False, bool(patience) and self.evals_since >= patience
+
 
 def metrics_used(ev: EvalConfig) -> list[str]:
     if ev.select == "mix":

@@ -205,8 +205,8 @@ def cmd_synthesize(args) -> int:
     from pathlib import Path
 
     from higgs_ds.codec import load_audio_tokenizer
-    from higgs_ds.synthesis import (ModelSource, Prompt, Reference, Synthesizer, load_model_for_generation,
-                                    read_prompts, summary, synthesize_prompts)
+    from higgs_ds.prompts import Prompt, Reference, read_prompts
+    from higgs_ds.synthesis import ModelSource, Synthesizer, load_model_for_generation, summary, synthesize_prompts
 
     single = [args.ref_audio, args.ref_text, args.text]
     if args.prompts is None and not all(single):

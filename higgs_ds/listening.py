@@ -15,8 +15,8 @@ import torch.distributed as dist
 
 from higgs_ds.config import ConfigError, TrainConfig
 from higgs_ds.scoring import Scorer, means, score_rows
-from higgs_ds.synthesis import (Prompt, SynthesisConfig, Synthesizer, prompts_from_shards, read_prompts,
-                                synthesize_prompts, write_wav)
+from higgs_ds.prompts import Prompt, prompts_from_shards, read_prompts
+from higgs_ds.synthesis import SynthesisConfig, Synthesizer, synthesize_prompts, write_wav
 
 log = logging.getLogger(__name__)
 

@@ -26,30 +26,30 @@ import torch
 
 from higgs_ds import checkpoint
 from higgs_ds.best import Best, metrics_used, selection_score
-from higgs_ds.listening import ListeningEval, check_listening
-from higgs_ds.report import write_report
 from higgs_ds.checkpoint import CheckpointDamaged
+from higgs_ds.collate import check_collator, make_collator
 from higgs_ds.config import ConfigError, TrainConfig, dump_config, load_config, to_dict
+from higgs_ds.data import BatchReader, DataPosition, load_train_index, stream_batches
+from higgs_ds.distributed import StopSignal, all_reduce_sum, deepspeed_config, dist_env, init_distributed
+from higgs_ds.evaluation import Evaluators, log_eval, log_listening
 from higgs_ds.files import no_space
 from higgs_ds.hub import CheckpointError, resolve
-from higgs_ds.data import BatchReader, DataPosition, load_train_index, stream_batches
-from higgs_ds.plan import PlanSettings, plan_eval
-from higgs_ds.distributed import StopSignal, all_reduce_sum, deepspeed_config, dist_env, init_distributed
+from higgs_ds.listening import ListeningEval, check_listening
 from higgs_ds.logs import setup_logging
-from higgs_ds.loss import IGNORE, codebook_hits, combine, token_sums
-from higgs_ds.stats import StepStats
+from higgs_ds.loss import IGNORE, combine, token_sums
 from higgs_ds.metrics import Metrics
-from higgs_ds.collate import check_collator, make_collator
 from higgs_ds.model import apply_lora, batch_to_inputs, load_model, load_tokenizer, resolve_model
+from higgs_ds.plan import PlanSettings
+from higgs_ds.report import write_report
 from higgs_ds.sample_format import ShardError
 from higgs_ds.shard_index import ShardIndex
+from higgs_ds.stats import StepStats
 
 log = logging.getLogger("higgs_ds.train")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # DataLoader workers fork after the tokenizer ran
 
 EXIT_USER_ERROR = 2  # a wrong config or checkpoint: nothing ran
 EXIT_STOPPED = 3  # stopped on a signal after saving a checkpoint: the launcher requeues
-TOP_K = (1, 5)  # teacher-forced audio accuracy: the target among the k most likely codes
 
 
 class TrainingError(RuntimeError):
@@ -103,38 +103,6 @@ def weight_checksums(engine, device) -> list[float]:
     gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, local)
     return [float(t.item()) for t in gathered]
-
-
-def evaluate(engine, reader: BatchReader, cfg: TrainConfig, rank: int, world: int, device) -> dict:
-    """Teacher-forced losses over the validation set, every sample counted once across the ranks."""
-    engine.eval()
-    ncb = engine.module.config.audio_num_codebooks
-    stats = StepStats(ncb)
-    hits = torch.zeros(len(TOP_K), ncb, dtype=torch.long)
-    plan = plan_eval(len(reader.index), rank, world, cfg.data.micro_batch_size)
-    if cfg.eval_batches:
-        plan = plan[:cfg.eval_batches]
-    with torch.no_grad():
-        for rows, weight in plan:
-            batch = reader.collate(rows)
-            inputs = batch_to_inputs(batch, device)
-            outputs = engine(**inputs)
-            sums = token_sums(outputs, inputs["label_audio_ids"])
-            if weight:  # a repeated batch that only keeps this rank in step with the others
-                stats.add(sums, batch, reader.frame_rate)
-                if sums.codebook_tokens.numel():
-                    hits += codebook_hits(outputs, inputs["label_audio_ids"], TOP_K)
-    engine.train()
-    total = stats.all_reduced(device)
-    hits = np.asarray(all_reduce_sum(hits.flatten().tolist(), device)).reshape(len(TOP_K), ncb)
-    tokens = np.maximum(total.codebook_tokens, 1)
-    accuracy = {}
-    for k, row in zip(TOP_K, hits):
-        accuracy[f"audio_top{k}"] = float(row.sum() / tokens.sum())
-        accuracy.update({f"audio_top{k}_cb{i}": float(h / t) for i, (h, t) in enumerate(zip(row, tokens))})
-    return {"loss": cfg.loss.text_weight * total.text_loss + cfg.loss.audio_weight * total.audio_loss,
-            "text_loss": total.text_loss, "audio_loss": total.audio_loss, "text_tokens": int(total.text_tokens),
-            "audio_tokens": int(total.audio_tokens), **accuracy, **total.codebook_losses()}
 
 
 class RunDirInUse(RuntimeError):
@@ -292,41 +260,6 @@ def save(engine, cfg: TrainConfig, state: TrainState, plan_key: dict, is_main: b
                            is_main)
 
 
-@dataclass
-class Evaluators:
-    val: BatchReader | None  # teacher-forced losses and accuracy on data.val
-    listening: ListeningEval | None  # speech generated with the current weights, scored
-
-    def due(self, cfg: TrainConfig, step: int) -> tuple[bool, bool]:
-        teacher = self.val is not None and bool(cfg.eval_every) and step % cfg.eval_every == 0
-        listen = self.listening is not None and step % cfg.eval.synth_every == 0
-        return teacher, listen
-
-
-def log_eval(engine, reader: BatchReader, cfg: TrainConfig, step: int, de, device, metrics: Metrics) -> dict:
-    ev = evaluate(engine, reader, cfg, de.rank, de.world, device)
-    metrics.log({"step": step, "split": "eval", **ev})
-    log.info(f"eval at step {step}: loss {ev['loss']:.4f} text {ev['text_loss']:.4f} audio {ev['audio_loss']:.4f} "
-             f"audio top-1 {ev['audio_top1']:.3f} top-5 {ev['audio_top5']:.3f}")
-    return ev
-
-
-def log_listening(listening: ListeningEval, cfg: TrainConfig, step: int, de, metrics: Metrics) -> dict:
-    result, rows = listening.run(step)
-    if de.is_main:
-        metrics.log({"step": step, "split": "listen", **result})
-        metrics.log_samples(step, rows)
-        write_report(Path(cfg.run_dir))
-
-    def fmt(key: str) -> str:
-        return "-" if result.get(key) is None else f"{result[key]:.3f}"
-
-    log.info(f"listening at step {step}: similarity {fmt('similarity')} wer {fmt('wer')} dnsmos {fmt('dnsmos')}; "
-             f"{result['prompts'] - result['failed']} of {result['prompts']} prompts generated in "
-             f"{result['synth_seconds']:.1f} s (samples in {Path(cfg.run_dir) / 'samples' / f'step{step:08d}'})")
-    return result
-
-
 def evaluate_step(engine, cfg: TrainConfig, state: TrainState, plan_key: dict, evaluators: Evaluators, de, device,
                   metrics: Metrics, saved_step: int, teacher: bool, listen: bool) -> tuple[int, bool]:
     """This step's evaluations, then the best checkpoint and patience. Returns (the step saved last, whether to
@@ -339,9 +272,8 @@ def evaluate_step(engine, cfg: TrainConfig, state: TrainState, plan_key: dict, e
     if score is None:
         return saved_step, False
     score = all_reduce_sum([score if de.is_main else 0.0], device)[0]  # rank 0's numbers decide for every rank
-    best = state.best
-    if best.score is None or score < best.score:
-        state.best = Best(score, state.step, 0)
+    improved, stop = state.best.update(score, state.step, cfg.eval.patience)
+    if improved:  # saved after the update: this checkpoint records itself as the best
         if saved_step != state.step:
             save(engine, cfg, state, plan_key, de.is_main)
             saved_step = state.step
@@ -350,12 +282,9 @@ def evaluate_step(engine, cfg: TrainConfig, state: TrainState, plan_key: dict, e
                                                                  "eval": eval_row, "listening": listen_row})
         log.info(f"step {state.step} is the best so far ({cfg.eval.select} score {score:.4f}): "
                  f"{Path(cfg.run_dir) / 'best'}")
-        return saved_step, False
-    best.evals_since += 1
-    stop = bool(cfg.eval.patience) and best.evals_since >= cfg.eval.patience
-    if stop:
-        log.info(f"early stop at step {state.step}: {best.evals_since} evaluations without a better "
-                 f"{cfg.eval.select} score than step {best.step}'s {best.score:.4f} (eval.patience "
+    elif stop:
+        log.info(f"early stop at step {state.step}: {state.best.evals_since} evaluations without a better "
+                 f"{cfg.eval.select} score than step {state.best.step}'s {state.best.score:.4f} (eval.patience "
                  f"{cfg.eval.patience})")
     return saved_step, stop
 

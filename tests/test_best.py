@@ -56,3 +56,16 @@ def test_retention_keeps_the_best_checkpoint(tmp_path):
     assert (root / "best").read_text() == "step00000002"
     checkpoint.mark_best(tmp_path, 4, {"select": "loss", "score": 0.5})
     assert (tmp_path / "best").resolve() == (root / "step00000004").resolve()
+
+
+def test_best_update_and_patience():
+    from higgs_ds.best import Best
+
+    best = Best()
+    assert best.update(3.0, 10, patience=2) == (True, False)
+    assert best.update(3.5, 20, patience=2) == (False, False) and best.evals_since == 1
+    assert best.update(2.0, 30, patience=2) == (True, False) and (best.step, best.evals_since) == (30, 0)
+    assert best.update(2.0, 40, patience=2) == (False, False)  # equal is not better
+    assert best.update(9.0, 50, patience=2) == (False, True)
+    assert Best(**best.to_dict()) == best  # what a checkpoint stores and a resume restores
+    assert Best().update(1.0, 1, 0) == (True, False) and not Best(1.0, 1, 5).update(2.0, 2, 0)[1]

@@ -158,7 +158,7 @@ def test_a_1000_speaker_split_is_speaker_disjoint_and_references_stay_inside(tmp
 
 
 def test_split_cli_and_listening_prompts_from_the_val_side(speech, tmp_path):
-    from higgs_ds.synthesis import read_prompts
+    from higgs_ds.prompts import read_prompts
 
     run_cli("manifest", "split", speech / "utterances.jsonl", "--out-dir", tmp_path, "--val-speakers", 1)
     info = json.loads((tmp_path / "split.json").read_text())

@@ -23,7 +23,7 @@ def synth(fixtures_dir):
 
 
 def cloning_prompt(speech, text="Hello world, this is a test."):
-    from higgs_ds.synthesis import Prompt, Reference
+    from higgs_ds.prompts import Prompt, Reference
 
     ref = json.loads((speech / "utterances.jsonl").read_text().splitlines()[0])
     return Prompt("p0", "test", text, [Reference(ref["text"], str(speech / ref["audio"]))])
@@ -55,7 +55,8 @@ def test_generation_equals_boson_serve_engine_and_is_seeded(synth, fixtures_dir,
 
 def test_stored_reference_codes_are_fed_as_they_are(synth, speech):
     """A reference given as codes (as shards store them) generates exactly what its file generates."""
-    from higgs_ds.synthesis import Reference, SynthesisConfig
+    from higgs_ds.prompts import Reference
+    from higgs_ds.synthesis import SynthesisConfig
 
     prompt = cloning_prompt(speech)
     cfg = SynthesisConfig(max_new_tokens=30, seed=1)
@@ -107,7 +108,8 @@ def test_an_adapter_changes_the_output_and_a_mismatched_one_is_refused(synth, fi
 
 
 def test_prompt_problems_name_the_prompt(synth, speech, tmp_path):
-    from higgs_ds.synthesis import Prompt, Reference, SynthesisConfig, SynthesisError, Synthesizer
+    from higgs_ds.prompts import Prompt, Reference
+    from higgs_ds.synthesis import SynthesisConfig, SynthesisError, Synthesizer
 
     cfg = SynthesisConfig(max_new_tokens=200)
     ref = cloning_prompt(speech).refs[0]
