@@ -130,12 +130,35 @@ def own_run_dir(run_dir: Path, de, device):
             owner = handle.read().strip()
             handle.close()
             handle = None
-            log.error(f"error: {run_dir} belongs to another run that is still alive ({owner}); wait for it, stop "
-                      f"it, or give this run another run_dir")
+            log.error(in_use_message(run_dir, owner))
     held = all_reduce_sum([1.0 if handle is not None or not de.is_main else 0.0], device)[0] == de.world
     if not held:
         raise RunDirInUse(f"{run_dir} is in use by another run")
     return handle
+
+
+def refuse_a_live_run_dir(run_dir: Path, de) -> None:
+    """Every rank, before any process group: is RUN/.lock held by a live run? A second job started on the first's
+    port would otherwise join the first job's process group before its own rank 0 could ask for the lock."""
+    import fcntl
+
+    lock = run_dir / ".lock"
+    if not lock.is_file():
+        return
+    with open(lock) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released when the file closes
+            return
+        except BlockingIOError:
+            owner = handle.read().strip()
+    if de.is_main:
+        log.error(in_use_message(run_dir, owner))
+    raise RunDirInUse(f"{run_dir} is in use by another run")
+
+
+def in_use_message(run_dir: Path, owner: str) -> str:
+    return (f"error: {run_dir} belongs to another run that is still alive ({owner}); wait for it, stop it, or give "
+            f"this run another run_dir")
 
 
 def check_model_fits_data(cfg: TrainConfig) -> None:
@@ -296,6 +319,7 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
     # the resolved names (REPO@COMMIT) in config.yaml and checkpoints
     cfg = dataclasses.replace(cfg, model=resolve_model(cfg.model))
     check_model_fits_data(cfg)
+    refuse_a_live_run_dir(Path(cfg.run_dir), de)
     device = init_distributed(de, dist_timeout_s)
     run_dir = Path(cfg.run_dir)
     lock = own_run_dir(run_dir, de, device)

@@ -1,5 +1,6 @@
 """The real Higgs-Audio v2 size (5.77B, bf16, random weights, no download) through the real trainer on one CPU rank
-under ZeRO-2: train, checkpoint, resume, export the adapter and the merged model, load the merged model. Needs about
+under ZeRO-2: train, checkpoint, resume, export the adapter and the merged model, load the merged model, and
+synthesize with the checkpoint. Needs about
 24 GB of disk and 24 GB of memory; `make test` runs it (marker real_size)."""
 
 import json
@@ -28,7 +29,7 @@ def full_size_model(fixtures_dir, tmp_path_factory):
     shutil.rmtree(root, ignore_errors=True)
 
 
-def test_full_size_trains_resumes_and_exports(full_size_model, fixtures_dir, shards, tmp_path):
+def test_full_size_trains_resumes_and_exports(full_size_model, fixtures_dir, shards, speech, tmp_path):
     from safetensors import safe_open
 
     run = tmp_path / "run"
@@ -77,3 +78,15 @@ def test_full_size_trains_resumes_and_exports(full_size_model, fixtures_dir, sha
     expected = (base.float() + (b @ a) * (32 / 16)).to(base.dtype)
     assert got.dtype == base.dtype and bool((got == expected).all())
     assert not bool((got == base).all())
+
+    # the run's checkpoint speaks: the 5.77B base in bf16 with the adapter applied in place, boson's generate
+    utt = json.loads((speech / "utterances.jsonl").read_text().splitlines()[0])
+    out = tmp_path / "listen" / "hello.wav"
+    run_cli("synthesize", "--checkpoint", run, "--audio-tokenizer", fixtures_dir / "audio_tokenizer", "--ref-audio",
+            speech / utt["audio"], "--ref-text", utt["text"], "--text", "Hello world.", "--max-new-tokens", 12,
+            "--device", "cpu", "--quiet", "--out", out, timeout=1800)
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["generated"] == 1 and report["model"]["dtype"] == "bfloat16"
+    assert 0 < report["rows"][0]["frames"] <= 12 and out.is_file()
+    print(json.dumps({"synthesis_real_time_factor": report["real_time_factor"],
+                      "generate_seconds": report["generate_seconds"], "audio_seconds": report["audio_seconds"]}))

@@ -253,6 +253,15 @@ def test_a_second_run_into_a_live_run_dir_is_refused_and_a_dead_runs_dir_is_take
         assert rc == 2 and "Traceback" not in out
         assert f"{run} belongs to another run that is still alive" in out and f'"pid": {first.pid}' in out
         assert out.count("belongs to another run") == 1
+        # the same port as the live run: refused before any rank reaches (and joins) the live run's process group
+        logged = len((run / "metrics.jsonl").read_text().splitlines())
+        rc, out = launch_training("srun-env", 2, train_overrides(fixtures_dir, shards, run, steps=2), check=False,
+                                  extra_env={"MASTER_PORT": first_env["MASTER_PORT"]})
+        assert rc == 2 and out.count("belongs to another run") == 1 and "Traceback" not in out
+        deadline = time.time() + 120
+        while len((run / "metrics.jsonl").read_text().splitlines()) <= logged + 2:
+            assert first.poll() is None and time.time() < deadline, "the live run stopped training"
+            time.sleep(1)
     finally:
         os.killpg(first.pid, 9)  # dies as a crashed or preempted job would, lock and all
         first.wait()
