@@ -341,6 +341,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--utterances", type=int, default=4, help="utterances per speaker")
     p.set_defaults(func=cmd_sample_data)
 
+    _add_shards_commands(sub)
+
+    p = sub.add_parser("export", help="a checkpoint's LoRA adapter (peft format), or a merged bf16 model")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint step dir, or a run dir (takes its latest)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--merge", action="store_true", help="fold the adapter into the base weights (bf16)")
+    p.add_argument("--base", default=None,
+                   help="base model directory or hub id[@revision] (default: the run's model.path as resolved)")
+    p.set_defaults(func=cmd_export)
+
+    _add_manifest_commands(sub)
+    _add_listening_commands(sub)
+    return parser
+
+
+def _add_shards_commands(sub) -> None:
     shards = sub.add_parser("shards", help="build, validate, inspect, verify, merge shard sets").add_subparsers(
         dest="shards_command", required=True)
     p = shards.add_parser("build", help="manifest -> WebDataset shards of ChatML + audio codes")
@@ -389,14 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = shards.add_parser("merge", help="join the parts of a --part build into one index")
     p.add_argument("dir")
     p.set_defaults(func=cmd_shards_merge)
-    p = sub.add_parser("export", help="a checkpoint's LoRA adapter (peft format), or a merged bf16 model")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint step dir, or a run dir (takes its latest)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--merge", action="store_true", help="fold the adapter into the base weights (bf16)")
-    p.add_argument("--base", default=None,
-                   help="base model directory or hub id[@revision] (default: the run's model.path as resolved)")
-    p.set_defaults(func=cmd_export)
 
+
+def _add_manifest_commands(sub) -> None:
     manifest = sub.add_parser("manifest", help="import corpora into utterance manifests, split them").add_subparsers(
         dest="manifest_command", required=True)
     from higgs_ds.corpora import FORMATS
@@ -435,6 +446,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_manifest_prompts)
 
+
+def _add_listening_commands(sub) -> None:
     p = sub.add_parser("synthesize", help="speak text in a reference voice with a model, adapter or checkpoint")
     p.add_argument("--model", default=None, help="base or merged model: directory or hub id[@revision]")
     p.add_argument("--adapter", default=None, help="a peft adapter (RUN/adapter) applied to --model")
@@ -464,7 +477,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="default: scores.json beside the synthesis report")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_score)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
