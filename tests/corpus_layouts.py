@@ -42,7 +42,8 @@ def ljspeech(speech: Path, root: Path):
         shutil.copy(wav, (src / "wavs").mkdir(parents=True, exist_ok=True) or src / "wavs" / f"{uid}.wav")
         lines.append(f'{uid}|{text} "quoted", 1st|{text} "quoted", first')
     lines.append("LJ001-0099|Missing audio.|Missing audio.")  # line 5: no wav
-    lines.append("LJ001-0098|Original only.| ")  # line 6: normalized text empty
+    lines.append("LJ001-0098|Original only.| ")  # line 6: normalized text empty (its clip exists)
+    shutil.copy(wav, src / "wavs" / "LJ001-0098.wav")
     lines.append("LJ001-0097 no separators")  # line 7
     (src / "metadata.csv").write_bytes((CRLF_BOM + "\r\n".join(lines) + "\r\n").encode("utf-8"))
     return src, {"utterances": 4, "speakers": 1, "rejects": {

@@ -185,3 +185,15 @@ def test_pairing_draws_the_same_references_without_copying_the_speaker_list():
         others = [u.audio for u in utts if u.speaker == utts[r.index].speaker and u.index != r.index]
         assert r.audio[:2] == random.Random(f"5:{r.index}").sample(others, 2)
         assert r.audio[-1] == f"/a/{r.index}.wav"
+
+
+def test_original_or_normalized_transcripts(speech, tmp_path):
+    src, _ = corpus_layouts.ljspeech(speech, tmp_path / "corpus")
+    texts = {}
+    for which in ("normalized", "original"):
+        out = tmp_path / f"{which}.jsonl"
+        run_cli("manifest", "import", src, "--format", "ljspeech", "--out", out, "--text", which)
+        texts[which] = [json.loads(x)["text"] for x in out.read_text().splitlines()]
+    assert len(texts["normalized"]) == 4 and all(t.endswith('"quoted", first') for t in texts["normalized"])
+    assert all(t.endswith('"quoted", 1st') for t in texts["original"][:4])
+    assert texts["original"][4] == "Original only."  # line 6: only its normalized transcript is empty

@@ -184,3 +184,20 @@ def test_no_audio_is_a_failure_not_an_empty_success(synth, speech):
     with pytest.raises(SynthesisError, match="test: the model generated no audio"):
         synth.generate(cloning_prompt(speech), SynthesisConfig(max_new_tokens=1, force_audio=False))
 
+
+
+def test_the_time_budget_reports_prompts_not_reached(synth, speech, tmp_path):
+    """eval.max_seconds: once the deadline has passed no prompt starts; each left is a failure saying why."""
+    import time
+
+    from higgs_ds.synthesis import SynthesisConfig, synthesize_prompts
+
+    prompts = [cloning_prompt(speech), cloning_prompt(speech, "Second.")]
+    prompts[1].id = "p1"
+    rows = synthesize_prompts(synth, prompts, SynthesisConfig(max_new_tokens=10), tmp_path, progress=False,
+                              deadline=time.time() - 1)
+    assert [r["error"] for r in rows] == ["not generated: the time budget ran out first"] * 2
+    assert not list(tmp_path.glob("*.wav"))
+    rows = synthesize_prompts(synth, prompts, SynthesisConfig(max_new_tokens=10), tmp_path, progress=False,
+                              deadline=time.time() + 600)
+    assert all("error" not in r and (tmp_path / f"{r['id']}.wav").is_file() for r in rows)
