@@ -153,40 +153,46 @@ class Synthesizer:
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def generate(self, prompt: Prompt, cfg: SynthesisConfig) -> Synthesis:
-        from boson_multimodal.model.higgs_audio.utils import revert_delay_pattern
-
-        torch = self._torch
         inputs = self.inputs(prompt, cfg)
-        for cache in self.kv_caches.values():
-            cache.reset()
         was_training = self.model.training
         self.model.eval()
         t0 = time.perf_counter()
         try:
-            with torch.no_grad():
-                text_ids, audio_out = self.model.generate(
-                    **inputs, max_new_tokens=cfg.max_new_tokens, use_cache=True,
-                    stop_strings=["<|end_of_text|>", "<|eot_id|>"], tokenizer=self.tokenizer,
-                    do_sample=cfg.temperature > 0, temperature=cfg.temperature if cfg.temperature > 0 else None,
-                    top_k=cfg.top_k, top_p=cfg.top_p, past_key_values_buckets=self.kv_caches,
-                    ras_win_len=cfg.ras_win_len or None, ras_win_max_num_repeat=cfg.ras_win_max_num_repeat,
-                    seed=cfg.seed)
-                waves, segments = [], []
-                for out in audio_out:
-                    codes = revert_delay_pattern(out).clip(0, self.codebook_size - 1)[:, 1:-1]
-                    if codes.shape[1] > 0:
-                        waves.append(self.audio_tokenizer.decode(codes.unsqueeze(0))[0, 0])
-                        segments.append(codes.cpu().numpy().astype(np.int16))
+            text_ids, waves, segments = self._generate(inputs, cfg)
+        except Exception as e:  # boson's generate fails on some token sequences (<|AUDIO_OUT|> sampled as text)
+            raise SynthesisError(f"{prompt.source}: generation failed inside boson_multimodal "
+                                 f"({type(e).__name__}: {str(e)[:300]})") from e
         finally:
             self.model.train(was_training)
         seconds = time.perf_counter() - t0
         if not waves:
-            raise SynthesisError(f"{prompt.source}: the model generated no audio ({len(audio_out)} audio segments "
-                                 f"without frames, in {seconds:.1f} s)")
+            raise SynthesisError(f"{prompt.source}: the model generated no audio (in {seconds:.1f} s)")
         prompt_len = inputs["input_ids"].shape[1]
         text = self.tokenizer.decode(text_ids[0, prompt_len:].tolist(), skip_special_tokens=True)
         return Synthesis(prompt, np.concatenate(waves).astype(np.float32), self.sample_rate,
                          np.concatenate(segments, axis=1), seconds, text)
+
+    def _generate(self, inputs: dict, cfg: SynthesisConfig):
+        """HiggsAudioModel.generate with the serve engine's arguments, then its decode of every audio segment."""
+        from boson_multimodal.model.higgs_audio.utils import revert_delay_pattern
+
+        for cache in self.kv_caches.values():
+            cache.reset()
+        with self._torch.no_grad():
+            text_ids, audio_out = self.model.generate(
+                **inputs, max_new_tokens=cfg.max_new_tokens, use_cache=True,
+                stop_strings=["<|end_of_text|>", "<|eot_id|>"], tokenizer=self.tokenizer,
+                do_sample=cfg.temperature > 0, temperature=cfg.temperature if cfg.temperature > 0 else None,
+                top_k=cfg.top_k, top_p=cfg.top_p, past_key_values_buckets=self.kv_caches,
+                ras_win_len=cfg.ras_win_len or None, ras_win_max_num_repeat=cfg.ras_win_max_num_repeat,
+                seed=cfg.seed)
+            waves, segments = [], []
+            for out in audio_out:
+                codes = revert_delay_pattern(out).clip(0, self.codebook_size - 1)[:, 1:-1]
+                if codes.shape[1] > 0:
+                    waves.append(self.audio_tokenizer.decode(codes.unsqueeze(0))[0, 0])
+                    segments.append(codes.cpu().numpy().astype(np.int16))
+        return text_ids, waves, segments
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:

@@ -37,8 +37,8 @@ def free_port() -> int:
 def train_overrides(fixtures_dir, shards, run_dir, **kv) -> list[str]:
     base = {"run_dir": run_dir, "model.path": fixtures_dir / "model", "model.tokenizer": fixtures_dir / "tokenizer",
             "data.train": shards, "data.val": shards, "data.micro_batch_size": 2, "data.num_workers": 1,
-            "steps": 6, "log_every": 1, "save_every": 0, "eval_every": 0, "lora.rank": 4, "lora.alpha": 8,
-            "lora.dropout": 0.0, "optim.lr": 3e-3, "optim.warmup_steps": 2, "progress_bar": False}
+            "steps": 6, "log_every": 1, "save_every": 0, "eval_every": 0, "eval.synth_every": 0, "lora.rank": 4,
+            "lora.alpha": 8, "lora.dropout": 0.0, "optim.lr": 3e-3, "optim.warmup_steps": 2, "progress_bar": False}
     base.update(kv)
     return [f"{k}={v}" for k, v in base.items()]
 

@@ -201,3 +201,25 @@ def test_the_time_budget_reports_prompts_not_reached(synth, speech, tmp_path):
     rows = synthesize_prompts(synth, prompts, SynthesisConfig(max_new_tokens=10), tmp_path, progress=False,
                               deadline=time.time() + 600)
     assert all("error" not in r and (tmp_path / f"{r['id']}.wav").is_file() for r in rows)
+
+
+def test_a_failure_inside_boson_generate_fails_that_prompt_only(fixtures_dir, synth, speech, tmp_path):
+    """boson's generate raises when <|AUDIO_OUT|> is sampled as text (seen in a 240-step run's listening
+    evaluation): that prompt is a failure naming the error, the prompts after it are still generated."""
+    from higgs_ds.synthesis import (ModelSource, SynthesisConfig, Synthesizer, load_model_for_generation,
+                                    synthesize_prompts)
+
+    model, tokenizer, _ = load_model_for_generation(
+        ModelSource(model=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer")), "cpu")
+    with torch.no_grad():  # the text head always answers <|AUDIO_OUT|>
+        model.audio_decoder_proj.text_lm_head.weight[model.config.audio_out_token_idx] = 5.0
+    broken = Synthesizer(model, tokenizer, synth.audio_tokenizer)
+    second = cloning_prompt(speech, "Second.")
+    second.id = "p1"
+    rows = synthesize_prompts(broken, [cloning_prompt(speech), second], SynthesisConfig(max_new_tokens=20,
+                                                                                        force_audio=False),
+                              tmp_path, progress=False)
+    assert rows[0]["error"].startswith("test: generation failed inside boson_multimodal (IndexError")
+    assert rows[1]["error"].startswith("test: generation failed")  # the same model, the same failure, no crash
+    ok = synthesize_prompts(broken, [second], SynthesisConfig(max_new_tokens=20), tmp_path, progress=False)
+    assert "error" not in ok[0] and (tmp_path / "p1.wav").is_file()  # forced audio takes the normal path

@@ -2,6 +2,7 @@
 tiny fixtures on CPU: sbatch training over 2 nodes, submitit preemption + exact resume, a time limit with requeue,
 an array shard build, and a killed rank that ends the job fast. Needs root (daemons, apt); skipped otherwise."""
 
+import json
 import math
 import os
 import re
@@ -77,14 +78,15 @@ def steps_logged(run: Path) -> int:
     f = run / "metrics.jsonl"
     if not f.exists():
         return 0
-    return sum(1 for line in f.read_text().splitlines() if '"split": "eval"' not in line)
+    return sum(1 for line in f.read_text().splitlines() if '"split": ' not in line)  # eval and listen rows aside
 
 
 def test_sbatch_train_two_nodes(cluster, job_env, fixtures_dir, shards, tmp_path):
     run = tmp_path / "run"
     t0 = time.time()
+    listen = {"eval.synth_every": 6, "eval.num_prompts": 2, "eval.max_new_tokens": 10}  # one prompt per node
     job = sbatch([*SBATCH_CPU, "--time=10", "slurm/train.sh", "configs/demo.yaml",
-                  *train_overrides(fixtures_dir, shards, run, steps=12, save_every=6)], job_env, tmp_path)
+                  *train_overrides(fixtures_dir, shards, run, steps=12, save_every=6, **listen)], job_env, tmp_path)
     wait_for(lambda: (run / "metrics.jsonl").exists(), 300, "the first step")
     first_step_s = time.time() - t0
     wait_for(lambda: not in_queue(job), 300, "the job to end")
@@ -94,6 +96,9 @@ def test_sbatch_train_two_nodes(cluster, job_env, fixtures_dir, shards, tmp_path
     rows, _, summary = read_run(run)
     assert [r["step"] for r in rows] == list(range(1, 13)) and len(summary["rank_weight_checksums"]) == 2
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
+    listens = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"listen"' in x]
+    assert [(r["step"], r["prompts"], r["failed"]) for r in listens] == [(6, 2, 0), (12, 2, 0)]
+    assert len(list((run / "samples" / "step00000012").glob("*.wav"))) == 2 and (run / "report.html").is_file()
     print(f"\nsubmit -> first step: {first_step_s:.0f} s")
 
 

@@ -44,7 +44,9 @@ def test_two_rank_bf16_run_learns_and_ranks_agree(bf16_run):
     checks = summary["rank_weight_checksums"]
     assert len(checks) == 2 and checks[0] == checks[1]
     ckpts = sorted(p.name for p in (bf16_run / "checkpoints").glob("step*"))
-    assert ckpts == ["step00000016"]  # keep_last=1 removed step 8
+    best = json.loads((bf16_run / "best.json").read_text())  # eval.select=loss by default
+    assert best["step"] == min(evals, key=lambda e: e["loss"])["step"]
+    assert ckpts == sorted({f"step{best['step']:08d}", "step00000016"})  # keep_last=1 keeps the last and the best
     assert (bf16_run / "checkpoints" / "latest").read_text() == "step00000016"
     assert (bf16_run / "config.yaml").is_file() and list((bf16_run / "tensorboard").glob("events.*"))
 
