@@ -25,7 +25,7 @@ from higgs_ds.files import atomic_write, file_sha256, no_space, out_of_space
 
 log = logging.getLogger(__name__)
 MANIFEST = "MANIFEST.json"
-BEST = "best"  # RUN/checkpoints/best: the tag of the best checkpoint (eval.select); kept whatever keep_last says
+BEST = "best"  # RUN/checkpoints/best: the tag of the best checkpoint (eval.select), for tools and people
 
 
 class CheckpointDamaged(RuntimeError):
@@ -68,7 +68,10 @@ def export_adapter(engine, out: Path, is_main: bool) -> None:
         engine.module.save_pretrained(str(out), state_dict=state, safe_serialization=True)
 
 
-def save(engine, run_dir: Path, step: int, client_state: dict, keep_last: int, is_main: bool) -> Path:
+def save(engine, run_dir: Path, step: int, client_state: dict, keep_last: int, is_main: bool,
+         best_step: int | None = None) -> Path:
+    """Every rank writes its part; then rank 0 seals it (MANIFEST, COMPLETE), moves `latest` and removes all but the
+    newest KEEP_LAST complete checkpoints and the one of BEST_STEP (eval.select's best, which outlives retention)."""
     ckpt_root = run_dir / "checkpoints"
     t = tag(step)
     path = ckpt_root / t
@@ -92,8 +95,8 @@ def save(engine, run_dir: Path, step: int, client_state: dict, keep_last: int, i
         (path / "COMPLETE").write_text(json.dumps({"step": step}))
         atomic_write(ckpt_root / "latest", t)
         done = sorted(p for p in ckpt_root.glob("step*") if (p / "COMPLETE").exists())
-        best = (ckpt_root / BEST).read_text().strip() if (ckpt_root / BEST).is_file() else None
-        for old in [p for p in done[:-keep_last] if p.name != best]:  # the best checkpoint outlives retention
+        best = tag(best_step) if best_step is not None else None
+        for old in [p for p in done[:-keep_last] if p.name != best]:
             shutil.rmtree(old, ignore_errors=True)
         log.info(f"saved checkpoint {path}")
     dist.barrier()

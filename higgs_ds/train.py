@@ -280,7 +280,7 @@ def train_step(engine, stream, state: TrainState, cfg: TrainConfig, device, stop
 
 def save(engine, cfg: TrainConfig, state: TrainState, plan_key: dict, is_main: bool) -> Path:
     return checkpoint.save(engine, Path(cfg.run_dir), state.step, state.client_state(cfg, plan_key), cfg.keep_last,
-                           is_main)
+                           is_main, state.best.step)
 
 
 def evaluate_step(engine, cfg: TrainConfig, state: TrainState, plan_key: dict, evaluators: Evaluators, de, device,

@@ -42,9 +42,9 @@ def test_eval_config_errors_name_the_key(shards, overrides, message):
     assert str(err.value).startswith(message)
 
 
-def test_retention_keeps_the_best_checkpoint(tmp_path):
-    """checkpoint.save's retention skips the tag in checkpoints/best (the loop is exercised for real in
-    tests/runs/test_listening.py; here the files only)."""
+def test_mark_best_points_at_the_best_checkpoint(tmp_path):
+    """RUN/best and RUN/checkpoints/best follow the newest best (retention keeping it is tested with real runs in
+    tests/runs/test_listening.py and test_train.py)."""
     from higgs_ds import checkpoint
 
     root = tmp_path / "checkpoints"
