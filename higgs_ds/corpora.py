@@ -193,32 +193,62 @@ def _emilia_utterance(source: str, audio: Path, info, opts: ImportOptions) -> En
 
 
 def _emilia_tar(tar: Path, out: Path, opts: ImportOptions) -> Iterator[Entry]:
-    samples: dict[str, dict[str, bytes]] = {}
+    samples = _webdataset_samples(tar)
+    while True:
+        try:
+            key, members = next(samples)
+        except StopIteration:
+            return
+        except TarBrokenOff as e:
+            yield Reject(str(tar), str(e))
+            return
+        yield from _emilia_sample(tar, key, members, out, opts)
+
+
+class TarBrokenOff(Exception):
+    pass
+
+
+def _webdataset_samples(tar: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) a sample at a time: WebDataset keeps a sample's members next to each other, so a
+    shard of any size needs the memory of one sample. A tar that breaks off yields the samples before the break
+    (members read whole), then raises TarBrokenOff."""
+    key, members = None, {}
     try:
-        with tarfile.open(tar, mode="r:*") as t:
+        with tarfile.open(tar, mode="r|*") as t:
             for m in t:
-                if m.isfile():
-                    key, _, ext = m.name.rpartition("/")[2].partition(".")  # WebDataset: keys end at the first dot
-                    samples.setdefault(key, {})[ext] = t.extractfile(m).read()
+                if not m.isfile():
+                    continue
+                name, _, ext = m.name.rpartition("/")[2].partition(".")  # WebDataset: keys end at the first dot
+                if name != key and members:
+                    yield key, members
+                    members = {}
+                key = name
+                members[ext] = t.extractfile(m).read()
     except (tarfile.TarError, OSError, EOFError) as e:
-        yield Reject(str(tar), f"not a readable tar: {e}")
+        if members:
+            yield key, members
+        raise TarBrokenOff(f"not a readable tar after {'sample ' + key if key else 'its start'}: {e}") from None
+    if members:
+        yield key, members
+
+
+def _emilia_sample(tar: Path, key: str, members: dict[str, bytes], out: Path, opts: ImportOptions) -> Iterator[Entry]:
+    source = f"{tar}:{key}"
+    audio_ext = next((e for e in ("mp3", "wav", "flac", "opus", "ogg") if e in members), None)
+    if "json" not in members or audio_ext is None:
+        yield Reject(source, f"expected KEY.json and an audio member next to each other, found {sorted(members)}")
+        return
+    try:
+        info = json.loads(members["json"].decode("utf-8-sig"))
+    except (ValueError, UnicodeDecodeError) as e:
+        yield Reject(source, f"KEY.json is not valid JSON: {e}")
         return
     out.mkdir(parents=True, exist_ok=True)
-    for key, members in samples.items():
-        source = f"{tar}:{key}"
-        audio_ext = next((e for e in ("mp3", "wav", "flac", "opus", "ogg") if e in members), None)
-        if "json" not in members or audio_ext is None:
-            yield Reject(source, f"expected KEY.json and an audio member, found {sorted(members)}")
-            continue
-        try:
-            info = json.loads(members["json"].decode("utf-8-sig"))
-        except (ValueError, UnicodeDecodeError) as e:
-            yield Reject(source, f"KEY.json is not valid JSON: {e}")
-            continue
-        audio = out / f"{key}.{audio_ext}"
-        if not audio.is_file() or audio.stat().st_size != len(members[audio_ext]):
-            atomic_write(audio, members[audio_ext])
-        yield _emilia_utterance(source, audio, info, opts)
+    audio = out / f"{key}.{audio_ext}"
+    if not audio.is_file() or audio.stat().st_size != len(members[audio_ext]):
+        atomic_write(audio, members[audio_ext])
+    yield _emilia_utterance(source, audio, info, opts)
 
 
 PARQUET_TEXT = ("text", "normalized_text", "sentence", "transcription", "transcript", "text_normalized")

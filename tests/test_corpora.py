@@ -4,6 +4,7 @@ built into shards, and the samples read back; speaker-disjoint splits with refer
 import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 
@@ -197,3 +198,22 @@ def test_original_or_normalized_transcripts(speech, tmp_path):
     assert len(texts["normalized"]) == 4 and all(t.endswith('"quoted", first') for t in texts["normalized"])
     assert all(t.endswith('"quoted", 1st') for t in texts["original"][:4])
     assert texts["original"][4] == "Original only."  # line 6: only its normalized transcript is empty
+
+
+def test_an_emilia_tar_that_breaks_off_keeps_the_samples_before_the_break(speech, tmp_path):
+    """Emilia shards are streamed a sample at a time; a shard cut short (a partial download) imports the samples it
+    holds whole and names the tar and the last sample it reached for the rest."""
+    (tmp_path / "tmp").mkdir()
+    src, _ = corpus_layouts.emilia(speech, tmp_path / "corpus", tmp_path / "tmp")
+    tar = src / "EN" / "EN-B000000.tar"
+    data = tar.read_bytes()
+    tar.write_bytes(data[: len(data) * 2 // 3])
+    manifest = tmp_path / "utts.jsonl"
+    summary = json.loads(run_cli("manifest", "import", src, "--format", "emilia", "--out", manifest).stdout)
+    en = [json.loads(x) for x in manifest.read_text(encoding="utf-8").splitlines() if json.loads(x)["language"] == "en"]
+    rejects = [json.loads(x) for x in (tmp_path / "utts.rejects.jsonl").read_text().splitlines()]
+    assert 1 <= len(en) < 6 and summary["utterances"] == len(en) + 2  # the zh shard is whole
+    assert all(Path(u["audio"]).stat().st_size > 0 for u in en)
+    broken = [r for r in rejects if r["source"] == str(tar)]
+    assert len(broken) == 1 and broken[0]["reason"].startswith("not a readable tar after sample EN_B00000_S0000"), \
+        rejects
