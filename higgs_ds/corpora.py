@@ -202,7 +202,7 @@ def _emilia_tar(tar: Path, out: Path, opts: ImportOptions) -> Iterator[Entry]:
         except TarBrokenOff as e:
             yield Reject(str(tar), str(e))
             return
-        yield from _emilia_sample(tar, key, members, out, opts)
+        yield _emilia_sample(tar, key, members, out, opts)
 
 
 class TarBrokenOff(Exception):
@@ -233,22 +233,20 @@ def _webdataset_samples(tar: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield key, members
 
 
-def _emilia_sample(tar: Path, key: str, members: dict[str, bytes], out: Path, opts: ImportOptions) -> Iterator[Entry]:
+def _emilia_sample(tar: Path, key: str, members: dict[str, bytes], out: Path, opts: ImportOptions) -> Entry:
     source = f"{tar}:{key}"
     audio_ext = next((e for e in ("mp3", "wav", "flac", "opus", "ogg") if e in members), None)
     if "json" not in members or audio_ext is None:
-        yield Reject(source, f"expected KEY.json and an audio member next to each other, found {sorted(members)}")
-        return
+        return Reject(source, f"expected KEY.json and an audio member next to each other, found {sorted(members)}")
     try:
         info = json.loads(members["json"].decode("utf-8-sig"))
     except (ValueError, UnicodeDecodeError) as e:
-        yield Reject(source, f"KEY.json is not valid JSON: {e}")
-        return
+        return Reject(source, f"KEY.json is not valid JSON: {e}")
     out.mkdir(parents=True, exist_ok=True)
     audio = out / f"{key}.{audio_ext}"
     if not audio.is_file() or audio.stat().st_size != len(members[audio_ext]):
         atomic_write(audio, members[audio_ext])
-    yield _emilia_utterance(source, audio, info, opts)
+    return _emilia_utterance(source, audio, info, opts)
 
 
 PARQUET_TEXT = ("text", "normalized_text", "sentence", "transcription", "transcript", "text_normalized")
