@@ -4,10 +4,16 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.higgs-ds-installed
+# transformers >= 5.3 (the native Higgs-Audio v2 classes) cannot share a venv with boson_multimodal (< 4.48): a second
+# venv for the tests that check our native exports against the real classes. A .pth line puts the first venv's
+# site-packages after its own, so it reuses that torch (2 GB) and installs only what transformers 5 and peft add.
+NATIVE_VENV  := .venv-native
+NATIVE_STAMP := $(NATIVE_VENV)/.higgs-ds-installed
+NATIVE_PKGS  := transformers==5.25.0 peft==0.21.2
 DEMO   ?= demo
 PYTEST_ARGS ?=
 
-.PHONY: help venv deps lint test test-fast demo bench clean
+.PHONY: help venv native-venv deps lint test test-fast demo bench clean
 
 help:
 	@echo "make demo   - fixtures + espeak-ng speech + shards + 2-rank DeepSpeed LoRA run + adapter export (CPU)"
@@ -24,6 +30,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+$(NATIVE_STAMP): $(STAMP) Makefile
+	test -x $(NATIVE_VENV)/bin/python || $(PYTHON) -m venv $(NATIVE_VENV)
+	$(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > \
+	  "$$($(NATIVE_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/higgs-ds-base.pth"
+	$(NATIVE_VENV)/bin/pip install -q --disable-pip-version-check $(NATIVE_PKGS)
+	touch $@
+
+native-venv: $(NATIVE_STAMP)
+
 # Debian packages: espeak-ng (speech for tests and the demo), ffmpeg (mp3/flac/ogg/opus test corpora), chromium
 # (report.html in a real headless browser). Installed only when running as root and missing.
 DEBS := espeak-ng:espeak-ng ffmpeg:ffmpeg chromium:chromium
@@ -38,10 +53,10 @@ deps:
 lint: venv
 	$(PY) -m pyflakes higgs_ds launcher bench tests
 
-test: venv deps lint
+test: venv native-venv deps lint
 	$(VENV)/bin/pytest -q -rs $(PYTEST_ARGS) tests
 
-test-fast: venv deps
+test-fast: venv native-venv deps
 	$(VENV)/bin/pytest -q -rs -m "not slow and not slurm" $(PYTEST_ARGS) tests
 
 demo: venv deps
@@ -51,4 +66,4 @@ bench: venv deps
 	$(PY) -m bench.run
 
 clean:
-	rm -rf .cache $(DEMO) .pytest_cache
+	rm -rf .cache $(DEMO) .pytest_cache $(NATIVE_VENV)

@@ -1,5 +1,5 @@
 """Checkpoints: DeepSpeed save/resume with client state, per-rank RNG, an atomic `latest`, retention, and the
-LoRA adapter exported in peft format (fp32 master weights) beside each checkpoint.
+LoRA adapter written in peft format (fp32 master weights) beside each checkpoint (export.py exports it).
 
 RUN/checkpoints/step00000100/   DeepSpeed's files (trainable weights, optimizer, scheduler) + rank*_rng.pt
                               + adapter/ (adapter_config.json, adapter_model.safetensors)
@@ -198,31 +198,3 @@ def step_dir(path: str | Path) -> Path:
         raise FileNotFoundError(f"{path / 'adapter'} has no adapter_config.json (is {path} a complete checkpoint "
                                 f"or a run directory?)")
     return path.resolve()
-
-
-def export(ckpt: str | Path, out: str | Path, merge: bool, base: str | None = None) -> Path:
-    """Copy the peft adapter of a checkpoint to OUT, or (merge) write a full bf16 model that
-    HiggsAudioModel.from_pretrained loads, with the adapter folded into the base weights."""
-    from peft import PeftModel
-
-    from higgs_ds.config import ModelConfig
-    from higgs_ds.model import load_model, load_tokenizer
-
-    ckpt, out = step_dir(ckpt), Path(out)
-    adapter = ckpt / "adapter"
-    cfg = run_config_of(ckpt)
-    run_model = cfg["model"]
-    model_cfg = ModelConfig(path=base or run_model["path"], tokenizer=None if base else run_model["tokenizer"])
-    if not merge:
-        shutil.copytree(adapter, out, dirs_exist_ok=True)
-        log.info(f"adapter of {ckpt} -> {out} (load: PeftModel.from_pretrained(HiggsAudioModel.from_pretrained("
-                 f"{model_cfg.path!r}), {str(out)!r}))")
-        return out
-    # in the dtype it is stored in (bf16 for hub checkpoints: a 5.77B fp32 copy would not fit in 24 GB); peft adds
-    # the fp32 LoRA delta in fp32 before rounding, so this equals an fp32 merge rounded once
-    model = load_model(model_cfg, "auto")
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().to(torch.bfloat16)
-    merged.save_pretrained(str(out), safe_serialization=True)
-    load_tokenizer(model_cfg).save_pretrained(str(out))
-    log.info(f"merged {adapter} into {model_cfg.path} -> {out} (bf16; load with HiggsAudioModel.from_pretrained)")
-    return out

@@ -3,6 +3,7 @@ cache codes by content."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -30,6 +31,10 @@ def resolve_audio_tokenizer(name_or_path: str,
     repo = semantic_model_repo(tokenizer)
     if repo is None:
         return tokenizer, None
+    if semantic_model is None and tokenizer.converted:  # a native tokenizer holds its HuBERT: converted beside it
+        from higgs_ds.native_codec import SEMANTIC_DIR
+
+        return tokenizer, dataclasses.replace(tokenizer, kind="semantic_model", path=tokenizer.path / SEMANTIC_DIR)
     return tokenizer, resolve(semantic_model or repo, "semantic_model")
 
 

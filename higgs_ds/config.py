@@ -32,6 +32,9 @@ class ModelConfig:
     path: str = "bosonai/higgs-audio-v2-generation-3B-base"  # local dir or hub id[@revision] (hub.py pins the default)
     tokenizer: str | None = None  # defaults to `path`
     activation_checkpointing: bool = False
+    # written by the run, not read: "native" when `path` is in the transformers-native layout (trained through its
+    # boson-layout copy, hub.py), else "boson"
+    layout: str | None = None
 
 
 @dataclass

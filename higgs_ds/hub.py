@@ -1,13 +1,16 @@
-"""Where checkpoints come from: a local directory, or a hub id downloaded at a pinned revision; the layout check.
+"""Where checkpoints come from: a local directory, or a hub id downloaded at a pinned revision; which layout it is in.
 
 A checkpoint is named by a local path or by `REPO_ID[@REVISION]`. A bare hub id of a Higgs-Audio v2 repo gets the
 revision pinned below; any other bare id means `main`. Whatever the name, the resolved commit is what gets recorded
-(`spec`), so a recorded name downloads exactly the same files again.
+(`spec`), so a recorded name downloads exactly the same files again. A model or audio tokenizer in the
+transformers-native layout is used through its boson-layout copy (layouts.py): `path` is that copy, `origin` what was
+named.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import tempfile
@@ -31,14 +34,15 @@ SEMANTIC_MODEL_REPOS = {
 KINDS = ("model", "text_tokenizer", "audio_tokenizer", "semantic_model", "asr_model", "speaker_model")
 # files worth downloading per kind (a text tokenizer named by a model repo must not pull 11 GB of weights)
 _ALLOW = {
-    "model": ["*.json", "*.safetensors", "*.txt", "*.model"],
-    "text_tokenizer": ["*.json", "*.txt", "*.model", "*.tiktoken"],
+    "model": ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"],
+    "text_tokenizer": ["*.json", "*.txt", "*.model", "*.tiktoken", "*.jinja"],
     "audio_tokenizer": ["config.json", "model.pth"],
+    "native_audio_tokenizer": ["*.json", "*.safetensors"],
     "semantic_model": ["*.json", "*.safetensors", "*.bin", "*.py"],
     "asr_model": ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken"],
     "speaker_model": ["*.json", "*.safetensors", "*.txt"],
 }
-_NATIVE_MODEL_TYPES = {"higgs_audio_v2", "higgs_audio_v2_tokenizer"}
+NATIVE_MODEL_TYPE, NATIVE_TOKENIZER_TYPE = "higgs_audio_v2", "higgs_audio_v2_tokenizer"
 
 
 class CheckpointError(ValueError):
@@ -51,16 +55,31 @@ class Checkpoint:
     path: Path  # a local directory holding the files
     repo_id: str | None = None  # the hub id it was downloaded from (None: a local directory)
     commit: str | None = None  # the hub commit of those files
+    layout: str = "boson"  # the layout of what was named: "boson", or "native" (then `path` is its converted copy)
+    origin: Path | None = None  # the directory that was named or downloaded, when `path` is a converted copy
 
     @property
     def spec(self) -> str:
-        """The name to record: `REPO_ID@COMMIT` for hub checkpoints, the directory otherwise."""
+        """The name to record: `REPO_ID@COMMIT` for hub checkpoints, the directory named otherwise."""
         if self.repo_id:
             return f"{self.repo_id}@{self.commit}" if self.commit else self.repo_id
-        return str(self.path)
+        return str(self.origin or self.path)
+
+    @property
+    def converted(self) -> bool:
+        return self.layout == "native"
 
     def to_json(self) -> dict:
-        return {"spec": self.spec, "repo_id": self.repo_id, "commit": self.commit, "path": str(self.path)}
+        out = {"spec": self.spec, "repo_id": self.repo_id, "commit": self.commit, "path": str(self.path),
+               "layout": self.layout}
+        if self.converted:
+            out["converted_from"] = str(self.origin)
+        return out
+
+    def describe(self) -> str:
+        """SPEC, and for a native checkpoint that it was converted (for logs and export messages)."""
+        return f"{self.spec} (transformers-native layout, converted to boson_multimodal's in {self.path})" \
+            if self.converted else self.spec
 
 
 def parse_spec(spec: str) -> tuple[str | None, str | None]:
@@ -74,8 +93,9 @@ def parse_spec(spec: str) -> tuple[str | None, str | None]:
 
 
 def resolve(spec: str, kind: str) -> Checkpoint:
-    """A local directory for SPEC, downloading a hub id at its revision; raises CheckpointError for a wrong layout
-    (checked on config.json before the weights are downloaded)."""
+    """A local directory for SPEC in boson_multimodal's layout, downloading a hub id at its revision and converting a
+    native checkpoint (once); raises CheckpointError for a checkpoint in neither layout (checked on config.json
+    before the weights are downloaded)."""
     if kind not in KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}")
     repo_id, revision = parse_spec(spec)
@@ -83,16 +103,18 @@ def resolve(spec: str, kind: str) -> Checkpoint:
         path = Path(spec).expanduser()
         if not path.is_dir():
             raise CheckpointError(f"{kind.replace('_', ' ')} {spec}: no such directory")
-        check_layout(path, kind, str(path))
-        return Checkpoint(kind, path.resolve())
+        layout = check_layout(path, kind, str(path))
+        return _in_boson_layout(Checkpoint(kind, path.resolve()), layout)
     where = f"{repo_id}@{revision}"
     from huggingface_hub import hf_hub_download, snapshot_download
 
     try:
+        allow = _ALLOW[kind]
         if kind in ("model", "audio_tokenizer"):  # the layout is known from config.json alone: check it first
             config = Path(hf_hub_download(repo_id, "config.json", revision=revision))
-            check_config(_read_json(config), kind, where)
-        path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=_ALLOW[kind]))
+            if check_config(read_json(config), kind, where) == "native" and kind == "audio_tokenizer":
+                allow = _ALLOW["native_audio_tokenizer"]
+        path = Path(snapshot_download(repo_id, revision=revision, allow_patterns=allow))
     except (OSError, ValueError) as e:
         if isinstance(e, CheckpointError):
             raise
@@ -100,12 +122,21 @@ def resolve(spec: str, kind: str) -> Checkpoint:
         raise CheckpointError(f"could not get the {kind.replace('_', ' ')} {where} from the hub{local}: {e}. "
                               f"Without hub access, stage it on a machine that has access and pass its local "
                               f"directory (README: Which checkpoints)") from None
-    check_layout(path, kind, where)
+    layout = check_layout(path, kind, where)
     commit = path.name if path.parent.name == "snapshots" else None  # the hub cache keeps snapshots/<commit>/
-    return Checkpoint(kind, path, repo_id, commit)
+    return _in_boson_layout(Checkpoint(kind, path, repo_id, commit), layout)
 
 
-def _read_json(path: Path) -> dict:
+def _in_boson_layout(checkpoint: Checkpoint, layout: str) -> Checkpoint:
+    if layout == "boson" or checkpoint.kind not in ("model", "text_tokenizer", "audio_tokenizer"):
+        return checkpoint
+    from higgs_ds.layouts import to_boson
+
+    out = to_boson(checkpoint.kind, checkpoint.path, checkpoint.spec, checkpoint.repo_id, checkpoint.commit)
+    return dataclasses.replace(checkpoint, path=out, layout="native", origin=checkpoint.path)
+
+
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
@@ -115,53 +146,57 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def check_layout(path: Path, kind: str, where: str) -> None:
-    """The files a kind needs are there, in boson_multimodal's layout."""
+def check_layout(path: Path, kind: str, where: str) -> str:
+    """The layout of the checkpoint in PATH ("boson" or "native"), having checked that the files its kind needs in
+    that layout are there."""
     config = path / "config.json"
     if kind == "text_tokenizer":
-        if config.is_file():
-            check_config(_read_json(config), "model", where)
+        layout = check_config(read_json(config), "model", where) if config.is_file() else "boson"
         if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
             raise CheckpointError(f"text tokenizer {where}: no tokenizer.json or tokenizer_config.json in {path}")
-        return
+        return layout
     if not config.is_file():
         raise CheckpointError(f"{kind.replace('_', ' ')} {where}: no config.json in {path}")
-    check_config(_read_json(config), kind, where)
-    if kind == "audio_tokenizer" and not (path / "model.pth").is_file():
+    layout = check_config(read_json(config), kind, where)
+    if kind == "audio_tokenizer" and layout == "boson" and not (path / "model.pth").is_file():
         raise CheckpointError(f"audio tokenizer {where}: no model.pth in {path} (boson_multimodal's layout is "
                               f"config.json + model.pth)")
+    if kind in ("model", "audio_tokenizer") and layout == "native" and not any(path.glob("*.safetensors")):
+        raise CheckpointError(f"{kind.replace('_', ' ')} {where}: config.json is in the transformers-native layout "
+                              f"but {path} holds no *.safetensors weights")
     if kind == "model" and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise CheckpointError(f"model {where}: no weights (*.safetensors) in {path}")
+    if kind == "model" and layout == "native" and not (path / "tokenizer.json").is_file():
+        raise CheckpointError(f"model {where}: no tokenizer.json in {path}; a native checkpoint is converted with "
+                              f"the ids of its text tokenizer's audio tokens (the hub's checkpoints ship it)")
+    return layout
 
 
-def check_config(config: dict, kind: str, where: str) -> None:
+def check_config(config: dict, kind: str, where: str) -> str:
+    """"boson" or "native" for a config.json of KIND; CheckpointError for one in neither layout."""
     model_type = config.get("model_type")
-    native = model_type in _NATIVE_MODEL_TYPES or "acoustic_model_config" in config or \
-        "semantic_model_config" in config
-    if native and kind in ("model", "audio_tokenizer"):
-        raise CheckpointError(native_layout_message(kind, where, model_type or "acoustic/semantic_model_config"))
-    if kind == "model" and model_type != "higgs_audio":
-        raise CheckpointError(f"model {where}: config.json has model_type {model_type!r}, not a Higgs-Audio model "
-                              f"(boson_multimodal's is 'higgs_audio')")
-    if kind == "audio_tokenizer" and not {"n_q", "bins", "sample_rate"} <= set(config):
-        raise CheckpointError(f"audio tokenizer {where}: config.json lacks n_q/bins/sample_rate; not a Higgs audio "
-                              f"tokenizer in boson_multimodal's layout")
-
-
-def native_layout_message(kind: str, where: str, found: str) -> str:
-    repo = MODEL_REPO if kind == "model" else AUDIO_TOKENIZER_REPO
-    layout = ("config.json with model_type 'higgs_audio' + model-*.safetensors + tokenizer files" if kind == "model"
-              else "config.json with n_q/bins/semantic_techer + model.pth")
-    return (f"{kind.replace('_', ' ')} {where} is in the transformers-native layout ({found}), which Boson published "
-            f"on 2026-04-04 for transformers >= 5.3. boson_multimodal 0.1.1, which higgs-ds trains with, reads only "
-            f"its own layout. Use either\n"
-            f"  - the last revision in that layout: {repo}@{PINNED_REVISIONS[repo]} (what a bare {repo} means), or\n"
-            f"  - a local directory in boson_multimodal's layout ({layout}).")
+    if kind == "model":
+        if model_type == NATIVE_MODEL_TYPE:
+            return "native"
+        if model_type != "higgs_audio":
+            raise CheckpointError(f"model {where}: config.json has model_type {model_type!r}: not a Higgs-Audio model "
+                                  f"in boson_multimodal's layout ('higgs_audio') nor in the transformers-native one "
+                                  f"({NATIVE_MODEL_TYPE!r})")
+        return "boson"
+    if kind == "audio_tokenizer":
+        if model_type == NATIVE_TOKENIZER_TYPE or "acoustic_model_config" in config:
+            return "native"
+        if not {"n_q", "bins", "sample_rate"} <= set(config):
+            raise CheckpointError(f"audio tokenizer {where}: config.json has neither n_q/bins/sample_rate "
+                                  f"(boson_multimodal's layout) nor model_type {NATIVE_TOKENIZER_TYPE!r} "
+                                  f"(transformers-native): not a Higgs audio tokenizer")
+        return "boson"
+    return "boson"
 
 
 def semantic_model_repo(audio_tokenizer: Checkpoint) -> str | None:
     """The hub id the audio tokenizer loads its semantic model from (None: it loads none by hub id)."""
-    config = _read_json(audio_tokenizer.path / "config.json")
+    config = read_json(audio_tokenizer.path / "config.json")
     return SEMANTIC_MODEL_REPOS.get(config.get("semantic_techer", ""))
 
 

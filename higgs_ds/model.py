@@ -25,7 +25,7 @@ def resolve_model(cfg: ModelConfig) -> ModelConfig:
     checkpoints and checking their layout on the way: what a run records to be reproducible."""
     model = resolve(cfg.path, "model")
     tokenizer = resolve(cfg.tokenizer or cfg.path, "text_tokenizer")
-    return dataclasses.replace(cfg, path=model.spec, tokenizer=tokenizer.spec)
+    return dataclasses.replace(cfg, path=model.spec, tokenizer=tokenizer.spec, layout=model.layout)
 
 
 def load_model(cfg: ModelConfig, dtype: torch.dtype | str = torch.float32):
@@ -35,7 +35,7 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype | str = torch.float32):
 
     checkpoint = resolve(cfg.path, "model")
     model = HiggsAudioModel.from_pretrained(str(checkpoint.path), torch_dtype=dtype)
-    model.name_or_path = model.config._name_or_path = checkpoint.repo_id or str(checkpoint.path)
+    model.name_or_path = model.config._name_or_path = checkpoint.repo_id or str(checkpoint.origin or checkpoint.path)
     model.revision = checkpoint.commit
     if cfg.activation_checkpointing:
         enable_activation_checkpointing(model)

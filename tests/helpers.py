@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / ".cache" / "test-fixtures"
 # The fixture audio tokenizer loads its semantic model from this HF_HOME; set before transformers is imported.
 os.environ.update({**offline_env(FIXTURES), "TOKENIZERS_PARALLELISM": "false"})
+os.environ.setdefault("HIGGS_DS_CACHE", str(REPO / ".cache" / "higgs-ds"))  # converted checkpoints: not in ~
 
 CLI = [sys.executable, "-m", "higgs_ds.cli"]
 

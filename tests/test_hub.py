@@ -1,5 +1,5 @@
-"""Checkpoint sources: pinned hub revisions, the transformers-native layout refused with one clear message, the
-semantic model from an explicit directory, and the resolved commits recorded in build.json, config.yaml and the
+"""Checkpoint sources: pinned hub revisions, a native hub revision fetched with the files its layout needs, a
+checkpoint in neither layout or damaged refused with one clear message, the semantic model from an explicit directory, and the resolved commits recorded in build.json, config.yaml and the
 adapter. The hub cannot be reached here: the download functions are replaced where a download is asserted (and the
 tests say so); elsewhere checkpoints are served from a real Hugging Face cache folder, offline."""
 
@@ -25,7 +25,7 @@ BOSON_TOKENIZER_CONFIG = {"n_filters": 32, "D": 16, "ratios": [8, 5, 4, 2, 3], "
 NATIVE_MODEL_CONFIG = {
     "architectures": ["HiggsAudioV2ForConditionalGeneration"], "model_type": "higgs_audio_v2", "vocab_size": 128256,
     "hidden_size": 3072, "intermediate_size": 8192, "num_hidden_layers": 28, "num_attention_heads": 24,
-    "num_key_value_heads": 8, "head_dim": 128, "num_codebooks": 8, "codebook_size": 1024, "audio_token_id": 128016,
+    "num_key_value_heads": 8, "head_dim": 128, "num_codebooks": 8, "codebook_size": 1026, "audio_token_id": 128016,
     "audio_bos_token_id": 128013, "audio_delay_token_id": 128014, "audio_stream_bos_id": 1024,
     "audio_stream_eos_id": 1025, "pad_token_id": 128001, "eos_token_id": 128009, "dtype": "bfloat16",
     "rope_parameters": {"factor": 32.0, "rope_theta": 500000.0, "rope_type": "llama3"},
@@ -49,16 +49,6 @@ def write_native_model(path):
     save_file({"model.embed_audio_tokens.embed_audio_tokens.weight": torch.zeros(2, 4),
                "model.layers.0.self_attn.q_proj.weight": torch.zeros(4, 4),
                "audio_lm_head.weight": torch.zeros(2, 4)}, str(path / "model.safetensors"))
-    return path
-
-
-def write_native_tokenizer(path):
-    from safetensors.torch import save_file
-    import torch
-
-    path.mkdir(parents=True)
-    (path / "config.json").write_text(json.dumps(NATIVE_TOKENIZER_CONFIG))
-    save_file({"acoustic_encoder.conv1.weight": torch.zeros(2, 2)}, str(path / "model.safetensors"))
     return path
 
 
@@ -133,35 +123,42 @@ def test_malformed_names_are_refused(spec):
         hub.parse_spec(spec)
 
 
-def test_native_hub_revision_is_refused_before_the_weights_download(fake_hub):
-    """Mocked download: main of today's repos is in the transformers-native layout."""
+def test_a_native_hub_revision_downloads_its_layouts_files_and_a_damaged_one_is_named(fake_hub, tmp_path,
+                                                                                       monkeypatch):
+    """Mocked download (no hub here): main of today's repos is in the transformers-native layout. The audio
+    tokenizer's safetensors are fetched (not boson's model.pth), and the fake hub's files, which are not what their
+    names say, are named by the conversion instead of failing somewhere inside it."""
+    monkeypatch.setenv("HIGGS_DS_CACHE", str(tmp_path / "cache"))
     fake = fake_hub({hub.MODEL_REPO: NATIVE_MODEL_CONFIG, hub.AUDIO_TOKENIZER_REPO: NATIVE_TOKENIZER_CONFIG})
-    for repo, kind in ((hub.MODEL_REPO, "model"), (hub.AUDIO_TOKENIZER_REPO, "audio_tokenizer")):
+    for repo, kind, damaged in ((hub.MODEL_REPO, "model", "tokenizer.json: not a readable tokenizer"),
+                                (hub.AUDIO_TOKENIZER_REPO, "audio_tokenizer",
+                                 "model.safetensors: not a readable safetensors file")):
         with pytest.raises(hub.CheckpointError) as err:
             hub.resolve(f"{repo}@main", kind)
-        msg = str(err.value)
-        assert f"{repo}@main is in the transformers-native layout" in msg
-        assert f"{repo}@{hub.PINNED_REVISIONS[repo]}" in msg and "local directory" in msg
-    assert not [c for c in fake.calls if c[0] == "snapshot_download"]
+        assert f"{'c' * 40}/{damaged}" in str(err.value)
+        assert fake.calls[-2][:3] == ("hf_hub_download", repo, "config.json")  # the layout is read first
+        assert "*.safetensors" in fake.calls[-1][3]
+    assert "model.pth" not in fake.calls[-1][3]
+    assert not list((tmp_path / "cache" / "converted").glob("[0-9a-f]*"))  # nothing half-converted is kept
 
 
-def test_native_layout_directories_get_one_clear_message(tmp_path, fixtures_dir, speech, shards):
-    native_model = write_native_model(tmp_path / "native-model")
-    native_tok = write_native_tokenizer(tmp_path / "native-tokenizer")
+def test_checkpoints_in_neither_layout_get_one_clear_message(tmp_path, fixtures_dir, speech, shards):
+    not_a_tokenizer = tmp_path / "not-a-tokenizer"
+    not_a_tokenizer.mkdir()
+    (not_a_tokenizer / "config.json").write_text(json.dumps({"model_type": "encodec", "sampling_rate": 24000}))
     proc = run_cli("shards", "build", "--input", speech / "utterances.jsonl", "--out", tmp_path / "out",
-                   "--audio-tokenizer", native_tok, check=False)
+                   "--audio-tokenizer", not_a_tokenizer, check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    native = f"audio tokenizer {native_tok} is in the transformers-native layout (higgs_audio_v2_tokenizer)"
-    assert native in proc.stderr
-    assert f"{hub.AUDIO_TOKENIZER_REPO}@{TOKENIZER_PIN}" in proc.stderr
+    assert (f"audio tokenizer {not_a_tokenizer}: config.json has neither n_q/bins/sample_rate (boson_multimodal's "
+            f"layout) nor model_type 'higgs_audio_v2_tokenizer'") in proc.stderr
     assert not (tmp_path / "out" / "build.json").exists()
 
+    native_model = write_native_model(tmp_path / "native-model")  # config and weights, no text tokenizer
     # two ranks as srun starts them (torchrun and deepspeed add their own launcher traceback to any failure)
     rc, out = launch_training("srun-env", 2, train_overrides(fixtures_dir, shards, tmp_path / "run",
                                                              **{"model.path": native_model}), check=False)
     assert rc == 2 and "Traceback" not in out
-    assert out.count(f"model {native_model} is in the transformers-native layout (higgs_audio_v2)") == 1  # rank 0
-    assert f"{hub.MODEL_REPO}@{MODEL_PIN}" in out
+    assert out.count(f"model {native_model}: no tokenizer.json in {native_model}") == 1  # rank 0
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
