@@ -17,6 +17,14 @@ from higgs_ds.files import atomic_write, file_sha256
 from higgs_ds.hub import Checkpoint, resolve, semantic_model_at, semantic_model_repo
 
 
+# What makes the codes in shards, whichever layout the tokenizer came in: boson_multimodal's own encoder. transformers'
+# HiggsAudioV2TokenizerModel pads the acoustic encoder's input by hop_length // 2 (480 samples a side) where boson pads
+# 160 x semantic_downsample_factor (320), and its codes differ from these in some frames (tests/native measure it).
+CODES_MADE_BY = {"implementation": "boson_multimodal.audio_processing.higgs_audio_tokenizer.HiggsAudioTokenizer",
+                 "boson_multimodal": "0.1.1", "semantic_input_padding": [160, 160],
+                 "acoustic_input_padding": "160 x semantic_downsample_factor a side (320 for v2), when needed"}
+
+
 def best_device() -> str:
     import torch
 

@@ -126,10 +126,13 @@ def validate_manifest(path: str, fmt: str = "auto", refs_per_target: int = 1, se
 
 
 def _settings(cfg: BuildConfig, fmt: str, n_positions: int, encoder, text_tokenizer: str | None) -> dict:
+    from higgs_ds.codec import CODES_MADE_BY
+
     return {"format_version": FORMAT_VERSION, "manifest": str(Path(cfg.input).resolve()), "format": fmt,
             "positions": n_positions, "shard_size": cfg.shard_size,
             "num_shards": max(1, math.ceil(n_positions / cfg.shard_size)),
             "refs_per_target": cfg.refs_per_target, "seed": cfg.seed, "audio_tokenizer": encoder.checkpoint.spec,
+            "audio_tokenizer_layout": encoder.checkpoint.layout, "codes_made_by": CODES_MADE_BY,
             "semantic_model": encoder.semantic.spec if encoder.semantic else None,
             "audio_tokenizer_fingerprint": encoder.fingerprint, "text_tokenizer": text_tokenizer,
             "limits": asdict(cfg.limits), "text_limits": asdict(cfg.text_limits),
@@ -241,6 +244,10 @@ def _build_part(cfg: BuildConfig) -> dict:
     cache_dir = cfg.cache_dir or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"),
                                               "higgs-ds", "codes")
     encoder = AudioEncoder(cfg.audio_tokenizer, cache_dir, semantic_model=cfg.semantic_model)
+    if encoder.checkpoint.converted:
+        log.info(f"audio tokenizer {encoder.checkpoint.describe()}: codes come from boson_multimodal's "
+                 f"HiggsAudioTokenizer on its weights, which can differ in some frames from what transformers' "
+                 f"HiggsAudioV2TokenizerModel gives for the same audio (build.json: codes_made_by)")
     text_tok = load_text_tokenizer(cfg.text_tokenizer) if cfg.text_tokenizer else None
     settings = _settings(cfg, fmt, n_positions, encoder, text_tok.name_or_path if text_tok is not None else None)
     _check_or_write_settings(out, settings)
