@@ -69,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     run([Path(sys.executable).parent / "deepspeed", "--num_gpus", args.ranks, "higgs_ds/train.py", "--deepspeed",
          "ds_configs/zero2.json", "--config", "configs/demo.yaml", *overrides], env=env)
 
-    step("5/6 export: the adapter (peft) and a merged bf16 model")
+    step("5/6 export: the adapter (peft) and a merged bf16 model, in boson's layout and the transformers-native one")
     run(cli + ["export", "--checkpoint", run_dir, "--out", out / "merged", "--merge"], env=env)
+    run(cli + ["export", "--checkpoint", run_dir, "--out", out / "merged-native", "--merge", "--layout", "native"],
+        env=env)
 
     step("6/6 listen: one sentence in speaker spk0's voice, with the trained adapter and with the base model")
     utts = [json.loads(x) for x in (data / "utterances.jsonl").read_text().splitlines()]
@@ -99,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
   run          {run_dir}   (config.yaml, metrics.jsonl, tensorboard/, checkpoints/)
   adapter      {run_dir / 'adapter'}   (PeftModel.from_pretrained(HiggsAudioModel, ...))
   merged       {out / 'merged'}   (HiggsAudioModel.from_pretrained(..., torch_dtype=torch.bfloat16))
+  native       {out / 'merged-native'}   (transformers >= 5.3: HiggsAudioV2ForConditionalGeneration; vLLM-Omni)
   report       {run_dir / 'report.html'}   (curves, listening scores, audio players)
   best         {run_dir / 'best'}   (eval.select: {json.loads((run_dir / 'best.json').read_text())['select']})
   resume       re-run the same deepspeed command with steps=N: resume=auto continues from the latest checkpoint

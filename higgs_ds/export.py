@@ -93,31 +93,38 @@ def export_merged(adapter: Path, model_cfg, out: Path, layout: str) -> Path:
 def convert(kind: str, src: str, out: str | Path, to: str, tokenizer: str | None = None,
             semantic_model: str | None = None) -> Path:
     """SRC (a model or audio tokenizer, either layout, directory or hub id) written in layout TO into OUT."""
-    from higgs_ds import native, native_codec
+    from higgs_ds import layouts, native, native_codec
+    from higgs_ds.hub import check_layout, parse_spec
 
     out = Path(out)
     if to not in LAYOUTS:
         raise ValueError(f"--to {to!r}: choose one of {', '.join(LAYOUTS)}")
+    if kind not in ("model", "audio_tokenizer"):
+        raise ValueError(f"--kind {kind!r}: choose model or audio_tokenizer")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} exists and is not empty")
-    if kind == "model":
-        checkpoint = resolve(src, "model")  # a native one is converted to boson's layout here
+    out.mkdir(parents=True, exist_ok=True)
+    local = parse_spec(src)[0] is None
+    if to == "boson" and local and check_layout(Path(src), kind, src) == "native":
+        layouts.convert(kind, Path(src), out)  # straight into OUT, not through the cache
+    elif kind == "model":
+        checkpoint = resolve(src, "model")  # a native hub checkpoint is converted to boson's layout here
         if to == "boson":
             shutil.copytree(checkpoint.path, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("SOURCE.json"))
         else:
-            tok = resolve(tokenizer or src, "text_tokenizer")
-            native.boson_to_native(checkpoint.path, out, tok.path)
-    elif kind == "audio_tokenizer":
+            native.boson_to_native(checkpoint.path, out, resolve(tokenizer or src, "text_tokenizer").path)
+    else:
         from higgs_ds.codec import resolve_audio_tokenizer
 
         checkpoint, semantic = resolve_audio_tokenizer(src, semantic_model)
         if to == "boson":
             shutil.copytree(checkpoint.path, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns("SOURCE.json"))
+        elif semantic is None:
+            raise ValueError(f"audio tokenizer {src}: no semantic model to put inside the native checkpoint")
         else:
-            if semantic is None:
-                raise ValueError(f"audio tokenizer {src}: no semantic model to put inside the native checkpoint")
             native_codec.boson_tokenizer_to_native(checkpoint.path, out, semantic.path)
-    else:
-        raise ValueError(f"--kind {kind!r}: choose model or audio_tokenizer")
-    log.info(f"{kind.replace('_', ' ')} {checkpoint.describe()} -> {out} ({to} layout)")
+    if kind == "audio_tokenizer" and to == "boson" and (out / native_codec.SEMANTIC_DIR).is_dir():
+        log.info(f"its HuBERT is in {out / native_codec.SEMANTIC_DIR}: pass --semantic-model "
+                 f"{out / native_codec.SEMANTIC_DIR} wherever this tokenizer is used")
+    log.info(f"{kind.replace('_', ' ')} {src} -> {out} ({to} layout)")
     return out

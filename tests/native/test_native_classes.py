@@ -155,7 +155,7 @@ def test_boson_to_native_to_boson_is_bit_exact(fixtures_dir, tmp_path):
 
 
 def test_a_native_checkpoint_trains_and_its_native_exports_load_and_match(native_model, fixtures_dir, shards,
-                                                                         reader, tmp_path):
+                                                                         speech, reader, tmp_path):
     from boson_multimodal.model.higgs_audio import HiggsAudioModel
     from peft import PeftModel
 
@@ -172,6 +172,12 @@ def test_a_native_checkpoint_trains_and_its_native_exports_load_and_match(native
     assert (config["path"], config["tokenizer"], config["layout"]) == (str(native_model), str(native_model), "native")
     adapter_config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == str(native_model)
+    utt = json.loads((speech / "utterances.jsonl").read_text().splitlines()[0])
+    spoken = tmp_path / "listen" / "hello.wav"
+    run_cli("synthesize", "--model", native_model, "--adapter", run / "adapter", "--audio-tokenizer",
+            fixtures_dir / "audio_tokenizer", "--ref-audio", speech / utt["audio"], "--ref-text", utt["text"],
+            "--text", "Hello world.", "--max-new-tokens", 12, "--device", "cpu", "--quiet", "--out", spoken)
+    assert json.loads(spoken.with_suffix(".json").read_text())["generated"] == 1 and spoken.is_file()
 
     # adapter in the native layout, on HiggsAudioV2ForConditionalGeneration, against ours on the converted model
     adapter = tmp_path / "adapter-native"

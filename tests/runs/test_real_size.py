@@ -1,7 +1,7 @@
 """The real Higgs-Audio v2 size (5.77B, bf16, random weights, no download) through the real trainer on one CPU rank
-under ZeRO-2: train, checkpoint, resume, export the adapter and the merged model, load the merged model, and
-synthesize with the checkpoint. Needs about
-24 GB of disk and 24 GB of memory; `make test` runs it (marker real_size). It is skipped, with the measured figure,
+under ZeRO-2: train, checkpoint, resume, export the adapter and the merged model in both layouts, load them with
+boson's HiggsAudioModel and transformers' HiggsAudioV2ForConditionalGeneration (.venv-native), convert the native one
+back, and synthesize with the checkpoint. Needs about 36 GB of disk and 24 GB of memory; `make test` runs it (marker real_size). It is skipped, with the measured figure,
 on a CPU whose bf16 matrix products are too slow for it to end in half an hour (no AVX-512 BF16 or AMX: torch
 falls back to a scalar bf16 kernel, about 100x slower than its fp32 one)."""
 
@@ -11,8 +11,10 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 
 from tests.helpers import REPO, launch_training, read_run, run_cli, train_overrides
 
@@ -113,6 +115,36 @@ def test_full_size_trains_resumes_and_exports(full_size_model, fixtures_dir, sha
     expected = (base.float() + (b @ a) * (32 / 16)).to(base.dtype)
     assert got.dtype == base.dtype and bool((got == expected).all())
     assert not bool((got == base).all())
+    shutil.rmtree(merged)
+
+    # the native layout: merged with the same numbers, loaded by transformers 5's class, and converted back
+    native = full_size_model.parent / "merged-native"
+    start = time.perf_counter()
+    run_cli("export", "--checkpoint", run, "--out", native, "--merge", "--layout", "native", timeout=1800)
+    export_s = time.perf_counter() - start
+    check = ("import sys, torch; from transformers import HiggsAudioV2ForConditionalGeneration as M; "
+             "m = M.from_pretrained(sys.argv[1], dtype=torch.bfloat16, use_text_head=True); "
+             "ids = torch.tensor([[128000, 9906, 1917, 13, 128013]]); "
+             "out = m(input_ids=ids); "
+             "print(sum(p.numel() for p in m.parameters()), tuple(out.logits.shape), bool(out.logits.isfinite().all()))")
+    proc = subprocess.run([str(REPO / ".venv-native" / "bin" / "python"), "-c", check, native], cwd=REPO,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    count, shape = proc.stdout.strip().splitlines()[-1].split(maxsplit=1)
+    assert abs(int(count) - PARAMS_V2) < 0.01e9 and shape == "(1, 5, 8208) True"
+    native_index = json.loads((native / "model.safetensors.index.json").read_text())["weight_map"]
+    with safe_open(native / native_index["model." + key], "pt") as f:
+        assert torch.equal(f.get_tensor("model." + key), expected)
+    back = full_size_model.parent / "back"
+    start = time.perf_counter()
+    run_cli("convert", native, back, "--to", "boson", timeout=1800)
+    back_s = time.perf_counter() - start
+    back_index = json.loads((back / "model.safetensors.index.json").read_text())["weight_map"]
+    with safe_open(back / back_index[key], "pt") as f:
+        assert torch.equal(f.get_tensor(key), expected)
+    print(json.dumps({"native_merged_export_s": round(export_s, 1), "native_to_boson_convert_s": round(back_s, 1)}))
+    shutil.rmtree(native)
+    shutil.rmtree(back)
 
     # the run's checkpoint speaks: the 5.77B base in bf16 with the adapter applied in place, boson's generate
     utt = json.loads((speech / "utterances.jsonl").read_text().splitlines()[0])
