@@ -29,38 +29,34 @@ INNER = ["snake1", "conv1", "snake2", "conv2"]
 SEMANTIC_DIR = "semantic_model"  # where a converted tokenizer keeps its HuBERT (codec.py loads it from there)
 
 
+# boson's DAC stacks -> native: (native prefix, block-level layers by index, res-unit indices, their offset)
+_ACOUSTIC = {"encoder.block": ("acoustic_encoder", {"3": "snake1", "4": "conv1"}, range(0, 3), 1),
+             "decoder_2.model": ("acoustic_decoder", {"0": "snake1", "1": "conv_t1"}, range(2, 5), -1)}
+
+
+def _acoustic_name(key: str, blocks: int) -> str | None:
+    for boson, (native, layers, units, offset) in _ACOUSTIC.items():
+        m = re.match(rf"^{re.escape(boson)}\.(\d+)(\..*)?$", key)
+        if not m:
+            continue
+        i, rest = int(m[1]), m[2] or ""
+        ends = {0: "conv1", blocks + 1: "snake1", blocks + 2: "conv2"}  # the stack's first conv, last snake + conv
+        if i in ends:
+            return f"{native}.{ends[i]}{rest}"
+        sub = re.match(r"^\.block\.(\d+)(?:\.block\.(\d+))?(\..*)$", rest)
+        if sub and sub[2] is None and sub[1] in layers:
+            return f"{native}.block.{i - 1}.{layers[sub[1]]}{sub[3]}"
+        if sub and sub[2] is not None and int(sub[1]) in units:
+            return f"{native}.block.{i - 1}.res_unit{int(sub[1]) + offset}.{INNER[int(sub[2])]}{sub[3]}"
+    return None
+
+
 def native_name(key: str, blocks: int) -> str:
     """The native name of a boson tokenizer weight (BLOCKS: the number of down/upsampling ratios)."""
     if key.startswith("semantic_model."):
         return key
-    m = re.match(r"^encoder\.block\.(\d+)(\..*)?$", key)
-    if m:
-        i, rest = int(m[1]), m[2] or ""
-        if i == 0:
-            return "acoustic_encoder.conv1" + rest
-        if i == blocks + 1:
-            return "acoustic_encoder.snake1" + rest
-        if i == blocks + 2:
-            return "acoustic_encoder.conv2" + rest
-        sub = re.match(r"^\.block\.(\d+)(?:\.block\.(\d+))?(\..*)$", rest)
-        if sub and sub[2] is not None and int(sub[1]) <= 2:
-            return f"acoustic_encoder.block.{i - 1}.res_unit{int(sub[1]) + 1}.{INNER[int(sub[2])]}{sub[3]}"
-        if sub and sub[2] is None and sub[1] in ("3", "4"):
-            return f"acoustic_encoder.block.{i - 1}.{'snake1' if sub[1] == '3' else 'conv1'}{sub[3]}"
-    m = re.match(r"^decoder_2\.model\.(\d+)(\..*)?$", key)
-    if m:
-        i, rest = int(m[1]), m[2] or ""
-        if i == 0:
-            return "acoustic_decoder.conv1" + rest
-        if i == blocks + 1:
-            return "acoustic_decoder.snake1" + rest
-        if i == blocks + 2:
-            return "acoustic_decoder.conv2" + rest
-        sub = re.match(r"^\.block\.(\d+)(?:\.block\.(\d+))?(\..*)$", rest)
-        if sub and sub[2] is None and sub[1] in ("0", "1"):
-            return f"acoustic_decoder.block.{i - 1}.{'snake1' if sub[1] == '0' else 'conv_t1'}{sub[3]}"
-        if sub and sub[2] is not None and 2 <= int(sub[1]) <= 4:
-            return f"acoustic_decoder.block.{i - 1}.res_unit{int(sub[1]) - 1}.{INNER[int(sub[2])]}{sub[3]}"
+    if (name := _acoustic_name(key, blocks)) is not None:
+        return name
     if key.startswith("quantizer.vq.layers."):
         return key.replace("quantizer.vq.layers.", "quantizer.quantizers.", 1).replace("._codebook.", ".codebook.")
     for old, new in (("fc_prior.", "fc."), ("fc_post1.", "fc1."), ("fc_post2.", "fc2.")):
