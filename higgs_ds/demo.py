@@ -91,9 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if r.get("split") == "eval"]
-    first, last = summary["first"], summary["last"]
+    steps = [r for r in rows if r.get("split") is None]  # one row a step, kept across resumes
+    first, last = steps[0], steps[-1]
+    again = "" if summary.get("steps_this_run") else (
+        f"\n  (the run in {run_dir} already had its {last['step']} steps: it resumed and had nothing left to train; "
+        f"rm -r {out} starts the demo over)")
     print(f"""
-=== done in {time.time() - t0:.0f} s
+=== done in {time.time() - t0:.0f} s{again}
   audio loss   {first['audio_loss']:.3f} -> {last['audio_loss']:.3f}   (step 1 -> {last['step']})
   text loss    {first['text_loss']:.3f} -> {last['text_loss']:.3f}
   eval loss    {' -> '.join(f"{e['loss']:.3f}@{e['step']}" for e in evals)}

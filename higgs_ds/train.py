@@ -338,6 +338,12 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
     first = last = stopped_by = None
     early_stop = False
     saved_step, evaluated_step, wait, busy = (state.step if resumed else -1), -1, 0.0, 0.0
+    start_step = state.step
+    if resumed and state.step >= cfg.steps:
+        log.info(f"resumed at step {state.step}: the run already has its steps={cfg.steps}, nothing left to train "
+                 f"(steps=N with N > {state.step} trains on from here)")
+        evaluated_step = state.step  # evaluated when it got here
+        first, last = previous_rows(run_dir)
     try:
         while state.step < cfg.steps:
             row, stop_agreed = train_step(engine, stream, state, cfg, device, stop, train_reader.frame_rate)
@@ -373,6 +379,7 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
             finish(engine, cfg, state, plan_key, evaluators, de, device, metrics, saved_step, evaluated_step)
         summary = summarize(engine, cfg, state, stopped_by, first, last, device)
         summary["early_stopped"] = early_stop
+        summary["steps_this_run"] = state.step - start_step
         if de.is_main:
             report(summary, run_dir)
     finally:
@@ -387,6 +394,15 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
     dist.barrier()
     dist.destroy_process_group()
     return summary
+
+
+def previous_rows(run_dir: Path) -> tuple[dict | None, dict | None]:
+    """The first and last step rows of the summary an earlier invocation of this run wrote (None, None: none)."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None, None
+    return summary.get("first"), summary.get("last")
 
 
 def finish(engine, cfg: TrainConfig, state: TrainState, plan_key: dict, evaluators: Evaluators, de, device,

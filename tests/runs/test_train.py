@@ -296,3 +296,16 @@ def test_a_full_disk_at_a_checkpoint_is_named_and_the_run_resumes_once_space_is_
         filler.unlink()
         _, out = launch_training("srun-env", 1, train_overrides(fixtures_dir, shards, run, **settings))
         assert "done: 4 steps" in out
+
+
+def test_a_finished_run_started_again_says_it_has_nothing_left(fp32_straight, fixtures_dir, shards):
+    """What a second `make demo` does: the same command on a finished run resumes, trains nothing, says so and exits
+    0; the metrics and the summary's first and last steps are the run's, not emptied (it used to write first: null
+    and the demo failed on it)."""
+    rows_before, evals_before, before = read_run(fp32_straight)
+    _, out = launch_training("srun-env", 2, train_overrides(fixtures_dir, shards, fp32_straight, precision="fp32"))
+    assert "resumed at step 6: the run already has its steps=6, nothing left to train" in out
+    rows, evals, summary = read_run(fp32_straight)
+    assert (rows, evals) == (rows_before, evals_before)
+    assert summary["steps_this_run"] == 0 and summary["step"] == 6
+    assert (summary["first"], summary["last"]) == (before["first"], before["last"])
