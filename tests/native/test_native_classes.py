@@ -225,6 +225,7 @@ def test_one_optimizer_step_of_the_native_class_equals_ours(fixtures_dir, reader
     from higgs_ds.model import apply_lora, load_model
     from higgs_ds.native import boson_to_native, native_adapter, native_adapter_key
 
+    torch.manual_seed(0)  # LoRA A's init draws from the global RNG, which earlier tests have moved
     model = apply_lora(load_model(ModelConfig(path=str(fixtures_dir / "model"))),
                        LoraConfig(rank=4, alpha=8, dropout=0.0))
     gen = torch.Generator().manual_seed(0)
@@ -260,12 +261,16 @@ def test_one_optimizer_step_of_the_native_class_equals_ours(fixtures_dir, reader
 
     assert theirs["loss"].item() == pytest.approx(loss.item(), rel=1e-6)
     assert set(theirs["grads"]) == {native_name(n) for n in grads}
+    scale = max(g.abs().max().item() for g in grads.values())
     worst = max((grads[n] - theirs["grads"][native_name(n)]).abs().max().item() for n in grads)
-    assert worst < 1e-6, worst
-    moved = max((params[n].detach() - theirs["params"][native_name(n)]).abs().max().item() for n in params)
+    assert worst < 1e-5 * scale, (worst, scale)  # fp32 rounding of sums taken in another order
+    # Adam's first step moves a weight by about lr * sign(grad): compared where the gradient is well above the
+    # rounding noise (a gradient of 1e-9 on one side and -1e-9 on the other moves the weight apart by 2 lr)
+    moved = max(((params[n].detach() - theirs["params"][native_name(n)]).abs() * (grads[n].abs() > 1e-5 * scale))
+                .max().item() for n in params)
     assert moved < 1e-6, moved
-    print(f"one step: loss {loss.item():.6f} vs {theirs['loss'].item():.6f}, LoRA grads max |diff| {worst:.1e}, "
-          f"weights after AdamW {moved:.1e}")
+    print(f"one step: loss {loss.item():.6f} vs {theirs['loss'].item():.6f}, LoRA grads max |diff| {worst:.1e} "
+          f"(largest gradient {scale:.1e}), weights after AdamW {moved:.1e}")
 
 
 def test_audio_tokenizer_codes_both_ways(fixtures_dir, speech, tmp_path):
