@@ -105,11 +105,9 @@ def convert(kind: str, src: Path, out: Path) -> None:
         native_to_boson(src, out)
         fix_tokenizer_config(out)
     elif kind == "text_tokenizer":
-        from higgs_ds.native import TOKENIZER_FILES
+        from higgs_ds.native import copy_tokenizer
 
-        for name in TOKENIZER_FILES:
-            if (src / name).is_file():
-                shutil.copy(src / name, out / name)
+        copy_tokenizer(src, out)
         fix_tokenizer_config(out)
     elif kind == "audio_tokenizer":
         from higgs_ds.native_codec import native_tokenizer_to_boson

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-from higgs_ds.hub import CheckpointError, read_json
+from higgs_ds.hub import NATIVE_MODEL_TYPE, CheckpointError, read_json
 
-NATIVE_MODEL_TYPE = "higgs_audio_v2"
 NATIVE_ARCHITECTURE = "HiggsAudioV2ForConditionalGeneration"
 TESTED_TRANSFORMERS = "5.25.0"  # the transformers release the exports are checked against (tests/native/)
 # what HiggsAudioV2Config uses when a config.json has no rope_parameters (not Llama-3.2's own scaling)
@@ -68,10 +67,6 @@ def boson_key(key: str) -> str:
     if new is None:
         raise CheckpointError(f"weight {key!r} has no counterpart in boson_multimodal's layout")
     return new
-
-
-def is_native_model(config: dict) -> bool:
-    return config.get("model_type") == NATIVE_MODEL_TYPE
 
 
 def special_token_ids(directory: Path) -> dict[str, int]:
@@ -253,7 +248,8 @@ def write_weights(out: Path, names: list[str], size_of, get, max_bytes: int = SH
             {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
 
 
-def _copy_tokenizer(src: Path, out: Path) -> None:
+def copy_tokenizer(src: Path, out: Path) -> None:
+    """The text tokenizer's files of SRC (either transformers major version's) into OUT."""
     for name in TOKENIZER_FILES:
         if (src / name).is_file():
             shutil.copy(src / name, out / name)
@@ -302,7 +298,7 @@ def native_to_boson(src: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_weights(out, sorted(names), lambda b: _nbytes(weights, names[b]), lambda b: weights.get(names[b]))
     (out / "config.json").write_text(json.dumps(boson, indent=2))
-    _copy_tokenizer(src, out)
+    copy_tokenizer(src, out)
 
 
 def _nbytes(weights: WeightFiles, key: str) -> int:
@@ -347,7 +343,7 @@ def boson_to_native(src: Path, out: Path, tokenizer_dir: Path | None = None) -> 
 
     write_weights(out, list(parts), lambda n: sum(_nbytes(weights, p) for p in parts[n]), get)
     write_native_config(out, native)
-    _copy_tokenizer(tokenizer_dir, out)
+    copy_tokenizer(tokenizer_dir, out)
 
 
 def write_native_config(out: Path, native: dict) -> None:
@@ -367,7 +363,7 @@ def save_native_state(state: dict[str, torch.Tensor], boson: dict, tokenizer_dir
 
     write_weights(out, list(parts), lambda n: sum(state[p].numel() * state[p].element_size() for p in parts[n]), get)
     write_native_config(out, {**native, "dtype": str(next(iter(state.values())).dtype).removeprefix("torch.")})
-    _copy_tokenizer(tokenizer_dir, out)
+    copy_tokenizer(tokenizer_dir, out)
 
 
 # ---- adapters ----

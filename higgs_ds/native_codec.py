@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 
-from higgs_ds.hub import CheckpointError, read_json
+from higgs_ds.hub import NATIVE_TOKENIZER_TYPE, CheckpointError, read_json
 
-NATIVE_TOKENIZER_TYPE = "higgs_audio_v2_tokenizer"
 # boson_multimodal hard-codes these (dac2.Encoder(64, ...), dac2.Decoder(D, 1024, ...), a 768-wide HuBERT, and
 # its semantic encoder's layout); a native tokenizer with other values has no boson counterpart
 BOSON_FIXED = {"encoder_hidden_size": 64, "decoder_hidden_size": 1024}
