@@ -50,9 +50,15 @@ class Reject:
     source: str
     reason: str
     index: int | None = None
+    unpaired_speaker: str | None = None  # set when the record is valid but its speaker has too few utterances
 
     def to_json(self) -> dict:
-        return {"source": self.source, "index": self.index, "reason": self.reason}
+        out = {"source": self.source, "index": self.index, "reason": self.reason}
+        return {**out, "unpaired_speaker": self.unpaired_speaker} if self.unpaired_speaker is not None else out
+
+    @classmethod
+    def from_json(cls, x: dict) -> "Reject":
+        return cls(x["source"], x["reason"], x["index"], x.get("unpaired_speaker"))
 
     def __str__(self) -> str:
         return f"{self.source}: {self.reason}"
@@ -251,7 +257,7 @@ def pair_utterances(utts: list[Utterance], refs_per_target: int, seed: int,
         if len(others) < refs_per_target:
             rejects.append(Reject(target.source, f"speaker {target.speaker!r} has {len(others) + 1} utterance(s); "
                                   f"--refs-per-target {refs_per_target} needs at least {refs_per_target + 1}",
-                                  target.index))
+                                  target.index, unpaired_speaker=target.speaker))
             continue
         refs = [utts[j] for j in random.Random(f"{seed}:{target.index}").sample(others, refs_per_target)]
         messages = cloning_messages(refs, target, system_prompt)

@@ -75,14 +75,16 @@ def cmd_shards_build(args) -> int:
 
 
 def cmd_shards_validate(args) -> int:
-    from higgs_ds.shards import validate_manifest
+    from higgs_ds.shards import reject_verdict, validate_manifest
 
     total, problems = validate_manifest(args.input, args.format, args.refs_per_target, args.seed, _limits(args),
                                         args.workers, args.text_tokenizer, _text_limits(args))
     for p in problems:
         print(p)
-    print(f"{total} records, {len(problems)} with problems", file=sys.stderr)
-    return 1 if problems else 0
+    over, verdict = reject_verdict(problems, total, args.max_reject_fraction)
+    print(f"{total} records, {len(problems)} with problems: {verdict} (what `shards build` would do)",
+          file=sys.stderr)
+    return 1 if over else 0
 
 
 def cmd_shards_inspect(args) -> int:
@@ -331,6 +333,8 @@ def _add_build_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-text-tokens", type=int, default=2048, help="ChatML tokens per record (with --text-tokenizer)")
     p.add_argument("--max-chars-per-second", type=float, default=40.0,
                    help="user-turn text characters per second of the record's audio (0: no bound)")
+    p.add_argument("--max-reject-fraction", type=float, default=0.01,
+                   help="the share of records that may be rejected (build fails above it; validate exits 1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -390,7 +394,6 @@ def _add_shards_commands(sub) -> None:
     p.add_argument("--shard-size", type=int, default=1000, help="records per shard")
     p.add_argument("--part", default="0/1", help="I/N: build the shards j with j %% N == I")
     p.add_argument("--cache-dir", default=None, help="code cache (default ~/.cache/higgs-ds/codes)")
-    p.add_argument("--max-reject-fraction", type=float, default=0.01)
     p.set_defaults(func=cmd_shards_build)
 
     p = shards.add_parser("validate", help="check every record without encoding audio")

@@ -60,7 +60,7 @@ class DataConfig:
     sort_window: int = 2000  # samples sorted by length together with token_budget
     speaker_cap: int = 0  # at most this many samples per speaker per epoch (0 = no cap)
     speaker_temperature: float = 1.0  # t < 1 subsamples speakers to counts ~ n_s ** t (1 = as is)
-    max_bad_samples: int = 100  # corrupt samples a reader process skips (logged) before it stops the run
+    max_skipped_samples: int = 100  # unreadable samples the run skips (logged, counted over all ranks) before it stops
     collator: str = "fast"  # fast: higgs-ds BatchCollator | boson: HiggsAudioSampleCollator (same batches, slower)
 
 
@@ -147,7 +147,7 @@ class TrainConfig:
              "max_batch_size and sort_window must be >= 1")
         need(self.data.speaker_cap >= 0, "data.speaker_cap", "must be >= 0")
         need(0 < self.data.speaker_temperature <= 1, "data.speaker_temperature", "must be in (0, 1]")
-        need(self.data.max_bad_samples >= 0, "data.max_bad_samples", "must be >= 0")
+        need(self.data.max_skipped_samples >= 0, "data.max_skipped_samples", "must be >= 0")
         need(bool(self.data.train), "data.train", "is required (a shard directory built by `higgs-ds shards build`)")
         train_sets = [p.strip() for p in self.data.train.split(",") if p.strip()]
         need(not self.data.train_weights or len(self.data.train_weights) == len(train_sets), "data.train_weights",

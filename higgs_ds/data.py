@@ -102,9 +102,10 @@ def load_train_index(spec: str):
 
 class BatchReader:
     """Reads and collates micro-batches given as index rows; keeps shard files open per process. A sample that does
-    not read or decode is skipped and logged with its shard and key; past `max_bad` in this process the run stops."""
+    not read or decode is skipped and logged with its shard and key. With `max_bad`, past that many in this process
+    the reader stops; the training reader has none, as the train loop bounds the run's total over all ranks."""
 
-    def __init__(self, index: ShardIndex, tokenizer, collator, max_bad: int = 100):
+    def __init__(self, index: ShardIndex, tokenizer, collator, max_bad: int | None = None):
         for part in index.parts if isinstance(index, ShardMix) else [index]:
             part.check_files()
         self.index, self.tokenizer, self.collator = index, tokenizer, collator
@@ -145,16 +146,21 @@ class BatchReader:
                 self.bad += 1
                 msg = f"skipped corrupt sample {self.index.where(int(i))}: {e} ({self.bad} skipped in this reader)"
                 log.warning(msg)
-                if self.bad > self.max_bad:
-                    raise ShardError(f"{self.bad} corrupt samples (data.max_bad_samples={self.max_bad}); last: "
+                if self.max_bad is not None and self.bad > self.max_bad:
+                    raise ShardError(f"{self.bad} corrupt samples (data.max_skipped_samples={self.max_bad}); last: "
                                      f"{self.index.where(int(i))}: {e}; run `higgs-ds shards verify`") from None
         return out
 
     def collate(self, rows: np.ndarray):
+        return self.load(rows)[0]
+
+    def load(self, rows: np.ndarray) -> tuple[object, int]:
+        """(the collated micro-batch, how many of its samples were skipped as unreadable)."""
         samples = self.samples(rows)
+        skipped = len(rows) - len(samples)
         if not samples:  # every sample of this micro-batch was corrupt: keep the ranks in step with one that trains
             samples = [self._untrained(rows)]  # nothing (all labels masked)
-        return self.collator(samples)
+        return self.collator(samples), skipped
 
     def _untrained(self, rows: np.ndarray):
         for i in range(len(self.index)):
@@ -175,25 +181,26 @@ class _PlannedBatches(torch.utils.data.Dataset):
         return len(self.batches)
 
     def __getitem__(self, k: int):
-        return self.reader.collate(self.batches[k])
+        return self.reader.load(self.batches[k])
 
 
 def stream_batches(reader: BatchReader, seed: int, rank: int, settings: PlanSettings, start: DataPosition,
                    num_workers: int = 0, lookahead: int = 8, prefetch: int = 2):
-    """Yield (DataPosition after this batch, collated batch) forever, epoch after epoch, from `start`. With workers,
+    """Yield (DataPosition after this batch, collated batch, samples of it skipped as unreadable) forever, epoch
+    after epoch, from `start`. With workers,
     a thread takes batches from them ahead of the training loop (receiving a batch costs milliseconds), and the next
     epoch's workers start `lookahead` batches before this epoch ends (no stall between epochs)."""
     if not num_workers:
         epoch, skip = start.epoch, start.batch
         while True:
-            for k, batch in enumerate(epoch_loader(reader, seed, rank, settings, epoch, skip, 0)[1]):
-                yield DataPosition(epoch, skip + k + 1), batch
+            for k, (batch, skipped) in enumerate(epoch_loader(reader, seed, rank, settings, epoch, skip, 0)[1]):
+                yield DataPosition(epoch, skip + k + 1), batch, skipped
             epoch, skip = epoch + 1, 0
     # Every loader, and so every worker fork, is made here on the training thread. A fork from the prefetch thread
     # would copy whatever lock the training thread holds at that instant into the worker (the RNG's, while it draws
     # dropout masks), and the worker would deadlock seeding itself.
     loaders: Queue = Queue()  # (epoch, first batch, batches, iterator), in epoch order
-    out: Queue = Queue(maxsize=prefetch)  # ((position, batch) | NEXT_EPOCH, error)
+    out: Queue = Queue(maxsize=prefetch)  # ((position, batch, skipped) | NEXT_EPOCH, error)
     stop = threading.Event()
 
     def put(message) -> bool:
@@ -213,10 +220,10 @@ def stream_batches(reader: BatchReader, seed: int, rank: int, settings: PlanSett
                 except Empty:
                     continue
                 asked = False
-                for k, batch in enumerate(batches):
+                for k, (batch, skipped) in enumerate(batches):
                     if not asked and k >= count - lookahead:
                         asked = put((NEXT_EPOCH, None))
-                    if not put(((DataPosition(epoch, skip + k + 1), batch), None)):
+                    if not put(((DataPosition(epoch, skip + k + 1), batch, skipped), None)):
                         return
                 if not asked and not put((NEXT_EPOCH, None)):
                     return

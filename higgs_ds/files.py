@@ -62,6 +62,18 @@ def open_binary(path: str | Path):
     return open(path, "rb")
 
 
+def read_span(path: str | Path, start: int, size: int) -> bytes:
+    """SIZE bytes from byte START of a local file or an fsspec URL (a ranged read: nothing else is fetched)."""
+    if is_url(path):
+        import fsspec
+
+        fs, p = fsspec.core.url_to_fs(str(path))
+        return fs.cat_file(p, start=start, end=start + size)
+    with open(path, "rb") as f:
+        f.seek(start)
+        return f.read(size)
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

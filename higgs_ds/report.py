@@ -13,8 +13,26 @@ from pathlib import Path
 from higgs_ds.files import atomic_write
 
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+NEAR_EMPTY_SECONDS = 0.5  # a generated clip shorter than this is marked: it plays as 0:00 and says next to nothing
 TABLE_COLUMNS = [("similarity", "similarity", 3), ("wer", "WER", 3), ("cer", "CER", 3), ("dnsmos", "DNSMOS", 2),
                  ("seconds", "seconds", 2), ("duration_ratio", "duration ratio", 2)]
+
+
+def nice_ticks(lo: float, hi: float, min_ticks: int = 3, integer: bool = False) -> tuple[list[float], int]:
+    """Round tick values inside [lo, hi] (steps of 1, 2 or 5 times a power of ten, the largest that gives MIN_TICKS),
+    and the decimals that print them distinctly: values that are almost equal still get labels that differ."""
+    power = 10.0 ** math.floor(math.log10(hi - lo))
+
+    def ticks_of(step: float) -> list[float]:
+        first = math.ceil(lo / step - 1e-9)
+        return [(first + k) * step for k in range(int(hi / step + 1e-9) - first + 1)]
+
+    steps = [m * power / 10 ** k for k in range(4) for m in (5, 2, 1)]
+    if integer:
+        steps = [st for st in steps if st >= 1] or [1.0]
+    step = next((st for st in steps if len(ticks_of(st)) >= min_ticks), steps[-1])
+    decimals = 0 if integer else max(0, -math.floor(math.log10(step) + 1e-9))
+    return ticks_of(step), decimals
 
 
 def line_plot(title: str, series: dict[str, list[tuple[float, float]]], width: int = 460, height: int = 220) -> str:
@@ -40,11 +58,13 @@ def line_plot(title: str, series: dict[str, list[tuple[float, float]]], width: i
              f'<text x="{left}" y="15" font-size="13" font-weight="bold">{html.escape(title)}</text>',
              f'<rect x="{left}" y="{top}" width="{width - left - right}" height="{height - top - bottom}" '
              f'fill="none" stroke="#ccc"/>']
-    for frac in (0.0, 0.5, 1.0):
-        y = y0 + frac * (y1 - y0)
-        parts.append(f'<text x="{left - 4}" y="{sy(y) + 4:.1f}" font-size="10" text-anchor="end">{y:.3g}</text>')
-        x = x0 + frac * (x1 - x0)
-        parts.append(f'<text x="{sx(x):.1f}" y="{height - 10}" font-size="10" text-anchor="middle">{x:.0f}</text>')
+    yticks, decimals = nice_ticks(y0, y1)
+    for y in yticks:
+        parts.append(f'<text class="ytick" x="{left - 4}" y="{sy(y) + 4:.1f}" font-size="10" text-anchor="end">'
+                     f'{y:.{decimals}f}</text>')
+    for x in nice_ticks(x0, x1, integer=True)[0]:
+        parts.append(f'<text class="xtick" x="{sx(x):.1f}" y="{height - 10}" font-size="10" '
+                     f'text-anchor="middle">{x:.0f}</text>')
     for k, (name, pts) in enumerate(series.items()):
         pts = [(x, y) for x, y in pts if y is not None and math.isfinite(y)]
         if not pts:
@@ -74,6 +94,21 @@ def _audio(path: str | None, run_dir: Path) -> str:
     return f'<audio controls preload="metadata" src="{html.escape(rel)}"></audio>'
 
 
+def _players(r: dict, run_dir: Path) -> str:
+    """The reference, generated and ground-truth clips of a prompt, stacked in one cell (three players side by side
+    would not fit a 1200 px window beside the scores)."""
+    seconds = (r.get("generated") or {}).get("seconds")
+    near_empty = seconds is not None and seconds < NEAR_EMPTY_SECONDS
+    rows = [("reference", _audio(r.get("ref_wav"), run_dir), ""),
+            ("generated", _audio(r.get("wav"), run_dir),
+             f'<span class="near-empty">near-empty: {seconds:.2f} s</span>' if near_empty else ""),
+            ("ground truth", _audio(r.get("target_audio"), run_dir), "")]
+    if "error" in r:
+        rows = rows[:1]
+    return '<div class="players">' + "".join(f'<div class="player"><span class="label">{label}</span>{player}{mark}'
+                                             f'</div>' for label, player, mark in rows) + "</div>"
+
+
 def _cell(value, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -83,33 +118,39 @@ def _evaluation(scores: dict, run_dir: Path, best_step: int | None) -> str:
     mark = " (best)" if step == best_step else ""
     head = "".join(f"<th>{label}</th>" for _, label, _ in TABLE_COLUMNS)
     out = [f'<section class="evaluation" id="step{step}"><h2>Step {step}{mark}</h2>',
-           f'<table class="scores"><thead><tr><th>prompt</th><th>text</th>{head}<th>reference</th><th>generated</th>'
-           f'<th>ground truth</th></tr></thead><tbody>']
+           f'<table class="scores"><thead><tr><th>prompt</th><th>text</th>{head}<th>listen</th></tr></thead><tbody>']
     for r in scores["prompts"]:
         text = html.escape(r.get("text") or "")
+        prompt = f'<td>{html.escape(str(r["id"]))}</td><td class="text">{text}</td>'
         if "error" in r:
-            out.append(f'<tr class="failed"><td>{html.escape(str(r["id"]))}</td><td>{text}</td>'
-                       f'<td colspan="{len(TABLE_COLUMNS)}">failed: {html.escape(r["error"])}</td>'
-                       f'<td>{_audio(r.get("ref_wav"), run_dir)}</td><td></td><td></td></tr>')
+            out.append(f'<tr class="failed">{prompt}<td colspan="{len(TABLE_COLUMNS)}">failed: '
+                       f'{html.escape(r["error"])}</td><td>{_players(r, run_dir)}</td></tr>')
             continue
         cells = "".join(f"<td>{_cell(r['generated'].get(k), d)}</td>" for k, _, d in TABLE_COLUMNS)
-        out.append(f'<tr class="prompt"><td>{html.escape(str(r["id"]))}</td><td>{text}</td>{cells}'
-                   f'<td>{_audio(r.get("ref_wav"), run_dir)}</td><td>{_audio(r.get("wav"), run_dir)}</td>'
-                   f'<td>{_audio(r.get("target_audio"), run_dir)}</td></tr>')
+        seconds = r["generated"].get("seconds")
+        near_empty = " near-empty" if seconds is not None and seconds < NEAR_EMPTY_SECONDS else ""
+        out.append(f'<tr class="prompt{near_empty}">{prompt}{cells}<td rowspan="{2 if "ground_truth" in r else 1}">'
+                   f'{_players(r, run_dir)}</td></tr>')
         if "ground_truth" in r:  # the ceiling: the speaker's own recording scored the same way
             cells = "".join(f"<td>{_cell(r['ground_truth'].get(k), d)}</td>" for k, _, d in TABLE_COLUMNS)
-            out.append(f'<tr class="truth"><td></td><td>ground truth</td>{cells}<td></td><td></td><td></td></tr>')
+            out.append(f'<tr class="truth"><td></td><td>ground truth</td>{cells}</tr>')
     mean = scores["mean"]
     cells = "".join(f"<td>{_cell(mean.get(k), d)}</td>" for k, _, d in TABLE_COLUMNS)
     out.append(f'<tr class="mean"><td>mean</td><td>{mean.get("prompts", 0) - mean.get("failed", 0)} of '
-               f'{mean.get("prompts", 0)} generated in {mean.get("synth_seconds", 0):.1f} s</td>{cells}'
-               f'<td></td><td></td><td></td></tr>')
+               f'{mean.get("prompts", 0)} generated in {mean.get("synth_seconds", 0):.1f} s</td>{cells}<td></td></tr>')
     truth = scores.get("ground_truth_mean") or {}
     if any(truth.get(k) is not None for k, _, _ in TABLE_COLUMNS):
         cells = "".join(f"<td>{_cell(truth.get(k), d)}</td>" for k, _, d in TABLE_COLUMNS)
-        out.append(f'<tr class="mean truth"><td>ground truth</td><td>mean</td>{cells}<td></td><td></td><td></td></tr>')
+        out.append(f'<tr class="mean truth"><td>ground truth</td><td>mean</td>{cells}<td></td></tr>')
     out.append("</tbody></table></section>")
     return "".join(out)
+
+
+def run_name(run_dir: Path) -> str:
+    """What the report calls the run: its directory with the one above it (runs/vctk-lora, demo/run), as one name
+    alone is often just "run"."""
+    run_dir = run_dir.resolve()
+    return f"{run_dir.parent.name}/{run_dir.name}" if run_dir.parent.name else run_dir.name
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -142,20 +183,26 @@ def write_report(run_dir: str | Path) -> Path:
     if best:
         summary.append(f"<li>best checkpoint: step {best['step']} ({html.escape(best.get('select', ''))} score "
                        f"{best['score']:.4f}), <code>{html.escape(best['checkpoint'])}</code></li>")
+    name = html.escape(run_name(run_dir))
     page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>higgs-ds run {html.escape(run_dir.name)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{name} · higgs-ds report</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; }}
 .plots {{ display: flex; flex-wrap: wrap; gap: 12px; }}
 table.scores {{ border-collapse: collapse; margin-bottom: 24px; }}
-table.scores th, table.scores td {{ border: 1px solid #ddd; padding: 4px 8px; font-size: 13px; text-align: left; }}
+table.scores th, table.scores td {{ border: 1px solid #ddd; padding: 4px 8px; font-size: 13px; text-align: left;
+  vertical-align: top; }}
+td.text {{ max-width: 280px; overflow-wrap: anywhere; }}
+.player {{ display: flex; align-items: center; gap: 6px; flex-wrap: wrap; }}
+.player .label {{ width: 80px; color: #555; }}
+.near-empty {{ color: #a60; font-weight: bold; }}
 tr.mean td {{ font-weight: bold; background: #f4f4f4; }}
 tr.failed td {{ color: #a00; }}
 tr.truth td {{ color: #555; font-style: italic; }}
 audio {{ height: 32px; width: 220px; }}
 </style></head>
 <body>
-<h1>higgs-ds run {html.escape(run_dir.name)}</h1>
+<h1>{name}</h1>
 <ul class="summary">{''.join(summary)}</ul>
 <div class="plots">{''.join(p for p in plots if p)}</div>
 {''.join(sections) if sections else '<p>No listening evaluation yet (eval.synth_every).</p>'}

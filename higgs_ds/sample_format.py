@@ -18,6 +18,10 @@ class ShardError(RuntimeError):
     """A shard set is incomplete, corrupt or inconsistent; the message names the file."""
 
 
+class ShardSetError(ShardError):
+    """The shard set as a whole does not match its index: every rank finds the same, so one says it."""
+
+
 def shard_name(j: int) -> str:
     return f"shard-{j:06d}.tar"
 
@@ -83,6 +87,19 @@ def decode_sample(members: dict[str, bytes], where: str) -> tuple[dict, np.ndarr
     if codes.dtype != np.int16 or codes.ndim != 2 or codes.shape[1] != frames:
         raise ShardError(f"{where}: codes have dtype {codes.dtype} shape {codes.shape}, expected int16 (8, {frames})")
     return meta, codes
+
+
+def member_key(header: bytes) -> str | None:
+    """The sample key of the tar member whose 512-byte header this is, or None if it is not a valid ustar header."""
+    if len(header) < 512 or header[257:262] != b"ustar":
+        return None
+    try:
+        stored = int(header[148:156].split(b"\0")[0].strip() or b"0", 8)
+    except ValueError:
+        return None
+    if stored != sum(header[:512]) - sum(header[148:156]) + 256:
+        return None
+    return header[:100].split(b"\0")[0].decode("utf-8", "replace").partition(".")[0]
 
 
 def span_members(data: bytes, where: str) -> dict[str, bytes]:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import io
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from higgs_ds.files import is_url, open_binary
-from higgs_ds.sample_format import ShardError, read_sample_at, sample_key
+from higgs_ds.files import is_url, open_binary, read_span
+from higgs_ds.sample_format import ShardError, ShardSetError, member_key, read_sample_at, sample_key
 
 FORMAT_VERSION = 1
 
@@ -91,6 +92,38 @@ class ShardIndex:
                     f"{s['shard']} has {sizes[s['shard']]} bytes, index.json says {s['bytes']}"
                     for s in self.meta["shards"] if sizes.get(s["shard"]) != s["bytes"]]
         if problems:
-            raise ShardError(f"{self.root}: {len(problems)} of {len(self.meta['shards'])} shards do not match "
+            raise ShardSetError(f"{self.root}: {len(problems)} of {len(self.meta['shards'])} shards do not match "
                              f"index.json ({'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''}). "
                              f"Rebuild the set, or see `higgs-ds shards verify {self.root}`")
+        self.check_first_samples()
+
+    def check_first_samples(self) -> None:
+        """Every shard holds, at its first sample's offset, the tar header of the sample the index names there: one
+        512-byte read a shard (a ranged GET for a URL), so a shard swapped for another of the same size stops a run
+        before training."""
+        shard, offset = self.rows["shard"], self.rows["offset"]
+        order = np.lexsort((offset, shard))
+        _, at = np.unique(shard[order], return_index=True)
+        firsts = order[at]
+
+        def problem(i: int) -> str | None:
+            j, off = int(shard[i]), int(offset[i])
+            expected = sample_key(int(self.rows["record"][i]))
+            found = member_key(read_span(self.shard_path(j), off, 512))
+            if found == expected:
+                return None
+            what = f"sample {found}" if found else "no tar header"
+            return f"{self.meta['shards'][j]['shard']} has {what} at byte {off}, where index.json puts its first " \
+                   f"sample {expected}"
+
+        if is_url(self.root) and len(firsts) > 1:
+            with ThreadPoolExecutor(16) as pool:
+                problems = [p for p in pool.map(problem, firsts.tolist()) if p]
+        else:
+            problems = [p for p in map(problem, firsts.tolist()) if p]
+        if problems:
+            raise ShardSetError(f"{self.root}: {len(problems)} of {len(self.meta['shards'])} shards are not the "
+                                f"shards index.json was built from ({'; '.join(problems[:3])}"
+                                f"{'; ...' if len(problems) > 3 else ''}): a shard copied over another, or a "
+                                f"different build's shard. Rebuild the set, or see `higgs-ds shards verify "
+                                f"{self.root}`")

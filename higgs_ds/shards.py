@@ -125,6 +125,25 @@ def validate_manifest(path: str, fmt: str = "auto", refs_per_target: int = 1, se
     return len(good) + len(all_rejects), all_rejects
 
 
+def reject_verdict(rejects: list[Reject], total: int, max_fraction: float) -> tuple[bool, str]:
+    """(whether REJECTS of TOTAL records are over --max-reject-fraction, one line saying so and why): the verdict
+    `shards validate` and `shards build` share."""
+    fraction = len(rejects) / max(1, total)
+    over = fraction > max_fraction
+    line = f"{len(rejects)} of {total} records rejected ({fraction:.1%}), " \
+           f"{'over' if over else 'within'} --max-reject-fraction {max_fraction:.1%}"
+    unpaired = [r.unpaired_speaker for r in rejects if r.unpaired_speaker is not None]
+    if unpaired:
+        speakers = sorted(set(unpaired))
+        line += (f"; {len(unpaired)} of them are targets whose speaker has no other utterance to be their "
+                 f"reference ({len(speakers)} speakers: {', '.join(speakers[:5])}{', ...' if len(speakers) > 5 else ''})")
+        if over:
+            needed = math.ceil(fraction * 1000) / 1000
+            line += (f". Corpora like Common Voice have many speakers of one clip: to build without them pass "
+                     f"--max-reject-fraction {needed:g}")
+    return over, line
+
+
 def _settings(cfg: BuildConfig, fmt: str, n_positions: int, encoder, text_tokenizer: str | None) -> dict:
     from higgs_ds.codec import CODES_MADE_BY
 
@@ -270,18 +289,16 @@ def _build_part(cfg: BuildConfig) -> dict:
     for j in mine:
         if j not in pending:
             part_rejects_done = json.loads(sidecar_path(out, j).read_text())
-            part_rejects += [Reject(x["source"], x["reason"], x["index"]) for x in part_rejects_done["rejects"]]
+            part_rejects += [Reject.from_json(x) for x in part_rejects_done["rejects"]]
     mine_set = set(mine)
     part_total = sum(1 for r in records if r.index // cfg.shard_size in mine_set) + \
         sum(1 for r in rejects if r.index is not None and r.index // cfg.shard_size in mine_set)
     _write_rejects(out / f"rejects.part-{part}-of-{nparts}.jsonl", part_rejects)
-    fraction = len(part_rejects) / max(1, part_total)
     for r in part_rejects[:20]:
         log.warning(f"rejected {r}")
-    if fraction > cfg.max_reject_fraction:
-        raise BuildFailed(f"{len(part_rejects)} of {part_total} records rejected ({fraction:.1%}), over "
-                          f"--max-reject-fraction {cfg.max_reject_fraction:.1%}; see "
-                          f"{out / f'rejects.part-{part}-of-{nparts}.jsonl'}")
+    over, verdict = reject_verdict(part_rejects, part_total, cfg.max_reject_fraction)
+    if over:
+        raise BuildFailed(f"{verdict}; see {out / f'rejects.part-{part}-of-{nparts}.jsonl'}")
     by_shard: dict[int, list[Record]] = {j: [] for j in pending}
     for r in good:
         by_shard[r.index // cfg.shard_size].append(r)
@@ -334,6 +351,5 @@ def write_index(out: str | Path) -> dict:
     np.savez(buf, **columns)
     atomic_write(out / "index.npz", buf.getvalue())
     atomic_write(out / "index.json", json.dumps(index, indent=1))
-    _write_rejects(out / "rejects.jsonl", [Reject(x["source"], x["reason"], x["index"])
-                                           for side in sides for x in side["rejects"]])
+    _write_rejects(out / "rejects.jsonl", [Reject.from_json(x) for side in sides for x in side["rejects"]])
     return index

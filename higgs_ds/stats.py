@@ -20,6 +20,7 @@ class StepStats:
     audio_tokens: float = 0.0
     positions: float = 0.0  # sequence positions the model ran (text + audio steps): the tokens of tokens/s
     audio_seconds: float = 0.0
+    skipped_samples: float = 0.0  # samples of the step's micro-batches that did not read or decode
     stop: float = 0.0  # > 0 once reduced: some rank received a stop signal
     codebook_sums: np.ndarray = field(default=None)
     codebook_tokens: np.ndarray = field(default=None)
@@ -30,8 +31,9 @@ class StepStats:
         if self.codebook_tokens is None:
             self.codebook_tokens = np.zeros(self.num_codebooks)
 
-    def add(self, sums: TokenSums, batch, frame_rate: float) -> None:
-        """One micro-batch's loss sums and sizes."""
+    def add(self, sums: TokenSums, batch, frame_rate: float, skipped: int = 0) -> None:
+        """One micro-batch's loss sums and sizes, and how many of its samples were skipped."""
+        self.skipped_samples += skipped
         self.text_sum += sums.text_sum.item()
         self.audio_sum += sums.audio_sum.item()
         self.text_tokens += sums.text_tokens.item()

@@ -41,7 +41,7 @@ from higgs_ds.metrics import Metrics
 from higgs_ds.model import apply_lora, batch_to_inputs, load_model, load_tokenizer, resolve_model
 from higgs_ds.plan import PlanSettings
 from higgs_ds.report import write_report
-from higgs_ds.sample_format import ShardError
+from higgs_ds.sample_format import ShardError, ShardSetError
 from higgs_ds.shard_index import ShardIndex
 from higgs_ds.stats import StepStats
 
@@ -54,6 +54,10 @@ EXIT_STOPPED = 3  # stopped on a signal after saving a checkpoint: the launcher 
 
 class TrainingError(RuntimeError):
     pass
+
+
+class TooManySkippedSamples(RuntimeError):
+    """More unreadable samples than data.max_skipped_samples: every rank raises it at the same step."""
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -78,11 +82,13 @@ class TrainState:
     step: int = 0
     data: DataPosition = field(default_factory=DataPosition)  # the next micro-batch this rank reads
     skipped_steps: int = 0  # non-finite steps skipped so far (DeepSpeed counts them too and restores its count)
+    skipped_samples: int = 0  # unreadable samples skipped so far, summed over the ranks
     best: Best = field(default_factory=Best)  # the best evaluation so far under eval.select
 
     def client_state(self, cfg: TrainConfig, plan_key: dict) -> dict:
         return {"step": self.step, "data": self.data.to_dict(), "skipped_steps": self.skipped_steps,
-                "best": self.best.to_dict(), "plan": plan_key, "config": to_dict(cfg)}
+                "skipped_samples": self.skipped_samples, "best": self.best.to_dict(), "plan": plan_key,
+                "config": to_dict(cfg)}
 
 
 def label_counts(batch) -> tuple[int, int]:
@@ -202,9 +208,10 @@ def build(cfg: TrainConfig, de, ds_config_path: str):
              f"{cfg.lora.preset}, rank {cfg.lora.rank}); world size {de.world}")
     torch.manual_seed(cfg.seed * 1000 + de.rank + 1)  # dropout differs per rank from here on
     collator = make_collator(model.config, cfg.data.collator)
-    train_reader = BatchReader(load_train_index(cfg.data.train), tokenizer, collator, cfg.data.max_bad_samples)
+    train_reader = BatchReader(load_train_index(cfg.data.train), tokenizer, collator)
     check_collator(collator, train_reader.samples(np.arange(min(8, len(train_reader.index)))), cfg.data.train)
-    val_reader = BatchReader(ShardIndex.load(cfg.data.val), tokenizer, collator) if cfg.data.val else None
+    val_reader = BatchReader(ShardIndex.load(cfg.data.val), tokenizer, collator, cfg.data.max_skipped_samples) \
+        if cfg.data.val else None
     optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                                   weight_decay=cfg.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
@@ -222,7 +229,7 @@ def restore(engine, optimizer, cfg: TrainConfig, plan_key: dict) -> tuple[TrainS
         return TrainState(), False
     client = checkpoint.load(engine, ckpt)
     state = TrainState(client["step"], DataPosition(**client["data"]), engine.skipped_steps,
-                       Best(**client.get("best", {})))
+                       client.get("skipped_samples", 0), Best(**client.get("best", {})))
     # the schedule follows the current config (a run may be extended: steps, lr), not the saved one
     engine.lr_scheduler.base_lrs = [cfg.optim.lr] * len(optimizer.param_groups)
     for group in optimizer.param_groups:
@@ -244,24 +251,25 @@ def train_step(engine, stream, state: TrainState, cfg: TrainConfig, device, stop
     t0 = time.perf_counter()
     micro = []
     for _ in range(cfg.grad_accum):
-        state.data, batch = next(stream)
-        micro.append(batch)
+        state.data, batch, skipped = next(stream)
+        micro.append((batch, skipped))
     t1 = time.perf_counter()
-    counts = [label_counts(b) for b in micro]
+    counts = [label_counts(b) for b, _ in micro]
     text_total, audio_total = all_reduce_sum([sum(c[0] for c in counts), sum(c[1] for c in counts)], device)
     lr = engine.optimizer.param_groups[0]["lr"]  # the rate this step's update uses
     scale = dist.get_world_size() * cfg.grad_accum  # DeepSpeed averages over ranks and divides by accumulation steps
     stats = StepStats(engine.module.config.audio_num_codebooks)
-    for batch in micro:
+    for batch, skipped in micro:
         inputs = batch_to_inputs(batch, device)
         sums = token_sums(engine(**inputs), inputs["label_audio_ids"])
         engine.backward(combine(sums, text_total, audio_total, cfg.loss.text_weight, cfg.loss.audio_weight) * scale)
         engine.step()
-        stats.add(sums, batch, frame_rate)
+        stats.add(sums, batch, frame_rate, skipped)
     state.step += 1
     skipped_now = engine.skipped_steps - state.skipped_steps
     state.skipped_steps = engine.skipped_steps
     total = stats.all_reduced(device, stop=stop.received is not None)
+    state.skipped_samples += int(total.skipped_samples)
     t2 = time.perf_counter()
     if (total.text_tokens, total.audio_tokens) != (text_total, audio_total):
         raise TrainingError(f"step {state.step}: label counts before the forward ({text_total}, {audio_total}) "
@@ -274,7 +282,7 @@ def train_step(engine, stream, state: TrainState, cfg: TrainConfig, device, stop
            max(1, total.text_tokens), "tokens_per_s": total.positions / max(1e-9, t2 - t0),
            "audio_seconds_per_s": total.audio_seconds / max(1e-9, t2 - t0), "step_time_s": t2 - t0,
            "data_wait_s": t1 - t0, "epoch": state.data.epoch, "skipped_steps": state.skipped_steps,
-           "skipped_now": skipped_now, **total.codebook_losses()}
+           "skipped_now": skipped_now, "skipped_samples": state.skipped_samples, **total.codebook_losses()}
     return row, total.stop > 0
 
 
@@ -358,6 +366,11 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
                 if state.skipped_steps > cfg.max_skipped_steps:
                     raise TrainingError(f"{state.skipped_steps} steps had non-finite loss or gradients (max_"
                                         f"skipped_steps={cfg.max_skipped_steps}); lower optim.lr or check the data")
+            if state.skipped_samples > cfg.data.max_skipped_samples:
+                raise TooManySkippedSamples(
+                    f"{state.skipped_samples} samples did not read or decode by step {state.step}, over "
+                    f"data.max_skipped_samples={cfg.data.max_skipped_samples} (each is logged as 'skipped corrupt "
+                    f"sample' with its shard); check the set with `higgs-ds shards verify {cfg.data.train}`")
             teacher, listen = evaluators.due(cfg, state.step)
             if teacher or listen:
                 saved_step, early_stop = evaluate_step(engine, cfg, state, plan_key, evaluators, de, device, metrics,
@@ -428,7 +441,8 @@ def summarize(engine, cfg: TrainConfig, state: TrainState, stopped_by, first, la
     return {"step": state.step, "stopped_by": stopped_by, "first": first, "last": last,
             "checkpoint": str(run_dir / "checkpoints" / checkpoint.tag(state.step)),
             "adapter": str(run_dir / "adapter") if stopped_by is None else None,
-            "data_wait_share": last["data_wait_share"] if last else 0.0, "rank_weight_checksums": checksums,
+            "data_wait_share": last["data_wait_share"] if last else 0.0, "skipped_samples": state.skipped_samples,
+            "rank_weight_checksums": checksums,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
@@ -438,12 +452,13 @@ def report(summary: dict, run_dir: Path) -> None:
         Path(os.environ["HIGGS_DS_STOP_FILE"]).write_text(f"{summary['step']}\n")
     if summary["stopped_by"]:
         log.info(f"stopped by {summary['stopped_by']} at step {summary['step']}; checkpoint saved, resume with the "
-                 f"same command")
+                 f"same command; {summary['skipped_samples']} unreadable samples skipped")
     else:
         how = f"stopped early at step {summary['step']}" if summary.get("early_stopped") else \
             f"done: {summary['step']} steps"
         best = f"; best checkpoint (eval.select) in {run_dir / 'best'}" if (run_dir / "best").exists() else ""
-        log.info(f"{how}; adapter in {run_dir / 'adapter'}{best}; report: {run_dir / 'report.html'}")
+        log.info(f"{how}; adapter in {run_dir / 'adapter'}{best}; report: {run_dir / 'report.html'}; "
+                 f"{summary['skipped_samples']} unreadable samples skipped")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -465,6 +480,10 @@ def main(argv: list[str] | None = None) -> int:
         summary = train(cfg, args.deepspeed, args.dist_timeout, stop=stop)
     except RunDirInUse:
         return EXIT_USER_ERROR  # rank 0 said whose run it is
+    except TooManySkippedSamples as e:  # every rank stops at the same step
+        if de.is_main:
+            log.error(f"error: {e}")
+        return EXIT_USER_ERROR
     except OSError as e:
         if not no_space(e):
             raise
@@ -473,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"command again: the run resumes from its last complete checkpoint)")
         return EXIT_USER_ERROR
     except (ConfigError, CheckpointError, CheckpointDamaged, ShardError) as e:  # the user's to fix: a plain message, no traceback
-        if de.is_main or isinstance(e, ShardError):  # the same on every rank, but a shard error may be one rank's
+        # the same on every rank, but a sample's shard error may be one rank's
+        if de.is_main or (isinstance(e, ShardError) and not isinstance(e, ShardSetError)):
             log.error(f"error: {e}")
         return EXIT_USER_ERROR
     return EXIT_STOPPED if summary["stopped_by"] else 0

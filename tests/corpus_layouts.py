@@ -108,6 +108,21 @@ def commonvoice(speech: Path, root: Path):
                  "language": "en", "durations": True, "text": '"so" he said'}
 
 
+def commonvoice_mostly_single_clips(speech: Path, root: Path) -> Path:
+    """A Common Voice locale shaped like the real ones: most clients (speakers) recorded one clip. Of 12 clips, 5
+    come from 5 clients of one clip each, 4 from one client and 3 from another."""
+    src = root / "cv-corpus-19.0-2024-09-13" / "cy"
+    header = ["client_id", "path", "sentence_id", "sentence", "up_votes", "down_votes", "locale"]
+    rows = []
+    for k, (wav, text, _) in enumerate(clips(speech)[:12]):
+        client = f"single{k}" if k < 5 else ("many-a" if k < 9 else "many-b")
+        name = f"common_voice_cy_{2000 + k}.mp3"
+        convert(wav, src / "clips" / name, 48000)
+        rows.append([client, name, f"s{k}", text, "2", "0", "cy"])
+    (src / "validated.tsv").write_text("\n".join("\t".join(r) for r in [header] + rows) + "\n")
+    return src
+
+
 def _tar(path: Path, members: dict[str, bytes]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w") as t:

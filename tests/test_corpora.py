@@ -217,3 +217,30 @@ def test_an_emilia_tar_that_breaks_off_keeps_the_samples_before_the_break(speech
     broken = [r for r in rejects if r["source"] == str(tar)]
     assert len(broken) == 1 and broken[0]["reason"].startswith("not a readable tar after sample EN_B00000_S0000"), \
         rejects
+
+
+def test_validate_and_build_agree_on_common_voice_speakers_of_one_clip(speech, fixtures_dir, code_cache, tmp_path):
+    """5 of 12 records are targets whose speaker has no other clip: validate counts and lists them, and its exit
+    code is what build does under the same --max-reject-fraction (both fail at 0.4, both pass at 0.42)."""
+    src = corpus_layouts.commonvoice_mostly_single_clips(speech, tmp_path / "corpus")
+    manifest = tmp_path / "utterances.jsonl"
+    run_cli("manifest", "import", src, "--format", "commonvoice", "--out", manifest)
+    for fraction, ok in ((0.4, False), (0.42, True)):
+        validate = run_cli("shards", "validate", "--input", manifest, "--max-reject-fraction", fraction, check=False)
+        build = run_cli("shards", "build", "--input", manifest, "--out", tmp_path / f"shards-{fraction}",
+                        "--audio-tokenizer", fixtures_dir / "audio_tokenizer", "--cache-dir", code_cache,
+                        "--max-reject-fraction", fraction, check=False)
+        assert (validate.returncode == 0) == (build.returncode == 0) == ok, (validate.stderr, build.stderr)
+        verdict = (f"5 of 12 records rejected (41.7%), {'within' if ok else 'over'} --max-reject-fraction "
+                   f"{fraction:.1%}; 5 of them are targets whose speaker has no other utterance to be their reference "
+                   f"(5 speakers: single0, single1, single2, single3, single4)")
+        assert verdict in validate.stderr and "what `shards build` would do" in validate.stderr
+        assert len(validate.stdout.splitlines()) == 5  # each listed with its manifest line
+        if not ok:
+            assert verdict + ". Corpora like Common Voice have many speakers of one clip: to build without them " \
+                             "pass --max-reject-fraction 0.417" in build.stderr
+            assert "pass --max-reject-fraction 0.417" in validate.stderr
+    rejects = [json.loads(x) for x in (tmp_path / "shards-0.42" / "rejects.jsonl").read_text().splitlines()]
+    assert sorted(r["unpaired_speaker"] for r in rejects) == [f"single{k}" for k in range(5)]
+    index = json.loads((tmp_path / "shards-0.42" / "index.json").read_text())
+    assert index["rejected"] == 5 and sum(s["samples"] for s in index["shards"]) == 7

@@ -33,14 +33,14 @@ def test_multi_worker_loaders_give_equal_batches_and_resume_exactly(reader, worl
     per_rank = []
     for rank in range(world):
         stream = stream_batches(reader, 0, rank, s, DataPosition(), num_workers=2)
-        per_rank.append([(pos.to_dict(), _keys(b)) for pos, b in itertools.islice(stream, 7)])
+        per_rank.append([(pos.to_dict(), _keys(b)) for pos, b, _ in itertools.islice(stream, 7)])
     epoch0 = [sum(1 for p, _ in r if p["epoch"] == 0) for r in per_rank]
     assert len(set(epoch0)) == 1, epoch0  # the shards are uneven (5, 5, 2): ranks still get equal counts
     # resuming at an arbitrary batch yields exactly what the uninterrupted stream yields next
     for k in (1, 3, epoch0[0]):
         pos = DataPosition(**per_rank[0][k - 1][0])
         resumed = stream_batches(reader, 0, 0, s, pos, num_workers=2)
-        assert [(p.to_dict(), _keys(b)) for p, b in itertools.islice(resumed, 7 - k)] == per_rank[0][k:]
+        assert [(p.to_dict(), _keys(b)) for p, b, _ in itertools.islice(resumed, 7 - k)] == per_rank[0][k:]
 
 
 def test_corrupt_samples_are_skipped_counted_and_bounded(shards, reader, tmp_path, caplog):
@@ -59,12 +59,12 @@ def test_corrupt_samples_are_skipped_counted_and_bounded(shards, reader, tmp_pat
         data[off + 512: off + 700] = b"\xff" * 188
     (copy / "shard-000000.tar").write_bytes(bytes(data))
     bad = BatchReader(idx, reader.tokenizer, reader.collator, max_bad=2)
-    batch = bad.collate(np.array([0, 1, 3]))
-    assert batch.input_ids.shape[0] == 2 and bad.bad == 1
+    batch, skipped = bad.load(np.array([0, 1, 3]))
+    assert batch.input_ids.shape[0] == 2 and bad.bad == 1 and skipped == 1
     assert "skipped corrupt sample" in caplog.text and "shard-000000.tar sample s000000001" in caplog.text
-    only_bad = bad.collate(np.array([2]))  # nothing readable: a stand-in that trains nothing keeps ranks in step
-    assert (only_bad.label_ids == -100).all() and (only_bad.label_audio_ids == -100).all()
-    with pytest.raises(ShardError, match=r"3 corrupt samples \(data.max_bad_samples=2\).*shard-000000.tar sample"):
+    only_bad, skipped = bad.load(np.array([2]))  # nothing readable: a stand-in that trains nothing keeps ranks in step
+    assert (only_bad.label_ids == -100).all() and (only_bad.label_audio_ids == -100).all() and skipped == 1
+    with pytest.raises(ShardError, match=r"3 corrupt samples \(data.max_skipped_samples=2\).*shard-000000.tar sample"):
         bad.collate(np.array([1]))
 
 
@@ -127,7 +127,7 @@ def test_forked_workers_do_not_share_the_parents_open_shards(reader):
     loader = torch.utils.data.DataLoader(_PlannedBatches(r, [np.array([i]) for i in range(len(r.index))] * 20),
                                          batch_size=None, num_workers=2,
                                          multiprocessing_context=torch.multiprocessing.get_context("fork"))
-    assert [_keys(b) for b in loader] == want * 20
+    assert [_keys(b) for b, _ in loader] == want * 20
     assert [os.lseek(fd, 0, os.SEEK_CUR) for fd in fds] == [0, 0, 0]
 
 
@@ -170,6 +170,30 @@ def test_shards_changed_after_indexing_stop_the_reader_before_it_reads(shards, r
     want = "shard-000001.tar is missing" if damage == "delete" else \
         f"shard-000001.tar has 4096 bytes, index.json says {size}"
     assert f"{copy}: 1 of 3 shards do not match index.json ({want})" in str(err.value)
+
+
+def test_a_shard_swapped_for_another_of_the_same_size_is_named_before_reading(shards, reader, tmp_path):
+    """shard-000002.tar overwritten by shard-000000.tar's bytes, cut to its own size: the size check passes, and
+    without the first-sample check every one of its samples would be skipped as corrupt."""
+    import shutil
+
+    from higgs_ds.data import BatchReader
+    from higgs_ds.sample_format import ShardSetError
+    from higgs_ds.shard_index import ShardIndex
+
+    copy = tmp_path / "copy"
+    shutil.copytree(shards, copy)
+    size = (copy / "shard-000002.tar").stat().st_size
+    (copy / "shard-000002.tar").write_bytes((copy / "shard-000000.tar").read_bytes()[:size])
+    idx = ShardIndex.load(copy)
+    first = int(idx.rows["record"][idx.rows["shard"] == 2].min())
+    with pytest.raises(ShardSetError) as err:
+        BatchReader(idx, reader.tokenizer, reader.collator)
+    assert (f"1 of 3 shards are not the shards index.json was built from (shard-000002.tar has sample s000000000 "
+            f"at byte 0, where index.json puts its first sample s{first:09d})") in str(err.value)
+    (copy / "shard-000002.tar").write_bytes(bytes(size))  # zeros: no header at all
+    with pytest.raises(ShardSetError, match="shard-000002.tar has no tar header at byte 0"):
+        BatchReader(ShardIndex.load(copy), reader.tokenizer, reader.collator)
 
 
 def test_an_index_row_that_reads_another_sample_is_an_error(shards):

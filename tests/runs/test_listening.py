@@ -123,7 +123,7 @@ def test_report_renders_in_headless_chromium(listen_run, tmp_path):
         title = page.title()
         page.screenshot(path=str(shot), full_page=True)
         browser.close()
-    assert title == f"higgs-ds run {listen_run.name}"
+    assert title == f"{listen_run.parent.name}/{listen_run.name} · higgs-ds report"
     assert rows == 2 * 3 and means == 2 and truths == 2 * 3  # 2 evaluations x 3 prompts, each with its ceiling
     assert len(players) == 2 * 3 * 3  # reference, generated, ground truth
     assert all(pl["ready"] >= 1 and pl["error"] is None and pl["duration"] > 0 for pl in players), players

@@ -175,16 +175,69 @@ def test_token_budget_run_interrupted_mid_epoch_resumes_on_the_same_samples(fixt
     assert sa["rank_weight_checksums"] == sb["rank_weight_checksums"]
 
 
-def test_a_deleted_shard_stops_the_run_with_a_plain_message(fixtures_dir, shards, tmp_path):
+@pytest.mark.parametrize("damage, message", [
+    ("delete", "1 of 3 shards do not match index.json (shard-000002.tar is missing)"),
+    ("swap", "1 of 3 shards are not the shards index.json was built from (shard-000002.tar has sample s000000000 at "
+             "byte 0, where index.json puts its first sample"),
+])
+def test_a_deleted_or_swapped_shard_stops_the_run_with_a_plain_message(fixtures_dir, shards, tmp_path, damage,
+                                                                         message):
+    """A swapped shard is shard-000000.tar's bytes cut to shard-000002.tar's size: its size check passes."""
     import shutil
 
     copy = tmp_path / "shards"
     shutil.copytree(shards, copy)
-    (copy / "shard-000002.tar").unlink()
+    target = copy / "shard-000002.tar"
+    if damage == "delete":
+        target.unlink()
+    else:
+        target.write_bytes((copy / "shard-000000.tar").read_bytes()[:target.stat().st_size])
     rc, out = launch_training("srun-env", 2, train_overrides(fixtures_dir, copy, tmp_path / "run"), check=False)
     assert rc == 2 and "Traceback" not in out
-    assert "1 of 3 shards do not match index.json (shard-000002.tar is missing)" in out
+    assert out.count(message) == 1  # said once, by rank 0: every rank found the same
+    assert "skipped corrupt sample" not in out
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def _break_samples(shards, copy, rows):
+    """A copy of the shard set whose samples ROWS have their codes overwritten: they no longer decode."""
+    import shutil
+
+    from higgs_ds.shard_index import ShardIndex
+
+    shutil.copytree(shards, copy)
+    idx = ShardIndex.load(copy)
+    for i in rows:
+        path = copy / idx.meta["shards"][int(idx.rows["shard"][i])]["shard"]
+        data = bytearray(path.read_bytes())
+        off = int(idx.rows["offset"][i])
+        data[off + 512: off + 700] = b"\xff" * 188
+        path.write_bytes(bytes(data))
+    return copy
+
+
+def test_skipped_samples_are_counted_over_ranks_and_bounded(fixtures_dir, shards, tmp_path):
+    """Samples 8 and 10 (shards 1 and 2) do not decode. Under the bound the run finishes and counts every skip of
+    every rank in summary.json, the metrics rows and the last log line; over it every rank stops at the same step
+    with one plain message, exit 2. No loader workers: every batch read is trained on (workers read ahead, and a
+    batch read ahead is not counted until it trains)."""
+    import re
+
+    copy = _break_samples(shards, tmp_path / "shards", [8, 10])  # past the 8 samples the collator check reads
+    run = tmp_path / "under"
+    kv = {"data.val": shards, "data.num_workers": 0}
+    _, out = launch_training("torchrun", 2, train_overrides(fixtures_dir, copy, run, **kv))
+    logged = len(re.findall(r"skipped corrupt sample \S+/shard-00000[12].tar sample s0000000(08|10)", out))
+    rows, _, summary = read_run(run)
+    assert logged >= 2 and summary["skipped_samples"] == logged == rows[-1]["skipped_samples"]
+    assert f"{logged} unreadable samples skipped" in out.strip().splitlines()[-1]
+    over = tmp_path / "over"
+    rc, out = launch_training("srun-env", 2, train_overrides(fixtures_dir, copy, over, **{  # each rank's exit code
+        **kv, "data.max_skipped_samples": 1}), check=False)
+    assert rc == 2 and "Traceback" not in out
+    assert len(re.findall(r"error: \d+ samples did not read or decode by step \d+, over data.max_skipped_samples=1",
+                          out)) == 1
+    assert not (over / "summary.json").exists()
 
 
 @pytest.mark.parametrize("change, message", [
