@@ -19,7 +19,7 @@ def fixtures() -> Path:
 
 
 def speech(speakers: int = 3, utterances: int = 6) -> Path:
-    from higgs_ds.sample_data import make_sample_data
+    from higgs_ds.data.sample_data import make_sample_data
 
     out = WORK / f"speech-{speakers}x{utterances}"
     if not (out / "utterances.jsonl").is_file():

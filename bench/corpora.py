@@ -35,9 +35,9 @@ def ljspeech_layout(n: int):
 
 
 def main(n: int = UTTERANCES) -> list[tuple[str, str, str]]:
-    from higgs_ds.codec import AudioEncoder
-    from higgs_ds.corpora import ImportOptions, import_corpus, write_manifest
-    from higgs_ds.shards import validate_manifest
+    from higgs_ds.data.codec import AudioEncoder
+    from higgs_ds.data.corpora import ImportOptions, import_corpus, write_manifest
+    from higgs_ds.data.shards import validate_manifest
 
     src, wavs = ljspeech_layout(n)
     manifest = WORK / f"ljspeech-{n}.jsonl"

@@ -41,7 +41,7 @@ RESULT = "RESULT "  # the prefix of the line a case process reports on
 def synthetic_batch(config, seq_len: int, batch: int, collator):
     """Voice-cloning samples whose expanded length is `seq_len`: ~15% text, a reference clip (audio in) and a target
     clip (audio out, trained) of equal length, collated into a model batch."""
-    from higgs_ds.collate import Sample
+    from higgs_ds.data.collate import Sample
 
     vocab = config.text_config.vocab_size
     text = max(8, int(seq_len * 0.15))
@@ -80,11 +80,11 @@ def flops_per_token(model, seq_len: int) -> float:
 def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_gb: float | None) -> dict:
     import deepspeed
 
+    from higgs_ds.checkpoints.model import apply_lora, batch_to_inputs, enable_activation_checkpointing
     from higgs_ds.config import LoraConfig
+    from higgs_ds.data.collate import make_collator
     from higgs_ds.distributed import deepspeed_config
-    from higgs_ds.loss import combine, token_sums
-    from higgs_ds.collate import make_collator
-    from higgs_ds.model import apply_lora, batch_to_inputs, enable_activation_checkpointing
+    from higgs_ds.training.loss import combine, token_sums
 
     cuda = args.device == "cuda"
     if cuda:

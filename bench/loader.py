@@ -1,7 +1,7 @@
 """Loader throughput per core and padding efficiency.
 
 - ours: planned token-budget batches read by byte offset from tars, token ids stored in the shards, collated by
-  higgs_ds.collate.BatchCollator (one process = one core);
+  higgs_ds.data.collate.BatchCollator (one process = one core);
 - naive: one JSON + one .npy file per sample through a map-style Dataset, tokenized with prepare_chatml_sample and
   collated by boson_multimodal's HiggsAudioSampleCollator, same batches;
 - on the fly: what trainers that tokenize audio every epoch pay on top: the Higgs audio tokenizer per sample.
@@ -25,7 +25,7 @@ from bench.common import WORK, fixtures, replicated_chatml, speech, table
 
 
 def build_set(fx: Path, sp: Path) -> Path:
-    from higgs_ds.shards import BuildConfig, build_shards
+    from higgs_ds.data.shards import BuildConfig, build_shards
 
     out = WORK / "loader-shards"
     if not (out / "index.json").is_file():
@@ -53,7 +53,7 @@ def naive_dataset(index, tok, work: Path):
     import torch
     from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample, prepare_chatml_sample
 
-    from higgs_ds.sample_format import encode_npy
+    from higgs_ds.data.sample_format import encode_npy
 
     for i in range(len(index)):
         meta, codes = index.read(i)
@@ -82,7 +82,7 @@ def naive_dataset(index, tok, work: Path):
 
 def loader_timings(index, tok, collator, boson, batches) -> dict[str, float]:
     """Seconds to read and collate every batch: ours, ours re-tokenizing at every read, and the naive loader."""
-    from higgs_ds.data import BatchReader
+    from higgs_ds.data.loader import BatchReader
 
     reader = BatchReader(index, tok, collator)
     retokenizing = BatchReader(index, tok, collator)
@@ -100,7 +100,7 @@ def loader_timings(index, tok, collator, boson, batches) -> dict[str, float]:
 
 def collator_timings(reader, collator, boson, batches) -> tuple[float, float, int]:
     """(ours, boson's) seconds to collate the same samples; stops if any batch differs."""
-    from higgs_ds.collate import batch_differences
+    from higgs_ds.data.collate import batch_differences
 
     samples = [reader.samples(b) for b in batches]
     differing = [k for k, s in enumerate(samples) if batch_differences(collator(s), boson(s))]
@@ -112,7 +112,7 @@ def collator_timings(reader, collator, boson, batches) -> tuple[float, float, in
 
 def parse_timings(index) -> tuple[float, float, int]:
     """(direct ustar/npy parse, tarfile + np.load) seconds over the samples of the first shard."""
-    from higgs_ds.sample_format import decode_sample, span_members, span_members_tarfile
+    from higgs_ds.data.sample_format import decode_sample, span_members, span_members_tarfile
 
     spans = []
     with open(index.shard_path(0), "rb") as f:
@@ -133,7 +133,7 @@ def parse_timings(index) -> tuple[float, float, int]:
 
 
 def encode_seconds_per_clip(fx: Path, sp: Path) -> float:
-    from higgs_ds.codec import AudioEncoder
+    from higgs_ds.data.codec import AudioEncoder
 
     enc = AudioEncoder(str(fx / "audio_tokenizer"), cache_dir=None, device="cpu")
     wavs = sorted((sp / "wavs").glob("*.wav"))[:4]
@@ -145,7 +145,7 @@ def encode_seconds_per_clip(fx: Path, sp: Path) -> float:
 
 
 def padding_rows() -> list[tuple[str, str, str]]:
-    from higgs_ds.plan import PlanSettings, plan_epoch, random_batches_efficiency, sample_costs
+    from higgs_ds.data.plan import PlanSettings, plan_epoch, random_batches_efficiency, sample_costs
 
     real = realistic_rows()
     costs = sample_costs(real)
@@ -163,12 +163,12 @@ def padding_rows() -> list[tuple[str, str, str]]:
 def main() -> list[tuple[str, str, str]]:
     import torch
 
+    from higgs_ds.checkpoints.model import load_model, load_tokenizer
     from higgs_ds.config import ModelConfig
-    from higgs_ds.collate import make_collator
-    from higgs_ds.data import BatchReader
-    from higgs_ds.model import load_model, load_tokenizer
-    from higgs_ds.plan import PlanSettings, plan_epoch
-    from higgs_ds.shard_index import ShardIndex
+    from higgs_ds.data.collate import make_collator
+    from higgs_ds.data.loader import BatchReader
+    from higgs_ds.data.plan import PlanSettings, plan_epoch
+    from higgs_ds.data.shard_index import ShardIndex
 
     torch.set_num_threads(1)
     fx, sp = fixtures(), speech()

@@ -19,7 +19,7 @@ from bench.common import WORK, fixtures, replicated_chatml, speech, table, timed
 
 def synthetic_index(root: Path, n: int) -> None:
     """A million-row index in our format, and the naive baseline: one JSON object per sample (JSONL)."""
-    from higgs_ds.shard_index import FORMAT_VERSION, INDEX_COLUMNS
+    from higgs_ds.data.shard_index import FORMAT_VERSION, INDEX_COLUMNS
 
     rng = np.random.default_rng(0)
     cols = {k: rng.integers(0, 1000, n).astype(dt) for k, dt in INDEX_COLUMNS.items()}
@@ -37,9 +37,9 @@ def synthetic_index(root: Path, n: int) -> None:
 
 
 def main() -> list[tuple[str, str, str]]:
-    from higgs_ds.codec import AudioEncoder
-    from higgs_ds.shard_index import ShardIndex
-    from higgs_ds.shards import BuildConfig, build_shards
+    from higgs_ds.data.codec import AudioEncoder
+    from higgs_ds.data.shard_index import ShardIndex
+    from higgs_ds.data.shards import BuildConfig, build_shards
 
     fx, sp = fixtures(), speech()
     rows = []

@@ -22,7 +22,7 @@ FRAMES = 100  # per prompt: 4 s of audio at most
 
 
 def prompts(sp: Path, n: int = 3):
-    from higgs_ds.prompts import Prompt, Reference
+    from higgs_ds.listening.prompts import Prompt, Reference
 
     utts = [json.loads(x) for x in (sp / "utterances.jsonl").read_text().splitlines()]
     return [Prompt(f"p{i}", "bench", utts[i + 1]["text"], [Reference(utts[i]["text"], str(sp / utts[i]["audio"]))])
@@ -34,8 +34,8 @@ def real_time_factor(fx: Path, sp: Path) -> list[tuple[str, str, str]]:
     from boson_multimodal.data_types import AudioContent, ChatMLSample, Message
     from boson_multimodal.serve.serve_engine import HiggsAudioServeEngine
 
-    from higgs_ds.codec import load_audio_tokenizer
-    from higgs_ds.synthesis import ModelSource, SynthesisConfig, Synthesizer, load_model_for_generation
+    from higgs_ds.data.codec import load_audio_tokenizer
+    from higgs_ds.listening.synthesis import ModelSource, SynthesisConfig, Synthesizer, load_model_for_generation
 
     model, tok, _ = load_model_for_generation(ModelSource(model=str(fx / "model"), tokenizer=str(fx / "tokenizer")),
                                               "cpu")

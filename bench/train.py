@@ -59,14 +59,14 @@ def bare_loop(fx: Path, shards: Path) -> dict:
     import deepspeed
     import torch
 
+    from higgs_ds.checkpoints.model import apply_lora, batch_to_inputs, load_model, load_tokenizer
     from higgs_ds.config import load_config
-    from higgs_ds.collate import make_collator
-    from higgs_ds.data import BatchReader
+    from higgs_ds.data.collate import make_collator
+    from higgs_ds.data.loader import BatchReader
+    from higgs_ds.data.plan import PlanSettings, plan_epoch
+    from higgs_ds.data.shard_index import ShardIndex
     from higgs_ds.distributed import deepspeed_config, dist_env, init_distributed
-    from higgs_ds.loss import combine, token_sums
-    from higgs_ds.model import apply_lora, batch_to_inputs, load_model, load_tokenizer
-    from higgs_ds.plan import PlanSettings, plan_epoch
-    from higgs_ds.shard_index import ShardIndex
+    from higgs_ds.training.loss import combine, token_sums
 
     cfg = load_config(None, overrides(fx, shards, WORK / "bare"))
     device = init_distributed(dist_env(), 600)

@@ -128,80 +128,103 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> "TrainConfig":
-        def need(ok: bool, key: str, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"{key}: {msg}")
-
-        need(self.steps > 0, "steps", f"must be > 0, got {self.steps}")
-        need(self.grad_accum >= 1, "grad_accum", f"must be >= 1, got {self.grad_accum}")
-        need(self.precision in ("bf16", "fp32"), "precision", f"must be bf16 or fp32, got {self.precision!r}")
-        need(self.log_every >= 1, "log_every", "must be >= 1")
-        need(self.save_every >= 0, "save_every", "must be >= 0 (0 = only at the end)")
-        need(self.keep_last >= 1, "keep_last", "must be >= 1")
-        need(self.resume in ("auto", "never") or Path(self.resume).is_dir(), "resume",
-             f"must be auto, never or an existing checkpoint directory, got {self.resume!r}")
-        need(self.data.micro_batch_size >= 1, "data.micro_batch_size", f"must be >= 1, got {self.data.micro_batch_size}")
-        need(self.data.num_workers >= 0, "data.num_workers", "must be >= 0")
-        need(self.data.token_budget >= 0, "data.token_budget", "must be >= 0 (0 = fixed micro_batch_size)")
-        need(self.data.max_batch_size >= 1 and self.data.sort_window >= 1, "data.max_batch_size",
-             "max_batch_size and sort_window must be >= 1")
-        need(self.data.speaker_cap >= 0, "data.speaker_cap", "must be >= 0")
-        need(0 < self.data.speaker_temperature <= 1, "data.speaker_temperature", "must be in (0, 1]")
-        need(self.data.max_skipped_samples >= 0, "data.max_skipped_samples", "must be >= 0")
-        need(bool(self.data.train), "data.train", "is required (a shard directory built by `higgs-ds shards build`)")
-        train_sets = [p.strip() for p in self.data.train.split(",") if p.strip()]
-        need(not self.data.train_weights or len(self.data.train_weights) == len(train_sets), "data.train_weights",
-             f"has {len(self.data.train_weights)} weights for {len(train_sets)} shard set(s) in data.train")
-        need(all(w >= 0 for w in self.data.train_weights) and (not self.data.train_weights or
-                                                              sum(self.data.train_weights) > 0),
-             "data.train_weights", "must be >= 0 with a positive sum")
-        for key, path in [("data.train", p) for p in train_sets] + [("data.val", self.data.val)]:
-            if path and not is_url(path):
-                need((Path(path) / "index.json").is_file(), key, f"{path} has no index.json (not a finished shard set)")
-        need(self.optim.lr > 0, "optim.lr", f"must be > 0, got {self.optim.lr}")
-        need(self.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
-        need(self.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
-        need(self.data.collator in ("fast", "boson"), "data.collator",
-             f"must be fast or boson, got {self.data.collator!r}")
-        need(self.optim.schedule in ("cosine", "linear", "constant"), "optim.schedule",
-             f"must be cosine, linear or constant, got {self.optim.schedule!r}")
-        need(0 <= self.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
-        need(self.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = no clipping)")
-        need(all(0 <= b < 1 for b in self.optim.betas), "optim.betas", "must be in [0, 1)")
-        need(self.loss.text_weight >= 0 and self.loss.audio_weight >= 0, "loss", "weights must be >= 0")
-        need(self.loss.text_weight + self.loss.audio_weight > 0, "loss", "text_weight + audio_weight must be > 0")
-        need(self.lora.preset in ("attention_audio_ffn", "heads", "custom"), "lora.preset",
-             f"must be attention_audio_ffn, heads or custom, got {self.lora.preset!r}")
-        need(self.lora.preset != "custom" or bool(self.lora.targets), "lora.targets", "preset custom needs targets")
-        need(self.lora.rank >= 1, "lora.rank", f"must be >= 1, got {self.lora.rank}")
-        need(self.lora.alpha > 0, "lora.alpha", "must be > 0")
-        need(0 <= self.lora.dropout < 1, "lora.dropout", "must be in [0, 1)")
-        ev = self.eval
-        need(ev.synth_every >= 0, "eval.synth_every", "must be >= 0 (0 = never)")
-        need(ev.num_prompts >= 1, "eval.num_prompts", "must be >= 1")
-        need(ev.max_seconds > 0, "eval.max_seconds", "must be > 0")
-        need(ev.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
-        need(ev.temperature >= 0 and 0 < ev.top_p <= 1, "eval.temperature", "temperature >= 0 and top_p in (0, 1]")
-        need(ev.prompts is None or Path(ev.prompts).is_file(), "eval.prompts", f"{ev.prompts} does not exist")
-        need(not ev.synth_every or bool(ev.prompts or self.data.val), "eval.synth_every",
-             "needs eval.prompts or data.val (where prompts are drawn from)")
-        need(ev.select in SELECT_METRICS, "eval.select", f"must be one of {', '.join(SELECT_METRICS)}, got "
-                                                          f"{ev.select!r}")
-        unknown = sorted(set(ev.select_weights) - {"loss", "similarity", "wer"})
-        need(not unknown, "eval.select_weights", f"keys must be loss, similarity, wer; got {unknown}")
-        uses = {"loss": ["loss"], "similarity": ["similarity"], "wer": ["wer"],
-                "mix": [k for k, w in ev.select_weights.items() if w]}[ev.select]
-        # the default (loss) without data.val just keeps no best checkpoint; asking for more than that needs data.val
-        need("loss" not in uses or bool(self.data.val) or (ev.select == "loss" and not ev.patience), "eval.select",
-             f"{ev.select} needs data.val (eval loss)")
-        need(uses == ["loss"] or bool(ev.synth_every), "eval.select",
-             f"{ev.select} needs listening evaluations: set eval.synth_every")
-        need("wer" not in uses or bool(ev.asr_model), "eval.select", f"{ev.select} needs WER: set eval.asr_model")
-        need(ev.patience >= 0, "eval.patience", "must be >= 0 (0 = never stop early)")
-        local = self.model.path.startswith((".", "/")) or os.path.exists(self.model.path)
-        need(not local or (Path(self.model.path) / "config.json").is_file(), "model.path",
-             f"{self.model.path} has no config.json")
+        for check in (_check_run, _check_data, _check_training, _check_eval, _check_model):
+            check(self)
         return self
+
+
+def need(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _check_run(cfg: "TrainConfig") -> None:
+    """Steps, precision, logging, saving and resuming."""
+    need(cfg.steps > 0, "steps", f"must be > 0, got {cfg.steps}")
+    need(cfg.grad_accum >= 1, "grad_accum", f"must be >= 1, got {cfg.grad_accum}")
+    need(cfg.precision in ("bf16", "fp32"), "precision", f"must be bf16 or fp32, got {cfg.precision!r}")
+    need(cfg.log_every >= 1, "log_every", "must be >= 1")
+    need(cfg.save_every >= 0, "save_every", "must be >= 0 (0 = only at the end)")
+    need(cfg.keep_last >= 1, "keep_last", "must be >= 1")
+    need(cfg.resume in ("auto", "never") or Path(cfg.resume).is_dir(), "resume",
+         f"must be auto, never or an existing checkpoint directory, got {cfg.resume!r}")
+
+
+def _check_data(cfg: "TrainConfig") -> None:
+    """data.*: batching, speakers, and shard sets that exist."""
+    need(cfg.data.micro_batch_size >= 1, "data.micro_batch_size", f"must be >= 1, got {cfg.data.micro_batch_size}")
+    need(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+    need(cfg.data.token_budget >= 0, "data.token_budget", "must be >= 0 (0 = fixed micro_batch_size)")
+    need(cfg.data.max_batch_size >= 1 and cfg.data.sort_window >= 1, "data.max_batch_size",
+         "max_batch_size and sort_window must be >= 1")
+    need(cfg.data.speaker_cap >= 0, "data.speaker_cap", "must be >= 0")
+    need(0 < cfg.data.speaker_temperature <= 1, "data.speaker_temperature", "must be in (0, 1]")
+    need(cfg.data.max_skipped_samples >= 0, "data.max_skipped_samples", "must be >= 0")
+    need(bool(cfg.data.train), "data.train", "is required (a shard directory built by `higgs-ds shards build`)")
+    train_sets = [p.strip() for p in cfg.data.train.split(",") if p.strip()]
+    need(not cfg.data.train_weights or len(cfg.data.train_weights) == len(train_sets), "data.train_weights",
+         f"has {len(cfg.data.train_weights)} weights for {len(train_sets)} shard set(s) in data.train")
+    need(all(w >= 0 for w in cfg.data.train_weights) and (not cfg.data.train_weights or
+                                                          sum(cfg.data.train_weights) > 0),
+         "data.train_weights", "must be >= 0 with a positive sum")
+    for key, path in [("data.train", p) for p in train_sets] + [("data.val", cfg.data.val)]:
+        if path and not is_url(path):
+            need((Path(path) / "index.json").is_file(), key, f"{path} has no index.json (not a finished shard set)")
+
+
+def _check_training(cfg: "TrainConfig") -> None:
+    """optim.*, loss.* and lora.*."""
+    need(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
+    need(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+    need(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
+    need(cfg.data.collator in ("fast", "boson"), "data.collator",
+         f"must be fast or boson, got {cfg.data.collator!r}")
+    need(cfg.optim.schedule in ("cosine", "linear", "constant"), "optim.schedule",
+         f"must be cosine, linear or constant, got {cfg.optim.schedule!r}")
+    need(0 <= cfg.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")
+    need(cfg.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = no clipping)")
+    need(all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas", "must be in [0, 1)")
+    need(cfg.loss.text_weight >= 0 and cfg.loss.audio_weight >= 0, "loss", "weights must be >= 0")
+    need(cfg.loss.text_weight + cfg.loss.audio_weight > 0, "loss", "text_weight + audio_weight must be > 0")
+    need(cfg.lora.preset in ("attention_audio_ffn", "heads", "custom"), "lora.preset",
+         f"must be attention_audio_ffn, heads or custom, got {cfg.lora.preset!r}")
+    need(cfg.lora.preset != "custom" or bool(cfg.lora.targets), "lora.targets", "preset custom needs targets")
+    need(cfg.lora.rank >= 1, "lora.rank", f"must be >= 1, got {cfg.lora.rank}")
+    need(cfg.lora.alpha > 0, "lora.alpha", "must be > 0")
+    need(0 <= cfg.lora.dropout < 1, "lora.dropout", "must be in [0, 1)")
+
+
+def _check_eval(cfg: "TrainConfig") -> None:
+    """eval.*: listening, and what choosing the best checkpoint needs."""
+    ev = cfg.eval
+    need(ev.synth_every >= 0, "eval.synth_every", "must be >= 0 (0 = never)")
+    need(ev.num_prompts >= 1, "eval.num_prompts", "must be >= 1")
+    need(ev.max_seconds > 0, "eval.max_seconds", "must be > 0")
+    need(ev.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
+    need(ev.temperature >= 0 and 0 < ev.top_p <= 1, "eval.temperature", "temperature >= 0 and top_p in (0, 1]")
+    need(ev.prompts is None or Path(ev.prompts).is_file(), "eval.prompts", f"{ev.prompts} does not exist")
+    need(not ev.synth_every or bool(ev.prompts or cfg.data.val), "eval.synth_every",
+         "needs eval.prompts or data.val (where prompts are drawn from)")
+    need(ev.select in SELECT_METRICS, "eval.select", f"must be one of {', '.join(SELECT_METRICS)}, got "
+                                                      f"{ev.select!r}")
+    unknown = sorted(set(ev.select_weights) - {"loss", "similarity", "wer"})
+    need(not unknown, "eval.select_weights", f"keys must be loss, similarity, wer; got {unknown}")
+    uses = {"loss": ["loss"], "similarity": ["similarity"], "wer": ["wer"],
+            "mix": [k for k, w in ev.select_weights.items() if w]}[ev.select]
+    # the default (loss) without data.val just keeps no best checkpoint; asking for more than that needs data.val
+    need("loss" not in uses or bool(cfg.data.val) or (ev.select == "loss" and not ev.patience), "eval.select",
+         f"{ev.select} needs data.val (eval loss)")
+    need(uses == ["loss"] or bool(ev.synth_every), "eval.select",
+         f"{ev.select} needs listening evaluations: set eval.synth_every")
+    need("wer" not in uses or bool(ev.asr_model), "eval.select", f"{ev.select} needs WER: set eval.asr_model")
+    need(ev.patience >= 0, "eval.patience", "must be >= 0 (0 = never stop early)")
+
+
+def _check_model(cfg: "TrainConfig") -> None:
+    """model.path: a local directory holds config.json (a hub id is checked when resolved)."""
+    local = cfg.model.path.startswith((".", "/")) or os.path.exists(cfg.model.path)
+    need(not local or (Path(cfg.model.path) / "config.json").is_file(), "model.path",
+         f"{cfg.model.path} has no config.json")
 
 
 def _field_types(cls) -> dict[str, Any]:

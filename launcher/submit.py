@@ -32,7 +32,7 @@ class TrainTask:
     def __call__(self) -> dict:
         from higgs_ds.config import load_config
         from higgs_ds.distributed import StopSignal
-        from higgs_ds.train import train
+        from higgs_ds.training.loop import train
 
         env = submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
         stop = StopSignal((signal.SIGUSR1, signal.SIGUSR2, signal.SIGTERM))
@@ -59,7 +59,7 @@ def parse_time(text: str) -> int:
     return (int(days or 0) * 24 + h) * 60 + m + (1 if s else 0)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True)
     p.add_argument("--deepspeed", default="ds_configs/zero2.json")
@@ -76,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dist-timeout", type=float, default=300)
     p.add_argument("--wait", action="store_true", help="wait for the job and print its summary")
     p.add_argument("overrides", nargs="*", help="dotted key=value training overrides")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from higgs_ds.config import load_config
 
     load_config(args.config, args.overrides)  # a bad config fails here, not after the job waited in the queue

@@ -15,7 +15,7 @@ def fixtures_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def speech(tmp_path_factory) -> Path:
-    from higgs_ds.sample_data import make_sample_data
+    from higgs_ds.data.sample_data import make_sample_data
 
     out = tmp_path_factory.mktemp("speech")
     make_sample_data(out, speakers=3, utterances=4)
@@ -40,11 +40,11 @@ def shards(fixtures_dir, speech, code_cache, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_model(fixtures_dir, shards):
     """(model config, the tiny fp32 model, a reader over the session's shards), fresh for each test module."""
-    from higgs_ds.collate import make_collator
+    from higgs_ds.checkpoints.model import load_model, load_tokenizer
     from higgs_ds.config import ModelConfig
-    from higgs_ds.data import BatchReader
-    from higgs_ds.model import load_model, load_tokenizer
-    from higgs_ds.shard_index import ShardIndex
+    from higgs_ds.data.collate import make_collator
+    from higgs_ds.data.loader import BatchReader
+    from higgs_ds.data.shard_index import ShardIndex
 
     mcfg = ModelConfig(path=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"))
     model = load_model(mcfg)

@@ -10,7 +10,7 @@ def test_fixtures_load_through_boson_loaders(fixtures_dir):
     from boson_multimodal.model.higgs_audio import HiggsAudioModel
     from transformers import AutoTokenizer
 
-    from higgs_ds.codec import load_audio_tokenizer
+    from higgs_ds.data.codec import load_audio_tokenizer
 
     model = HiggsAudioModel.from_pretrained(fixtures_dir / "model", torch_dtype=torch.bfloat16)
     assert next(model.parameters()).dtype == torch.bfloat16
@@ -28,7 +28,7 @@ def test_fixtures_load_through_boson_loaders(fixtures_dir):
 
 def test_espeak_speech_encodes_to_25_frames_per_second(fixtures_dir, speech):
     from higgs_ds.audio import read_audio
-    from higgs_ds.codec import AudioEncoder
+    from higgs_ds.data.codec import AudioEncoder
 
     enc = AudioEncoder(str(fixtures_dir / "audio_tokenizer"), cache_dir=None, device="cpu")
     wav_path = speech / "wavs" / "spk1_000.wav"
@@ -49,7 +49,7 @@ def test_audio_tokenizer_with_mismatched_weights_is_an_error(fixtures_dir, tmp_p
 
     import pytest
 
-    from higgs_ds.codec import load_audio_tokenizer
+    from higgs_ds.data.codec import load_audio_tokenizer
 
     state = torch.load(fixtures_dir / "audio_tokenizer" / "model.pth", weights_only=True)
     dropped = sorted(state)[0]
@@ -64,7 +64,7 @@ def test_audio_tokenizer_with_mismatched_weights_is_an_error(fixtures_dir, tmp_p
 def test_fixture_codes_use_the_whole_code_space(fixtures_dir, speech):
     """Every codebook of the fixture tokenizer spreads espeak speech over its 1024 codes, as a trained codec does
     (a mismatch between shards and a model's codebook size cannot hide in a corner of the code space)."""
-    from higgs_ds.codec import AudioEncoder
+    from higgs_ds.data.codec import AudioEncoder
 
     enc = AudioEncoder(str(fixtures_dir / "audio_tokenizer"), cache_dir=None, device="cpu")
     codes = np.concatenate([enc.encode_file(p)[0] for p in sorted((speech / "wavs").glob("*.wav"))], axis=1)

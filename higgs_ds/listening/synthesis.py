@@ -1,0 +1,311 @@
+"""Speech from a model and a voice prompt, through boson_multimodal's own generation: the inputs its serve engine
+builds (prepare_chatml_sample, its collator, static KV caches), then HiggsAudioModel.generate, then its decode.
+Used by `higgs-ds synthesize` and by the listening evaluation during training (with the weights being trained)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from higgs_ds.audio import AudioError, read_audio
+from higgs_ds.data.chatml import RecordError, chatml_tokens
+from higgs_ds.listening.prompts import Prompt, Reference
+
+log = logging.getLogger(__name__)
+ASSISTANT_POSTFIX = "<|start_header_id|>assistant<|end_header_id|>\n\n"
+
+
+class SynthesisError(ValueError):
+    """One prompt cannot be generated; the message names the prompt and what is wrong."""
+
+
+@dataclass
+class SynthesisConfig:
+    """Sampling settings; the defaults are boson_multimodal's (HiggsAudioServeEngine.generate)."""
+
+    max_new_tokens: int = 750  # audio frames (25 a second) plus any text tokens after the audio
+    temperature: float = 0.7  # 0: greedy
+    top_p: float = 0.95
+    top_k: int | None = None
+    ras_win_len: int = 7  # repetition-aware sampling window (0: off)
+    ras_win_max_num_repeat: int = 2
+    seed: int = 0
+    force_audio: bool = True  # start the answer with <|audio_out_bos|>: a cloning prompt asks for speech
+
+
+@dataclass
+class Synthesis:
+    prompt: Prompt
+    audio: np.ndarray  # float32 mono
+    sample_rate: int
+    codes: np.ndarray  # (num_codebooks, frames) int16, delay pattern reverted: what the audio decodes from
+    generate_seconds: float
+    text: str  # text the model generated besides the audio (usually empty)
+
+    @property
+    def frames(self) -> int:
+        return int(self.codes.shape[1])
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / self.sample_rate
+
+    @property
+    def real_time_factor(self) -> float:
+        """Seconds of compute per second of audio (below 1: faster than real time)."""
+        return self.generate_seconds / max(1e-9, self.seconds)
+
+
+class Synthesizer:
+    """Generates one prompt at a time (boson's generate takes batch size 1) with a model already in memory: a base
+    model, one with a peft adapter applied in place, a merged one, or the model being trained."""
+
+    def __init__(self, model, tokenizer, audio_tokenizer, kv_cache_lengths=(1024, 4096, 8192)):
+        from copy import deepcopy
+
+        import torch
+        from boson_multimodal.data_collator.higgs_audio_collator import HiggsAudioSampleCollator
+        from transformers.cache_utils import StaticCache
+
+        self.model, self.tokenizer, self.audio_tokenizer = model, tokenizer, audio_tokenizer
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        config = model.config
+        model.set_audio_special_tokens(tokenizer)
+        self.context_limit = min(max(kv_cache_lengths), config.text_config.max_position_embeddings)
+        cache_config = deepcopy(config.text_config)  # the dual-FFN layers keep their own caches, as in the engine
+        cache_config.num_hidden_layers = config.text_config.num_hidden_layers + len(config.audio_dual_ffn_layers or [])
+        self.kv_caches = {n: StaticCache(config=cache_config, max_batch_size=1, max_cache_len=n, device=self.device,
+                                         dtype=self.dtype)
+                          for n in sorted(kv_cache_lengths) if n <= self.context_limit}
+        self.collator = HiggsAudioSampleCollator(  # the serve engine's settings
+            whisper_processor=None, encode_whisper_embed=config.encode_whisper_embed,
+            audio_in_token_id=config.audio_in_token_idx, audio_out_token_id=config.audio_out_token_idx,
+            audio_stream_bos_id=config.audio_stream_bos_id, audio_stream_eos_id=config.audio_stream_eos_id,
+            pad_token_id=config.pad_token_id, return_audio_in_tokens=False,
+            use_delay_pattern=config.use_delay_pattern, audio_num_codebooks=config.audio_num_codebooks, round_to=1)
+        self.num_codebooks, self.codebook_size = config.audio_num_codebooks, config.audio_codebook_size
+        self._torch = torch
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.audio_tokenizer.sampling_rate)
+
+    def reference_codes(self, ref: Reference, prompt: Prompt):
+        """Codes of a reference: stored ones as they are, a file encoded as the serve engine encodes it."""
+        import librosa
+
+        torch = self._torch
+        if ref.codes is not None:
+            codes = np.asarray(ref.codes)
+            if codes.ndim != 2 or codes.shape[0] < self.num_codebooks:
+                raise SynthesisError(f"{prompt.source}: reference codes have shape {codes.shape}, the model reads "
+                                     f"{self.num_codebooks} codebooks")
+            return torch.as_tensor(codes[:self.num_codebooks].astype(np.int64))
+        try:
+            read_audio(ref.audio)  # a clear error for a missing or broken file before librosa's own
+            wav, _ = librosa.load(ref.audio, sr=self.sample_rate)
+        except AudioError as e:
+            raise SynthesisError(f"{prompt.source}: reference clip: {e}") from None
+        except Exception as e:  # audioread/soundfile raise many kinds for a broken file
+            raise SynthesisError(f"{prompt.source}: reference clip {ref.audio} does not decode: {e}") from None
+        if len(wav) == 0:
+            raise SynthesisError(f"{prompt.source}: reference clip {ref.audio} holds no audio")
+        return self.audio_tokenizer.encode(wav, self.sample_rate).squeeze(0).cpu()
+
+    def inputs(self, prompt: Prompt, cfg: SynthesisConfig) -> dict:
+        """What HiggsAudioServeEngine._prepare_inputs builds, with stored reference codes used as they are."""
+        from dataclasses import asdict
+
+        from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample
+
+        torch = self._torch
+        if not prompt.text.strip():
+            raise SynthesisError(f"{prompt.source}: the text to speak is empty")
+        if not prompt.refs:
+            raise SynthesisError(f"{prompt.source}: no reference clip")
+        try:
+            ids, _ = chatml_tokens({"messages": prompt.messages(), "start_index": 0}, len(prompt.refs),
+                                   self.tokenizer)
+        except RecordError as e:
+            raise SynthesisError(f"{prompt.source}: {e}") from None
+        postfix = ASSISTANT_POSTFIX + ("<|audio_out_bos|>" if cfg.force_audio else "")
+        ids = list(ids) + self.tokenizer.encode(postfix, add_special_tokens=False)
+        codes = [self.reference_codes(r, prompt) for r in prompt.refs]
+        # each clip takes its frames plus the delay pattern's codebooks - 1 and a stream bos and eos
+        length = len(ids) + sum(c.shape[1] + self.num_codebooks + 1 for c in codes)
+        if length + cfg.max_new_tokens > self.context_limit:
+            raise SynthesisError(f"{prompt.source}: the prompt takes {length} positions (references "
+                                 f"{sum(c.shape[1] for c in codes) / self.audio_tokenizer.tps:.1f} s); with "
+                                 f"max_new_tokens {cfg.max_new_tokens} that is over the model's context of "
+                                 f"{self.context_limit}: use a shorter reference or fewer new tokens")
+        starts = np.cumsum([0] + [c.shape[1] for c in codes])[:-1]
+        sample = ChatMLDatasetSample(
+            input_ids=torch.LongTensor(ids), label_ids=None, audio_ids_concat=torch.cat(codes, dim=1),
+            audio_ids_start=torch.tensor(starts, dtype=torch.long), audio_waveforms_concat=None,
+            audio_waveforms_start=None, audio_sample_rate=None, audio_speaker_indices=None)
+        batch = asdict(self.collator([sample]))
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+    def generate(self, prompt: Prompt, cfg: SynthesisConfig) -> Synthesis:
+        inputs = self.inputs(prompt, cfg)
+        was_training = self.model.training
+        self.model.eval()
+        t0 = time.perf_counter()
+        try:
+            text_ids, waves, segments = self._generate(inputs, cfg)
+        except Exception as e:  # boson's generate fails on some token sequences (<|AUDIO_OUT|> sampled as text)
+            raise SynthesisError(f"{prompt.source}: generation failed inside boson_multimodal "
+                                 f"({type(e).__name__}: {str(e)[:300]})") from e
+        finally:
+            self.model.train(was_training)
+        seconds = time.perf_counter() - t0
+        if not waves:
+            raise SynthesisError(f"{prompt.source}: the model generated no audio (in {seconds:.1f} s)")
+        prompt_len = inputs["input_ids"].shape[1]
+        text = self.tokenizer.decode(text_ids[0, prompt_len:].tolist(), skip_special_tokens=True)
+        return Synthesis(prompt, np.concatenate(waves).astype(np.float32), self.sample_rate,
+                         np.concatenate(segments, axis=1), seconds, text)
+
+    def _generate(self, inputs: dict, cfg: SynthesisConfig):
+        """HiggsAudioModel.generate with the serve engine's arguments, then its decode of every audio segment."""
+        from boson_multimodal.model.higgs_audio.utils import revert_delay_pattern
+
+        for cache in self.kv_caches.values():
+            cache.reset()
+        with self._torch.no_grad():
+            text_ids, audio_out = self.model.generate(
+                **inputs, max_new_tokens=cfg.max_new_tokens, use_cache=True,
+                stop_strings=["<|end_of_text|>", "<|eot_id|>"], tokenizer=self.tokenizer,
+                do_sample=cfg.temperature > 0, temperature=cfg.temperature if cfg.temperature > 0 else None,
+                top_k=cfg.top_k, top_p=cfg.top_p, past_key_values_buckets=self.kv_caches,
+                ras_win_len=cfg.ras_win_len or None, ras_win_max_num_repeat=cfg.ras_win_max_num_repeat,
+                seed=cfg.seed)
+            waves, segments = [], []
+            for out in audio_out:
+                codes = revert_delay_pattern(out).clip(0, self.codebook_size - 1)[:, 1:-1]
+                if codes.shape[1] > 0:
+                    waves.append(self.audio_tokenizer.decode(codes.unsqueeze(0))[0, 0])
+                    segments.append(codes.cpu().numpy().astype(np.int16))
+        return text_ids, waves, segments
+
+
+def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
+    import soundfile as sf
+
+    from higgs_ds.files import atomic_write
+    import io
+
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(audio, -1.0, 1.0), sample_rate, format="WAV", subtype="PCM_16")
+    atomic_write(path, buf.getvalue())
+
+
+@dataclass
+class ModelSource:
+    """What to generate with: a model (base or merged), optionally a peft adapter, or a run's checkpoint (its
+    base model, text tokenizer and adapter as the run recorded them)."""
+
+    model: str | None = None  # directory or hub id[@revision]
+    adapter: str | None = None  # a peft adapter directory (RUN/adapter, a checkpoint's adapter/)
+    checkpoint: str | None = None  # a run directory (its latest), RUN/best, or a checkpoint step directory
+    tokenizer: str | None = None  # text tokenizer (default: the model's, or the run's)
+
+    def resolved(self) -> "ModelSource":
+        from higgs_ds.checkpoints.saving import run_config_of, step_dir
+
+        if self.checkpoint is None:
+            if self.model is None:
+                raise ValueError("name a model: --model DIR|ID (with --adapter DIR for an adapter), or "
+                                 "--checkpoint RUN")
+            return self
+        if self.adapter is not None:
+            raise ValueError("--checkpoint brings its own adapter; pass --adapter only with --model")
+        ckpt = step_dir(self.checkpoint)
+        run_model = run_config_of(ckpt)["model"]
+        return ModelSource(model=self.model or run_model["path"], adapter=str(ckpt / "adapter"),
+                           checkpoint=str(ckpt), tokenizer=self.tokenizer or run_model["tokenizer"])
+
+
+def load_model_for_generation(source: ModelSource, device: str, dtype: str = "auto"):
+    """(model, text tokenizer, description). An adapter is applied in place (peft), so the HiggsAudioModel object
+    itself generates with it; an adapter that does not fit the model is an error naming both."""
+    import torch
+
+    from higgs_ds.checkpoints.model import load_model, load_tokenizer
+    from higgs_ds.config import ModelConfig
+
+    source = source.resolved()
+    torch_dtype = {"auto": "auto", "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
+    mcfg = ModelConfig(path=source.model, tokenizer=source.tokenizer)
+    model = load_model(mcfg, torch_dtype)
+    tokenizer = load_tokenizer(mcfg)
+    if source.adapter is not None:
+        apply_adapter(model, source.adapter, source.model)
+    model.to(device).eval()
+    return model, tokenizer, {"model": source.model, "adapter": source.adapter, "checkpoint": source.checkpoint,
+                              "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+
+
+def apply_adapter(model, adapter: str, model_name: str):
+    from peft import PeftModel
+
+    config = Path(adapter) / "adapter_config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"adapter {adapter}: no adapter_config.json (a peft adapter directory is expected)")
+    try:
+        PeftModel.from_pretrained(model, adapter)
+    except (RuntimeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:400]
+        base = json.loads(config.read_text()).get("base_model_name_or_path")
+        raise ValueError(f"adapter {adapter} (trained on {base}) does not fit the model {model_name}: {first}") \
+            from None
+    return model
+
+
+def synthesize_prompts(synth: Synthesizer, prompts: list[Prompt], cfg: SynthesisConfig, out_dir: str | Path,
+                       progress: bool = True, deadline: float | None = None,
+                       wav_paths: dict[str, Path] | None = None) -> list[dict]:
+    """Generate every prompt into OUT_DIR/ID.wav (or WAV_PATHS[id]); one row each, with `error` for a prompt that
+    failed or was not reached before DEADLINE (time.time()), so no failure passes for an empty success."""
+    from tqdm import tqdm
+
+    out_dir = Path(out_dir)
+    rows = []
+    for prompt in tqdm(prompts, desc="synthesize", unit="prompt", disable=not progress, leave=False):
+        row = prompt.describe()
+        if deadline is not None and time.time() > deadline:
+            row["error"] = "not generated: the time budget ran out first"
+            rows.append(row)
+            continue
+        try:
+            result = synth.generate(prompt, cfg)
+        except SynthesisError as e:
+            log.error(f"error: {e}")
+            row["error"] = str(e)
+            rows.append(row)
+            continue
+        wav = (wav_paths or {}).get(prompt.id, out_dir / f"{prompt.id}.wav")
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        write_wav(wav, result.audio, result.sample_rate)
+        codes = wav.with_suffix(".codes.npy")
+        np.save(codes, result.codes, allow_pickle=False)
+        row.update(wav=str(wav), codes=str(codes), seconds=round(result.seconds, 3), frames=result.frames,
+                   generate_seconds=round(result.generate_seconds, 3),
+                   real_time_factor=round(result.real_time_factor, 4), generated_text=result.text)
+        rows.append(row)
+    return rows
+
+
+def summary(rows: list[dict]) -> dict:
+    done = [r for r in rows if "error" not in r]
+    audio = sum(r["seconds"] for r in done)
+    compute = sum(r["generate_seconds"] for r in done)
+    return {"prompts": len(rows), "generated": len(done), "failed": len(rows) - len(done),
+            "audio_seconds": round(audio, 3), "generate_seconds": round(compute, 3),
+            "real_time_factor": round(compute / audio, 4) if audio else None}

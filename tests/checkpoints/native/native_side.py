@@ -1,0 +1,173 @@
+"""The transformers-native side of tests/checkpoints/native: run by .venv-native's python (transformers 5.x + peft, no
+boson_multimodal), one command a call, tensors in and out as torch.save files.
+
+  build-model     a tiny HiggsAudioV2ForConditionalGeneration saved by transformers, with a text tokenizer saved by it
+  resave-tokenizer  a native audio tokenizer loaded strictly and saved again by HiggsAudioV2TokenizerModel
+  logits          text and audio logits of a native model (optionally with a peft adapter) on given inputs
+  step            our loss on native logits, backward, one AdamW step of the LoRA weights
+  generate        transformers' generate on a native model, seeded
+  encode          a native audio tokenizer's codes for waveforms
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # higgs_ds.training.loss: our loss, on the native logits
+
+
+def load(path, adapter=None, trainable=False):
+    from transformers import HiggsAudioV2ForConditionalGeneration
+
+    model, info = HiggsAudioV2ForConditionalGeneration.from_pretrained(path, use_text_head=True, dtype=torch.float32,
+                                                                       output_loading_info=True)
+    problems = {k: v for k, v in info.items() if v}
+    if problems:
+        raise SystemExit(f"{path} did not load cleanly: {problems}")
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    return model
+
+
+def heads(model, inputs):
+    """(text logits, audio logits (B, L, codebooks, codebook_size)) at every position."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                        position_ids=inputs["position_ids"], audio_input_ids=inputs["audio_input_ids"],
+                        audio_input_ids_mask=inputs["audio_input_ids_mask"]).last_hidden_state
+    audio = base.audio_lm_head(hidden)
+    cfg = base.config
+    return base.text_lm_head(hidden), audio.view(*audio.shape[:2], cfg.num_codebooks, cfg.codebook_size)
+
+
+def build_model(args):
+    from transformers import AutoTokenizer, HiggsAudioV2Config, HiggsAudioV2ForConditionalGeneration
+
+    tok = AutoTokenizer.from_pretrained(args.tokenizer)
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>",
+                                                     "<|AUDIO_OUT|>", "<|audio_out_bos|>",
+                                                     "<|reserved_special_token_6|>")}
+    config = HiggsAudioV2Config(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=4096, rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0, "high_freq_factor": 4.0,
+                         "low_freq_factor": 1.0, "original_max_position_embeddings": 2048},
+        pad_token_id=ids["<|end_of_text|>"], bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ids["<|eot_id|>"],
+        num_codebooks=8, codebook_size=1026, audio_token_id=ids["<|AUDIO_OUT|>"],
+        audio_bos_token_id=ids["<|audio_out_bos|>"], audio_delay_token_id=ids["<|reserved_special_token_6|>"])
+    torch.manual_seed(args.seed)
+    model = HiggsAudioV2ForConditionalGeneration(config, use_text_head=True)
+    model.save_pretrained(args.out)
+    tok.save_pretrained(args.out)
+    print(json.dumps({"parameters": sum(p.numel() for p in model.parameters())}))
+
+
+def resave_tokenizer(args):
+    from transformers import HiggsAudioV2TokenizerModel
+
+    model, info = HiggsAudioV2TokenizerModel.from_pretrained(args.src, output_loading_info=True)
+    problems = {k: v for k, v in info.items() if v}
+    if problems:
+        raise SystemExit(f"{args.src} did not load cleanly: {problems}")
+    model.save_pretrained(args.out)
+    print(json.dumps({"parameters": sum(p.numel() for p in model.parameters())}))
+
+
+def logits(args):
+    model = load(args.model, args.adapter).eval()
+    inputs = torch.load(args.inputs)
+    with torch.no_grad():
+        text, audio = heads(model, inputs)
+    torch.save({"text": text, "audio": audio[inputs["audio_out_mask"]]}, args.out)
+
+
+def step(args):
+    """One optimizer step as higgs_ds/train.py takes it: per-token means of the text and audio CE (loss.py) from
+    the native model's logits, backward, AdamW on the LoRA weights."""
+    from higgs_ds.training.loss import combine, token_sums
+
+    model = load(args.model, args.adapter, trainable=True).train()
+    inputs = torch.load(args.inputs)
+    text, audio = heads(model, inputs)
+    outputs = SimpleNamespace(logits=text, expanded_labels=inputs["expanded_labels"],
+                              audio_logits=audio[inputs["audio_out_mask"]])
+    sums = token_sums(outputs, inputs["label_audio_ids"])
+    loss = combine(sums, float(sums.text_tokens), float(sums.audio_tokens), 1.0, 1.0)
+    loss.backward()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    grads = {n: p.grad.detach().clone() for n, p in params.items()}
+    torch.optim.AdamW(params.values(), lr=args.lr, weight_decay=0.0).step()
+    torch.save({"loss": loss.detach(), "text_sum": sums.text_sum.detach(), "audio_sum": sums.audio_sum.detach(),
+                "grads": grads, "params": {n: p.detach().clone() for n, p in params.items()}}, args.out)
+
+
+def generate(args):
+    model = load(args.model).eval()
+    prompt = torch.tensor([json.loads(args.prompt)])
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(args.seed)
+        out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=args.frames,
+                             do_sample=True, temperature=0.7, top_p=0.95)
+        runs.append(out)
+    torch.save({"codes": runs[0], "again": runs[1]}, args.out)
+
+
+def encode(args):
+    from transformers import HiggsAudioV2TokenizerModel
+
+    model = HiggsAudioV2TokenizerModel.from_pretrained(args.tokenizer).eval()
+    if args.acoustic_pad is not None:
+        model.pad = args.acoustic_pad
+    codes = []
+    with torch.no_grad():
+        for wav in torch.load(args.wavs):
+            codes.append(model.encode(wav.view(1, 1, -1), return_dict=False)[0])
+    torch.save(codes, args.out)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("build-model")
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=build_model)
+    p = sub.add_parser("resave-tokenizer")
+    p.add_argument("--src", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=resave_tokenizer)
+    for name, func in (("logits", logits), ("step", step)):
+        p = sub.add_parser(name)
+        p.add_argument("--model", required=True)
+        p.add_argument("--inputs", required=True)
+        p.add_argument("--out", required=True)
+        p.add_argument("--adapter", default=None)
+        p.add_argument("--lr", type=float, default=1e-3)
+        p.set_defaults(func=func)
+    p = sub.add_parser("generate")
+    p.add_argument("--model", required=True)
+    p.add_argument("--prompt", required=True, help="token ids as a JSON list")
+    p.add_argument("--frames", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=generate)
+    p = sub.add_parser("encode")
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--wavs", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--acoustic-pad", type=int, default=None)
+    p.set_defaults(func=encode)
+    args = parser.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
