@@ -30,7 +30,7 @@ def evaluate(engine, reader: BatchReader, cfg: TrainConfig, rank: int, world: in
     """Teacher-forced losses over the validation set, every sample counted once across the ranks."""
     engine.eval()
     ncb = engine.module.config.audio_num_codebooks
-    stats = StepStats(ncb)
+    stats = StepStats(ncb, device)
     hits = torch.zeros(len(TOP_K), ncb, dtype=torch.long)
     plan = plan_eval(len(reader.index), rank, world, cfg.data.micro_batch_size)
     if cfg.eval_batches:
@@ -46,7 +46,7 @@ def evaluate(engine, reader: BatchReader, cfg: TrainConfig, rank: int, world: in
                 if sums.codebook_tokens.numel():
                     hits += codebook_hits(outputs, inputs["label_audio_ids"], TOP_K)
     engine.train()
-    total = stats.all_reduced(device)
+    total = stats.all_reduced()
     hits = np.asarray(all_reduce_sum(hits.flatten().tolist(), device)).reshape(len(TOP_K), ncb)
     tokens = np.maximum(total.codebook_tokens, 1)
     accuracy = {}

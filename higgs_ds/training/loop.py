@@ -31,11 +31,11 @@ from higgs_ds.listening.report import write_report
 from higgs_ds.logs import setup_logging
 from higgs_ds.training.best import Best, metrics_used, selection_score
 from higgs_ds.training.evaluation import Evaluators, log_eval, log_listening
-from higgs_ds.training.loss import IGNORE, combine, token_sums
+from higgs_ds.training.loss import combine, token_sums
 from higgs_ds.training.metrics import Metrics
 from higgs_ds.training.preflight import check_model_fits_data
 from higgs_ds.training.run_dir import own_run_dir, refuse_a_live_run_dir
-from higgs_ds.training.stats import StepStats
+from higgs_ds.training.stats import StepStats, step_label_counts
 
 log = logging.getLogger(__name__)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # DataLoader workers fork after the tokenizer ran
@@ -78,14 +78,6 @@ class TrainState:
         return {"step": self.step, "data": self.data.to_dict(), "skipped_steps": self.skipped_steps,
                 "skipped_samples": self.skipped_samples, "best": self.best.to_dict(), "plan": plan_key,
                 "config": to_dict(cfg)}
-
-
-def label_counts(batch) -> tuple[int, int]:
-    """Text and audio (frame x codebook) tokens this micro-batch trains on, known before its forward pass."""
-    text = int((batch.label_ids != IGNORE).sum())
-    audio = 0 if batch.label_audio_ids is None or batch.label_audio_ids.numel() == 0 else \
-        int((batch.label_audio_ids[:, 1:] != IGNORE).sum())
-    return text, audio
 
 
 def weight_checksums(engine, device) -> list[float]:
@@ -153,7 +145,8 @@ def restore(engine, optimizer, cfg: TrainConfig, plan_key: dict) -> tuple[TrainS
 def train_step(engine, stream, state: TrainState, cfg: TrainConfig, device, stop: StopSignal,
                frame_rate: float) -> tuple[dict, bool]:
     """One optimizer step over `grad_accum` micro-batches; returns its metrics row and whether some rank asked to
-    stop (every rank gets the same answer)."""
+    stop (every rank gets the same answer). The step's numbers stay on the device until after the optimizer step,
+    then come to the host in one read."""
     import torch.distributed as dist
 
     t0 = time.perf_counter()
@@ -162,11 +155,11 @@ def train_step(engine, stream, state: TrainState, cfg: TrainConfig, device, stop
         state.data, batch, skipped = next(stream)
         micro.append((batch, skipped))
     t1 = time.perf_counter()
-    counts = [label_counts(b) for b, _ in micro]
-    text_total, audio_total = all_reduce_sum([sum(c[0] for c in counts), sum(c[1] for c in counts)], device)
+    local_labels, label_totals = step_label_counts([b for b, _ in micro], device)
+    text_total, audio_total = label_totals[0], label_totals[1]
     lr = engine.optimizer.param_groups[0]["lr"]  # the rate this step's update uses
     scale = dist.get_world_size() * cfg.grad_accum  # DeepSpeed averages over ranks and divides by accumulation steps
-    stats = StepStats(engine.module.config.audio_num_codebooks)
+    stats = StepStats(engine.module.config.audio_num_codebooks, device)
     for batch, skipped in micro:
         inputs = batch_to_inputs(batch, device)
         sums = token_sums(engine(**inputs), inputs["label_audio_ids"])
@@ -176,16 +169,25 @@ def train_step(engine, stream, state: TrainState, cfg: TrainConfig, device, stop
     state.step += 1
     skipped_now = engine.skipped_steps - state.skipped_steps
     state.skipped_steps = engine.skipped_steps
-    total = stats.all_reduced(device, stop=stop.received is not None)
+    grad_norm = engine.get_global_grad_norm()  # a device tensor after a step; None or a float otherwise
+    norm_on_device = isinstance(grad_norm, torch.Tensor)
+    # riding in the stats' all-reduce: this rank's label counts (their sum is the totals the loss used) and the
+    # grad norm, which every rank holds, from rank 0 only (so the sum is exactly its value)
+    also = [local_labels]
+    if norm_on_device:
+        also.append(grad_norm.reshape(1) if dist.get_rank() == 0 else torch.zeros_like(grad_norm).reshape(1))
+    total = stats.all_reduced(stop=stop.received is not None, also=tuple(also))
+    label_text, label_audio = total.also[:2]
+    grad_norm = total.also[2] if norm_on_device else float(grad_norm or 0.0)
     state.skipped_samples += int(total.skipped_samples)
     t2 = time.perf_counter()
-    if (total.text_tokens, total.audio_tokens) != (text_total, audio_total):
-        raise TrainingError(f"step {state.step}: label counts before the forward ({text_total}, {audio_total}) "
+    if (total.text_tokens, total.audio_tokens) != (label_text, label_audio):
+        raise TrainingError(f"step {state.step}: label counts before the forward ({label_text}, {label_audio}) "
                             f"differ from the loss's ({total.text_tokens}, {total.audio_tokens}): loss normalisation "
                             f"would be wrong")
     row = {"step": state.step, "loss": cfg.loss.text_weight * total.text_loss + cfg.loss.audio_weight *
            total.audio_loss, "text_loss": total.text_loss, "audio_loss": total.audio_loss, "lr": lr,
-           "grad_norm": float(engine.get_global_grad_norm() or 0.0), "text_tokens": int(total.text_tokens),
+           "grad_norm": grad_norm, "text_tokens": int(total.text_tokens),
            "audio_tokens": int(total.audio_tokens), "audio_text_token_ratio": total.audio_tokens /
            max(1, total.text_tokens), "tokens_per_s": total.positions / max(1e-9, t2 - t0),
            "audio_seconds_per_s": total.audio_seconds / max(1e-9, t2 - t0), "step_time_s": t2 - t0,

@@ -1,62 +1,36 @@
-"""Per-step statistics with named fields: summed over a step's micro-batches on each rank, then over the ranks in
-one all-reduce that also carries the stop agreement."""
+"""Per-step statistics with named fields, kept where they are made: loss sums and token counts as one float64
+vector on the step's device (no host read per micro-batch), batch sizes as host numbers (the collated batch is on
+the host). `all_reduced` sums both over the ranks in one all-reduce, with the stop agreement and any other device
+scalars the step needs, and reads the result to the host once."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from higgs_ds.distributed import all_reduce_sum
 from higgs_ds.training.loss import TokenSums
+
+DEVICE_FIELDS = ("text_sum", "audio_sum", "text_tokens", "audio_tokens")  # then codebook sums, codebook tokens
+HOST_FIELDS = ("positions", "audio_seconds", "skipped_samples", "stop")
 
 
 @dataclass
-class StepStats:
-    num_codebooks: int
-    text_sum: float = 0.0  # summed CE over text tokens
-    audio_sum: float = 0.0  # summed CE over (frame, codebook) pairs
-    text_tokens: float = 0.0
-    audio_tokens: float = 0.0
-    positions: float = 0.0  # sequence positions the model ran (text + audio steps): the tokens of tokens/s
-    audio_seconds: float = 0.0
-    skipped_samples: float = 0.0  # samples of the step's micro-batches that did not read or decode
-    stop: float = 0.0  # > 0 once reduced: some rank received a stop signal
-    codebook_sums: np.ndarray = field(default=None)
-    codebook_tokens: np.ndarray = field(default=None)
+class StepTotals:
+    """A step's statistics summed over its micro-batches and the ranks, as host numbers."""
 
-    def __post_init__(self):
-        if self.codebook_sums is None:
-            self.codebook_sums = np.zeros(self.num_codebooks)
-        if self.codebook_tokens is None:
-            self.codebook_tokens = np.zeros(self.num_codebooks)
-
-    def add(self, sums: TokenSums, batch, frame_rate: float, skipped: int = 0) -> None:
-        """One micro-batch's loss sums and sizes, and how many of its samples were skipped."""
-        self.skipped_samples += skipped
-        self.text_sum += sums.text_sum.item()
-        self.audio_sum += sums.audio_sum.item()
-        self.text_tokens += sums.text_tokens.item()
-        self.audio_tokens += sums.audio_tokens.item()
-        if sums.codebook_tokens.numel():
-            self.codebook_sums += sums.codebook_sums.cpu().numpy()
-            self.codebook_tokens += sums.codebook_tokens.cpu().numpy()
-        audio_steps = sum(0 if x is None else x.shape[-1] for x in (batch.audio_in_ids, batch.audio_out_ids))
-        self.positions += int(batch.attention_mask.sum()) + audio_steps
-        self.audio_seconds += audio_steps / frame_rate
-
-    def all_reduced(self, device, stop: bool = False) -> "StepStats":
-        """Every field summed over the ranks, this rank's stop flag included (one all-reduce)."""
-        scalars = [f.name for f in fields(self) if f.name not in ("num_codebooks", "codebook_sums", "codebook_tokens")]
-        local = [getattr(self, k) for k in scalars]
-        local[scalars.index("stop")] = 1.0 if stop else 0.0
-        n = self.num_codebooks
-        summed = np.asarray(all_reduce_sum(local + self.codebook_sums.tolist() + self.codebook_tokens.tolist(),
-                                           device))
-        out = StepStats(n, **dict(zip(scalars, summed[:len(scalars)].tolist())))
-        out.codebook_sums = summed[len(scalars):len(scalars) + n]
-        out.codebook_tokens = summed[len(scalars) + n:]
-        return out
+    text_sum: float  # summed CE over text tokens
+    audio_sum: float  # summed CE over (frame, codebook) pairs
+    text_tokens: float
+    audio_tokens: float
+    positions: float  # sequence positions the model ran (text + audio steps): the tokens of tokens/s
+    audio_seconds: float
+    skipped_samples: float  # samples of the step's micro-batches that did not read or decode
+    stop: float  # > 0: some rank received a stop signal
+    codebook_sums: np.ndarray
+    codebook_tokens: np.ndarray
+    also: list[float]  # the extra device scalars passed to all_reduced, summed, in order
 
     @property
     def text_loss(self) -> float:
@@ -69,3 +43,65 @@ class StepStats:
     def codebook_losses(self) -> dict[str, float]:
         return {f"audio_loss_cb{i}": float(s / t) for i, (s, t) in enumerate(zip(self.codebook_sums,
                                                                                    self.codebook_tokens)) if t}
+
+
+class StepStats:
+    """One rank's sums over a step's micro-batches."""
+
+    def __init__(self, num_codebooks: int, device):
+        self.num_codebooks = num_codebooks
+        self.device = device
+        self.sums = torch.zeros(len(DEVICE_FIELDS) + 2 * num_codebooks, dtype=torch.float64, device=device)
+        self.host = dict.fromkeys(HOST_FIELDS, 0.0)
+
+    def add(self, sums: TokenSums, batch, frame_rate: float, skipped: int = 0) -> None:
+        """One micro-batch's loss sums (device tensors, left there), its sizes (from the host batch) and how many
+        of its samples were skipped."""
+        n = self.num_codebooks
+        scalars = torch.stack([sums.text_sum.detach(), sums.audio_sum.detach(), sums.text_tokens,
+                               sums.audio_tokens]).to(torch.float64)
+        if sums.codebook_tokens.numel():
+            per_codebook = torch.cat([sums.codebook_sums.to(torch.float64), sums.codebook_tokens.to(torch.float64)])
+        else:  # no audio in this micro-batch
+            per_codebook = torch.zeros(2 * n, dtype=torch.float64, device=self.sums.device)
+        self.sums += torch.cat([scalars, per_codebook])
+        audio_steps = sum(0 if x is None else x.shape[-1] for x in (batch.audio_in_ids, batch.audio_out_ids))
+        self.host["positions"] += float(batch.attention_mask.numpy().sum()) + audio_steps
+        self.host["audio_seconds"] += audio_steps / frame_rate
+        self.host["skipped_samples"] += skipped
+
+    def all_reduced(self, stop: bool = False, also: tuple[torch.Tensor, ...] = ()) -> StepTotals:
+        """Every field summed over the ranks, this rank's stop flag and the scalars in `also` included: one
+        all-reduce, one read to the host."""
+        import torch.distributed as dist
+
+        host = [*(self.host[k] for k in HOST_FIELDS[:-1]), 1.0 if stop else 0.0]
+        extra = [t.detach().reshape(-1).to(torch.float64) for t in also]
+        vector = torch.cat([self.sums, torch.tensor(host, dtype=torch.float64).to(self.sums.device), *extra])
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(vector)
+        values = vector.tolist()
+        k, n = len(DEVICE_FIELDS), self.num_codebooks
+        named = dict(zip(DEVICE_FIELDS, values[:k]))
+        named.update(zip(HOST_FIELDS, values[k + 2 * n:k + 2 * n + len(HOST_FIELDS)]))
+        return StepTotals(**named, codebook_sums=np.asarray(values[k:k + n]),
+                          codebook_tokens=np.asarray(values[k + n:k + 2 * n]),
+                          also=values[k + 2 * n + len(HOST_FIELDS):])
+
+
+def step_label_counts(batches, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text, audio) tokens the step's micro-batches train on, known before the forward passes from the host
+    batches: (this rank's, summed over the ranks), float64 device vectors. The sum normalises the loss; its
+    all-reduce is queued on the device and read by no one on the host."""
+    import torch.distributed as dist
+
+    from higgs_ds.data.collate import IGNORE
+
+    text = sum(int(np.count_nonzero(b.label_ids.numpy() != IGNORE)) for b in batches)
+    audio = sum(0 if b.label_audio_ids is None or b.label_audio_ids.numel() == 0 else
+                int(np.count_nonzero(b.label_audio_ids[:, 1:].numpy() != IGNORE)) for b in batches)
+    local = torch.tensor([text, audio], dtype=torch.float64).to(device)
+    total = local.clone()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(total)
+    return local, total

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from higgs_ds.checkpoints.model import batch_to_inputs
-from higgs_ds.training.loss import combine, token_sums
+from higgs_ds.training.loss import TokenSums, combine, token_sums
+
 
 def test_loss_matches_an_independent_per_sample_computation(tiny_model):
     """Per-token CE over the batch, computed here sample by sample with plain loops over positions and codebooks."""
@@ -39,3 +40,20 @@ def test_loss_matches_an_independent_per_sample_computation(tiny_model):
     assert audio_n == 8 * (target_frames + len(rows))  # every frame x codebook, + one stream eos per sample
     loss = combine(s, text_n, audio_n, 0.5, 2.0)
     assert float(loss) == pytest.approx(0.5 * text_sum / text_n + 2.0 * audio_sum / audio_n, rel=1e-4)
+
+
+def test_device_counts_give_the_loss_that_host_counts_give():
+    """The train loop passes the step's label counts as device tensors (no host read): the loss is bit-identical
+    to dividing by the same counts as numbers, and a zero count adds nothing."""
+    sums = TokenSums(torch.tensor(3.7), torch.tensor(11.3), torch.zeros(8), torch.tensor(7), torch.tensor(40),
+                     torch.zeros(8, dtype=torch.long))
+    counts = torch.tensor([7.0, 40.0], dtype=torch.float64)
+    as_numbers = combine(sums, 7.0, 40.0, 0.5, 2.0)
+    as_tensors = combine(sums, counts[0], counts[1], 0.5, 2.0)
+    assert as_tensors.dtype == as_numbers.dtype == torch.float32
+    assert as_tensors.item() == as_numbers.item() == pytest.approx(0.5 * 3.7 / 7 + 2.0 * 11.3 / 40)
+    no_audio = TokenSums(torch.tensor(3.7), torch.tensor(0.0), torch.zeros(0), torch.tensor(7), torch.tensor(0),
+                         torch.zeros(0, dtype=torch.long))
+    zero = torch.tensor([7.0, 0.0], dtype=torch.float64)
+    assert combine(no_audio, zero[0], zero[1], 0.5, 2.0).item() == combine(no_audio, 7.0, 0.0, 0.5, 2.0).item() == \
+        pytest.approx(0.5 * 3.7 / 7)
