@@ -151,12 +151,12 @@ def padding_rows() -> list[tuple[str, str, str]]:
     costs = sample_costs(real)
     rows = []
     for budget in (4096, 8192, 16384):
-        p = plan_epoch(real, 0, 0, PlanSettings(world=8, workers=4, token_budget=budget, max_batch_size=64))
+        p = plan_epoch(real, 0, 0, PlanSettings(world=8, token_budget=budget, max_batch_size=64))
         mean_batch = np.mean([len(b) for r in p.batches for b in r])
         rand = random_batches_efficiency(costs, max(1, int(round(mean_batch))))
         rows.append((f"padding efficiency, budget {budget}", f"{p.padding_efficiency:.3f}",
                      f"vs {rand:.3f} random batches of {mean_batch:.1f}; dropped {p.dropped / p.selected:.2%} "
-                     f"(20k samples of 1-20 s, 8 ranks x 4 workers)"))
+                     f"(20k samples of 1-20 s, 8 ranks)"))
     return rows
 
 

@@ -89,7 +89,7 @@ def cmd_shards_plan(args) -> int:
     from higgs_ds.data.shard_index import ShardIndex
 
     index = ShardIndex.load(args.dir)
-    data = DataConfig(train=args.dir, micro_batch_size=args.micro_batch_size, num_workers=args.workers,
+    data = DataConfig(train=args.dir, micro_batch_size=args.micro_batch_size,
                       token_budget=args.token_budget, max_batch_size=args.max_batch_size, sort_window=args.sort_window,
                       speaker_cap=args.speaker_cap, speaker_temperature=args.speaker_temperature)
     settings = PlanSettings.from_config(data, world=args.world_size, accum=args.grad_accum)
@@ -216,7 +216,6 @@ def _add_shards_commands(sub) -> None:
     p = shards.add_parser("plan", help="batches per rank, drops and padding efficiency of an epoch's data plan")
     p.add_argument("dir")
     p.add_argument("--world-size", type=int, required=True)
-    p.add_argument("--workers", type=int, default=1, help="data loader workers per rank")
     p.add_argument("--token-budget", type=int, default=0, help="padded tokens per micro-batch (0: fixed size)")
     p.add_argument("--micro-batch-size", type=int, default=2, help="samples per micro-batch without a token budget")
     p.add_argument("--max-batch-size", type=int, default=64)

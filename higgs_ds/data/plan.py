@@ -1,12 +1,12 @@
 """The data plan of an epoch: which rows each rank reads in which micro-batch. A pure function of (index, seed,
-epoch, world size, workers, batching settings), so every rank computes the same plan with no communication.
+epoch, world size, batching settings), so every rank computes the same plan with no communication.
 
 Two batching modes:
 - samples (token_budget = 0): micro-batches of `micro` samples from one permutation; micro-batch k of rank r holds
   permuted samples [(k*W + r)*B, +B), so a step covers the same samples whatever the split into ranks and
   accumulation steps (2 ranks x B == 1 rank x accumulation 2 x B).
-- tokens (token_budget > 0): shard order shuffled; the sample sequence cut into one span per (rank, worker) of equal
-  token cost (a span may start mid-shard, so each worker reads mostly sequentially); inside windows of `window`
+- tokens (token_budget > 0): shard order shuffled; the sample sequence cut into one span per rank of equal token
+  cost (a span may start mid-shard, so each rank reads its own run of shards); inside windows of `window`
   samples, samples sorted by cost and packed into batches whose padded cost (longest x count) stays under the budget;
   batches shuffled. Either way every rank gets the same number of micro-batches (a multiple of the accumulation
   steps): the surplus is dropped for this epoch and reported.
@@ -50,7 +50,6 @@ class PlanSettings:
     world: int
     micro: int = 2  # samples per micro-batch (samples mode)
     accum: int = 1
-    workers: int = 1
     token_budget: int = 0  # padded tokens per micro-batch (tokens mode); 0 = samples mode
     max_batch_size: int = 64
     window: int = 2000
@@ -64,7 +63,6 @@ class PlanSettings:
                     clip_overhead: int = V2_CLIP_OVERHEAD) -> "PlanSettings":
         """The one place the data config becomes plan settings (training and `higgs-ds shards plan`)."""
         return cls(world=world, micro=data.micro_batch_size, accum=accum, clip_overhead=clip_overhead,
-                   workers=data.num_workers if data.token_budget else 0,  # samples mode does not split by worker
                    token_budget=data.token_budget, max_batch_size=data.max_batch_size, window=data.sort_window,
                    speaker_cap=data.speaker_cap, speaker_temperature=data.speaker_temperature,
                    source_weights=tuple(data.train_weights))
@@ -173,22 +171,16 @@ def plan_epoch(rows: dict[str, np.ndarray], seed: int, epoch: int, s: PlanSettin
     rank_of_shard = np.empty_like(shard_order)
     rank_of_shard[shard_order] = np.arange(len(shard_order))
     seq = chosen[np.lexsort((rows["offset"][chosen], rank_of_shard[rows["shard"][chosen]]))]
-    n_spans = s.world * max(1, s.workers)
+    # one span of equal token cost per rank (its loader workers share it): spans per worker sorted 4x fewer
+    # samples together at 4 workers, and padding at a 16k budget fell to 0.958 (0.978 this way)
     cum = np.cumsum(costs[seq])
-    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, n_spans) / n_spans, side="left") + 1
-    spans = np.split(seq, cuts)
-    span_batches, over = [], 0
-    for i, span in enumerate(spans):
+    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, s.world) / s.world, side="left") + 1
+    per_rank, over = [], 0
+    for r, span in enumerate(np.split(seq, cuts)):
         b, o = _pack(costs, span, s)
         over += o
-        order = np.random.default_rng([seed, epoch, i]).permutation(len(b))
-        span_batches.append([b[j] for j in order])
-    per_rank = []
-    for r in range(s.world):
-        mine = span_batches[r * max(1, s.workers):(r + 1) * max(1, s.workers)]
-        # round-robin over this rank's worker spans: DataLoader worker k % W reads span k % W
-        longest = max(len(b) for b in mine)
-        per_rank.append([b[k] for k in range(longest) for b in mine if k < len(b)])
+        order = np.random.default_rng([seed, epoch, r]).permutation(len(b))
+        per_rank.append([b[j] for j in order])
     if min(len(b) for b in per_rank) < s.accum:
         raise ValueError(f"token budget {s.token_budget} gives some rank fewer than {s.accum} micro-batches this "
                          f"epoch; the data set is too small for world {s.world} x accumulation {s.accum}")

@@ -29,7 +29,7 @@ def test_multi_worker_loaders_give_equal_batches_and_resume_exactly(reader, worl
 
     from higgs_ds.data.loader import DataPosition, stream_batches
 
-    s = PlanSettings(world=world, micro=1, accum=1, workers=2, token_budget=400, max_batch_size=4)
+    s = PlanSettings(world=world, micro=1, accum=1, token_budget=400, max_batch_size=4)
     per_rank = []
     for rank in range(world):
         stream = stream_batches(reader, 0, rank, s, DataPosition(), num_workers=2)
@@ -232,7 +232,7 @@ def test_epoch_loaders_start_on_the_training_thread_while_it_draws_random_number
 
     loader.epoch_loader = recording
     try:
-        s = PlanSettings(world=1, micro=4, accum=1, workers=1)
+        s = PlanSettings(world=1, micro=4, accum=1)
         stream = stream_batches(reader, 0, 0, s, DataPosition(), num_workers=1, lookahead=2)
         with ThreadPoolExecutor(1) as pool:  # next(stream) on one thread that stands for the training thread
             positions = []

@@ -26,7 +26,7 @@ def uneven_rows(sizes=(37, 3, 120, 9, 64, 1, 80), seed=0):
 @pytest.mark.parametrize("mode", ["samples", "tokens"])
 def test_every_rank_gets_the_same_batch_count_and_every_sample_once(world, mode):
     rows = uneven_rows()
-    s = PlanSettings(world=world, micro=3, accum=2, workers=2, token_budget=6000 if mode == "tokens" else 0)
+    s = PlanSettings(world=world, micro=3, accum=2, token_budget=6000 if mode == "tokens" else 0)
     for epoch in range(3):
         plan = plan_epoch(rows, seed=1, epoch=epoch, s=s)
         counts = plan.batches_per_rank
@@ -42,11 +42,14 @@ def test_every_rank_gets_the_same_batch_count_and_every_sample_once(world, mode)
     assert not np.array_equal(plan_epoch(rows, seed=1, epoch=0, s=s).batches[0][0], other)  # reshuffled per epoch
 
 
-def test_token_budget_beats_random_batching_on_padding():
+@pytest.mark.parametrize("budget", [4096, 8192, 16384])
+def test_token_budget_beats_random_batching_on_padding(budget):
+    """8 ranks: each rank's share of the epoch is sorted and packed as one span (per loader worker, 4 workers,
+    padding at a 16k budget was 0.958)."""
     rows = uneven_rows(sizes=(2000, 700, 3100, 1500, 2700), seed=3)
-    plan = plan_epoch(rows, 0, 0, PlanSettings(world=8, workers=4, token_budget=8000, max_batch_size=64))
+    plan = plan_epoch(rows, 0, 0, PlanSettings(world=8, token_budget=budget, max_batch_size=64))
     rand = random_batches_efficiency(sample_costs(rows), 8)
-    assert plan.padding_efficiency >= 0.95 > rand
+    assert plan.padding_efficiency >= 0.97 > rand
     assert plan.dropped / plan.selected < 0.01
 
 
