@@ -104,10 +104,14 @@ def deepspeed_config(path: str, micro: int, accum: int, world: int, precision: s
 
 
 def all_reduce_sum(values: list[float], device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+    return sum_over_ranks(torch.tensor(values, dtype=torch.float64, device=device)).tolist()
+
+
+def sum_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """T summed in place over the ranks (a no-op in one process); nothing is read to the host."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t)
-    return t.tolist()
+    return t
 
 
 class StopSignal:

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from higgs_ds.training.loss import TokenSums
+from higgs_ds.distributed import sum_over_ranks
+from higgs_ds.training.loss import IGNORE, TokenSums
 
 DEVICE_FIELDS = ("text_sum", "audio_sum", "text_tokens", "audio_tokens")  # then codebook sums, codebook tokens
 HOST_FIELDS = ("positions", "audio_seconds", "skipped_samples", "stop")
@@ -50,7 +51,6 @@ class StepStats:
 
     def __init__(self, num_codebooks: int, device):
         self.num_codebooks = num_codebooks
-        self.device = device
         self.sums = torch.zeros(len(DEVICE_FIELDS) + 2 * num_codebooks, dtype=torch.float64, device=device)
         self.host = dict.fromkeys(HOST_FIELDS, 0.0)
 
@@ -73,14 +73,10 @@ class StepStats:
     def all_reduced(self, stop: bool = False, also: tuple[torch.Tensor, ...] = ()) -> StepTotals:
         """Every field summed over the ranks, this rank's stop flag and the scalars in `also` included: one
         all-reduce, one read to the host."""
-        import torch.distributed as dist
-
         host = [*(self.host[k] for k in HOST_FIELDS[:-1]), 1.0 if stop else 0.0]
         extra = [t.detach().reshape(-1).to(torch.float64) for t in also]
         vector = torch.cat([self.sums, torch.tensor(host, dtype=torch.float64).to(self.sums.device), *extra])
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(vector)
-        values = vector.tolist()
+        values = sum_over_ranks(vector).tolist()
         k, n = len(DEVICE_FIELDS), self.num_codebooks
         named = dict(zip(DEVICE_FIELDS, values[:k]))
         named.update(zip(HOST_FIELDS, values[k + 2 * n:k + 2 * n + len(HOST_FIELDS)]))
@@ -93,15 +89,8 @@ def step_label_counts(batches, device) -> tuple[torch.Tensor, torch.Tensor]:
     """(text, audio) tokens the step's micro-batches train on, known before the forward passes from the host
     batches: (this rank's, summed over the ranks), float64 device vectors. The sum normalises the loss; its
     all-reduce is queued on the device and read by no one on the host."""
-    import torch.distributed as dist
-
-    from higgs_ds.data.collate import IGNORE
-
     text = sum(int(np.count_nonzero(b.label_ids.numpy() != IGNORE)) for b in batches)
     audio = sum(0 if b.label_audio_ids is None or b.label_audio_ids.numel() == 0 else
                 int(np.count_nonzero(b.label_audio_ids[:, 1:].numpy() != IGNORE)) for b in batches)
     local = torch.tensor([text, audio], dtype=torch.float64).to(device)
-    total = local.clone()
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(total)
-    return local, total
+    return local, sum_over_ranks(local.clone())
