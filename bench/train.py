@@ -19,6 +19,7 @@ import numpy as np
 from bench.common import REPO, WORK, fixtures, table
 
 STEPS = 200  # 800 samples: crosses two epoch boundaries of the 360-sample set
+ROUNDS = 3  # our loop and the bare one alternate: a shared machine's slow spells hit both, and each keeps its best
 
 
 def overrides(fx: Path, shards: Path, run: Path, **kv) -> list[str]:
@@ -29,7 +30,7 @@ def overrides(fx: Path, shards: Path, run: Path, **kv) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
-def our_loop(fx: Path, shards: Path) -> dict:
+def our_loop(fx: Path, shards: Path, resume: bool) -> dict:
     run = WORK / "bench-run"
     shutil.rmtree(run, ignore_errors=True)
     env = {**os.environ, "MASTER_PORT": "29611"}
@@ -39,18 +40,26 @@ def our_loop(fx: Path, shards: Path) -> dict:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     steady = rows[5:]  # after warm-up
     ckpt = run / "checkpoints" / f"step{STEPS:08d}"
+    figures = {"step_s": float(np.median([r["step_time_s"] for r in steady])),
+               "tokens_per_s": float(np.median([r["tokens_per_s"] for r in steady])),
+               "data_wait_share": sum(r["data_wait_s"] for r in steady) / sum(r["step_time_s"] for r in steady),
+               "first_step_wait_s": rows[0]["data_wait_s"],
+               "ckpt_bytes": sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())}
+    if not resume:
+        return figures
     t0 = time.perf_counter()
     subprocess.run([Path(sys.executable).parent / "torchrun", "--nproc_per_node", "1", "--master_port", "29612",
                     "higgs_ds/train.py", "--deepspeed", "ds_configs/zero2.json",
                     *overrides(fx, shards, run, steps=STEPS + 1)], cwd=REPO, env={**env, "MASTER_PORT": "29612"},
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    resumed_run_s = time.perf_counter() - t0
-    return {"step_s": float(np.median([r["step_time_s"] for r in steady])),
-            "tokens_per_s": float(np.median([r["tokens_per_s"] for r in steady])),
-            "data_wait_share": sum(r["data_wait_s"] for r in steady) / sum(r["step_time_s"] for r in steady),
-            "first_step_wait_s": rows[0]["data_wait_s"], "ckpt_bytes": sum(f.stat().st_size
-                                                                          for f in ckpt.rglob("*") if f.is_file()),
-            "resumed_run_s": resumed_run_s}
+    return {**figures, "resumed_run_s": time.perf_counter() - t0}
+
+
+def bare_loop_isolated() -> dict:
+    """bare_loop in a fresh process, as our loop runs (one process group each)."""
+    out = subprocess.run([sys.executable, "-m", "bench.train", "--bare"], cwd=REPO, env=os.environ, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def bare_loop(fx: Path, shards: Path) -> dict:
@@ -112,13 +121,18 @@ def shard_set(fx: Path) -> Path:
 def main() -> list[tuple[str, str, str]]:
     fx = fixtures()
     shards = shard_set(fx)
-    ours = our_loop(fx, shards)
-    bare = bare_loop(fx, shards)
+    rounds = []
+    for k in range(ROUNDS):
+        rounds.append((our_loop(fx, shards, resume=k == 0), bare_loop_isolated()))
+    ours = {**rounds[0][0], "step_s": min(o["step_s"] for o, _ in rounds)}
+    bare = {**rounds[0][1], "step_s": min(b["step_s"] for _, b in rounds)}
+    spread = " / ".join(f"{o['step_s'] * 1000:.0f}:{b['step_s'] * 1000:.0f}" for o, b in rounds)
     return [
         ("tiny model step, CPU", f"{ours['step_s'] * 1000:.0f} ms", f"1 rank, micro-batch 4, bf16 ZeRO-2; "
          f"{ours['tokens_per_s']:.0f} tokens/s"),
         ("our loop / bare loop", f"{ours['step_s'] / bare['step_s']:.2f}x", f"median step {ours['step_s'] * 1000:.0f}"
-         f" vs {bare['step_s'] * 1000:.0f} ms (bare: engine(); backward(); step() on pre-collated batches)"),
+         f" vs {bare['step_s'] * 1000:.0f} ms, best of {ROUNDS} alternating rounds (ours:bare ms {spread}; bare: "
+         f"engine(); backward(); step() on pre-collated batches)"),
         ("data wait share", f"{ours['data_wait_share']:.2%}", f"of step time after step 5, 1 loader worker "
          f"(steps cross {STEPS * 4 // 360} epoch boundaries; the first step waits {ours['first_step_wait_s']:.1f} s "
          f"for the worker to start)"),
@@ -133,4 +147,8 @@ def main() -> list[tuple[str, str, str]]:
 
 if __name__ == "__main__":
     WORK.mkdir(parents=True, exist_ok=True)
-    table("training", main())
+    if sys.argv[1:] == ["--bare"]:
+        fx = fixtures()
+        print(json.dumps(bare_loop(fx, shard_set(fx))))
+    else:
+        table("training", main())
