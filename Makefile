@@ -12,13 +12,18 @@ NATIVE_STAMP := $(NATIVE_VENV)/.higgs-ds-installed
 NATIVE_PKGS  := transformers==5.25.0 peft==0.21.2
 DEMO   ?= demo
 PYTEST_ARGS ?=
+# The GPU check's wheels (bench/gpu_check.sh): WHEEL_PY is the Python of the machine it runs on. The test copy is for
+# this machine's Python and is what tests/test_gpu_check.py installs from, offline.
+WHEEL_PY ?= 3.12
+TEST_WHEELHOUSE := .cache/wheelhouse-test
 
-.PHONY: help venv native-venv deps lint test test-fast demo bench clean
+.PHONY: help venv native-venv deps lint test test-fast demo bench wheelhouse test-wheelhouse clean
 
 help:
 	@echo "make demo   - fixtures + espeak-ng speech + shards + 2-rank DeepSpeed LoRA run + adapter export (CPU)"
 	@echo "make test   - the whole test suite (unit, multi-process DeepSpeed, local SLURM when root)"
 	@echo "make bench  - benchmarks, printed as ratios against baselines measured in the same run"
+	@echo "make wheelhouse - wheels + smoke data for bench/gpu_check.sh on a GPU machine without a registry"
 
 # torch is pinned in the same pip call as deepspeed (else deepspeed pulls another torch build);
 # boson-multimodal is installed with --no-deps (its own pins replace torch); pyproject lists what it imports.
@@ -53,10 +58,17 @@ deps:
 lint: venv
 	$(PY) -m pyflakes higgs_ds launcher bench tests
 
-test: venv native-venv deps lint
+$(TEST_WHEELHOUSE)/wheelhouse.json: $(STAMP) bench/wheelhouse.py
+	$(MAKE) deps
+	$(PY) -m bench.wheelhouse --out $(TEST_WHEELHOUSE) \
+	  --python-version "$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+
+test-wheelhouse: $(TEST_WHEELHOUSE)/wheelhouse.json
+
+test: venv native-venv deps lint test-wheelhouse
 	$(VENV)/bin/pytest -q -rs $(PYTEST_ARGS) tests
 
-test-fast: venv native-venv deps
+test-fast: venv native-venv deps test-wheelhouse
 	$(VENV)/bin/pytest -q -rs -m "not slow and not slurm" $(PYTEST_ARGS) tests
 
 demo: venv deps
@@ -65,5 +77,8 @@ demo: venv deps
 bench: venv deps
 	$(PY) -m bench.run
 
+wheelhouse: venv deps
+	$(PY) -m bench.wheelhouse --out wheelhouse --python-version $(WHEEL_PY)
+
 clean:
-	rm -rf .cache $(DEMO) .pytest_cache $(NATIVE_VENV)
+	rm -rf .cache $(DEMO) .pytest_cache $(NATIVE_VENV) wheelhouse gpu-check
