@@ -126,7 +126,7 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--size", choices=("v2", "tiny"), default=None, help="default: v2 on cuda, tiny on cpu")
@@ -136,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--max-batch", type=int, default=16)
     p.add_argument("--timeout", type=float, default=600, help="seconds one step of the check may take")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     args.size = args.size or ("v2" if args.device == "cuda" else "tiny")
     if args.device == "cpu":
         args.seq_len = min(args.seq_len, 128)

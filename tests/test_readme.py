@@ -132,6 +132,10 @@ def test_every_other_command_parses_against_the_real_command_line():
                         from launcher.submit import build_parser as submit_parser
 
                         submit_parser().parse_args([w for w in words[3:] if w != "..."])
+                    elif tool == "gpu_check.sh":
+                        from bench.gpu_check import build_parser as gpu_check_parser
+
+                        gpu_check_parser().parse_args([w for w in words[1:] if w != "..."])
                     elif words[0].endswith("python") and words[1:3] == ["-m", "bench.gpu"]:
                         pass  # bench.gpu's own test runs it (tests/test_bench_gpu.py)
                     else:
