@@ -80,26 +80,55 @@ def training_rng_kept():
 
 
 class ListeningEval:
+    """The prompts are read at once; the audio tokenizer, the scoring models, the prompts' audio and the ground
+    truth's scores load at the first evaluation, once per process, and only on ranks that have prompts (with fewer
+    prompts than ranks, the rest never load them). Their load time is reported as load_seconds, apart from the
+    evaluation's own clock."""
+
     def __init__(self, cfg: TrainConfig, model, tokenizer, rank: int, world: int, device):
-        with training_rng_kept():
-            self._build(cfg, model, tokenizer, rank, world, device)
-
-    def _build(self, cfg: TrainConfig, model, tokenizer, rank: int, world: int, device) -> None:
-        from higgs_ds.data.codec import load_audio_tokenizer
-
         ev = cfg.eval
         self.cfg, self.rank, self.world = cfg, rank, world
+        self._model, self._tokenizer, self._device = model, tokenizer, device
         self.samples = Path(cfg.run_dir) / "samples"
         self.prompts = eval_prompts(cfg)
         self.mine = self.prompts[rank::world]
-        spec, semantic = shards_audio_tokenizer(cfg) if ev.audio_tokenizer is None else (ev.audio_tokenizer, None)
-        audio_tokenizer = load_audio_tokenizer(spec, str(device), ev.semantic_model or semantic)
-        self.synth = Synthesizer(model, tokenizer, audio_tokenizer)
         self.settings = SynthesisConfig(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature,
                                         top_p=ev.top_p, top_k=ev.top_k, seed=ev.seed)
-        self.scorer = Scorer(ev.asr_model, ev.speaker_model, str(device), naturalness=ev.dnsmos)
+        self.synth: Synthesizer | None = None
+        self.scorer: Scorer | None = None
+        self.truth: dict[str, dict] = {}
+        self.loaded = False
+
+    def _load(self) -> None:
+        from higgs_ds.data.codec import load_audio_tokenizer
+
+        ev = self.cfg.eval
+        spec, semantic = shards_audio_tokenizer(self.cfg) if ev.audio_tokenizer is None else (ev.audio_tokenizer,
+                                                                                              None)
+        audio_tokenizer = load_audio_tokenizer(spec, str(self._device), ev.semantic_model or semantic)
+        self.synth = Synthesizer(self._model, self._tokenizer, audio_tokenizer)
+        self.scorer = Scorer(ev.asr_model, ev.speaker_model, str(self._device), naturalness=ev.dnsmos)
         self._write_prompt_audio()
         self.truth = self._score_ground_truth()
+
+    def _load_once(self) -> float:
+        """Load on the first evaluation (ranks without prompts load nothing); a rank that fails to load stops every
+        rank with its error, not the others waiting in the next collective. Seconds this rank spent loading."""
+        if self.loaded:
+            return 0.0
+        t0, error = time.time(), None
+        if self.mine:
+            try:
+                self._load()
+            except Exception as e:  # whatever it is, the other ranks must hear of it
+                error = f"rank {self.rank}: {type(e).__name__}: {e}"
+        seconds = time.time() - t0
+        gathered: list = [None] * self.world
+        dist.all_gather_object(gathered, error)
+        if any(gathered):
+            raise RuntimeError(f"the listening evaluation could not load: {'; '.join(g for g in gathered if g)}")
+        self.loaded = True
+        return seconds
 
     def _write_prompt_audio(self) -> None:
         """RUN/samples/prompts/ID.ref.wav and ID.truth.wav for this rank's prompts: copies of their files, or the
@@ -146,32 +175,38 @@ class ListeningEval:
             return self._run(step)
 
     def _run(self, step: int) -> tuple[dict, list[dict]]:
+        loaded_now = not self.loaded and bool(self.mine)
+        load_seconds = self._load_once()
         t0 = time.time()
         out = self.samples / f"step{step:08d}"
         rows = synthesize_prompts(self.synth, self.mine, self.settings, out, progress=False,
                                   deadline=t0 + self.cfg.eval.max_seconds)
         t1 = time.time()
-        scored = score_rows(self.scorer, rows, ground_truth=False)["prompts"]
+        scored = score_rows(self.scorer, rows, ground_truth=False)["prompts"] if rows else []
         for row, s in zip(rows, scored):
             s.update(ref_wav=str(self.ref_wavs[row["id"]]), source=row["source"],
                      generate_seconds=row.get("generate_seconds"), frames=row.get("frames"))
             if row["id"] in self.truth:
                 s["ground_truth"] = self.truth[row["id"]]
         gathered: list = [None] * self.world
-        dist.all_gather_object(gathered, {"rows": scored, "generate": t1 - t0, "score": time.time() - t1})
+        dist.all_gather_object(gathered, {"rows": scored, "generate": t1 - t0, "score": time.time() - t1,
+                                          "load": load_seconds, "loaded_now": loaded_now,
+                                          "scorer": self.scorer and self.scorer.describe()})
         everything = sorted((r for g in gathered for r in g["rows"]), key=lambda r: r["id"])
         ok = [r for r in everything if "error" not in r]
         result = {k: v for k, v in means([r["generated"] for r in ok]).items() if not k.endswith("_n")}
         result.update(prompts=len(everything), failed=len(everything) - len(ok),
                       synth_seconds=max(g["generate"] + g["score"] for g in gathered),
                       generate_seconds=max(g["generate"] for g in gathered),
-                      score_seconds=max(g["score"] for g in gathered))
+                      score_seconds=max(g["score"] for g in gathered),
+                      load_seconds=max(g["load"] for g in gathered),
+                      loaded_on_ranks=[r for r, g in enumerate(gathered) if g["loaded_now"]])
         if self.rank == 0:
             truth = {k: v for k, v in means([r["ground_truth"] for r in ok if "ground_truth" in r]).items()
                      if not k.endswith("_n")}
             out.mkdir(parents=True, exist_ok=True)
             (out / "scores.json").write_text(json.dumps({"step": step, "mean": result, "ground_truth_mean": truth,
-                                                         "prompts": everything, "scorer": self.scorer.describe()},
+                                                         "prompts": everything, "scorer": gathered[0]["scorer"]},
                                                         indent=1))
         return result, everything
 

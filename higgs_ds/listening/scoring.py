@@ -128,14 +128,33 @@ class Transcriber:
         return self._pipe({"raw": wav, "sampling_rate": 16000}, **kwargs)["text"].strip()
 
 
-def dnsmos(clip: Clip) -> dict[str, float]:
-    """DNSMOS P.835 (overall, signal, background) on a 1-5 scale, from speechmos's ONNX models."""
-    from speechmos import dnsmos as model
+class Naturalness:
+    """DNSMOS P.835 (overall, signal, background) on a 1-5 scale: speechmos's model class and the ONNX files in its
+    wheel, in sessions that use this process's torch thread count. speechmos's own `run` opens them with a thread
+    per core, so eight ranks on a node would each start one per core."""
 
-    wav = np.clip(resample(clip.wav, clip.sr, 16000), -1.0, 1.0)
-    out = model.run(wav, sr=16000)
-    return {"dnsmos": float(out["ovrl_mos"]), "dnsmos_sig": float(out["sig_mos"]),
-            "dnsmos_bak": float(out["bak_mos"])}
+    def __init__(self):
+        import os
+
+        import onnxruntime as ort
+        import torch
+        from speechmos import dnsmos as speechmos_dnsmos
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+        models = os.path.join(os.path.dirname(speechmos_dnsmos.__file__), "dnsmos_models")
+        self._model = speechmos_dnsmos.DNSMOS.__new__(speechmos_dnsmos.DNSMOS)  # its __init__ takes no options
+        self._model.primary_model_path = os.path.join(models, "sig_bak_ovr.onnx")
+        self._model.onnx_sess = ort.InferenceSession(self._model.primary_model_path, options,
+                                                     providers=["CPUExecutionProvider"])
+        self._model.p808_onnx_sess = ort.InferenceSession(os.path.join(models, "model_v8.onnx"), options,
+                                                          providers=["CPUExecutionProvider"])
+
+    def __call__(self, clip: Clip) -> dict[str, float]:
+        wav = np.clip(resample(clip.wav, clip.sr, 16000), -1.0, 1.0)
+        out = self._model(wav, 16000, False)
+        return {"dnsmos": float(out["ovrl_mos"]), "dnsmos_sig": float(out["sig_mos"]),
+                "dnsmos_bak": float(out["bak_mos"])}
 
 
 class Scorer:
@@ -145,11 +164,11 @@ class Scorer:
                  naturalness: bool = True):
         self.speaker = SpeakerEncoder(speaker_model, device)
         self.asr = Transcriber(asr_model, device) if asr_model else None
-        self.naturalness = naturalness
+        self.naturalness = Naturalness() if naturalness else None
 
     def describe(self) -> dict:
         return {"speaker_model": self.speaker.name, "asr_model": self.asr.name if self.asr else None,
-                "naturalness": "dnsmos" if self.naturalness else None}
+                "naturalness": "dnsmos" if self.naturalness is not None else None}
 
     def score(self, clip: Clip, reference: Clip | None, text: str, truth: Clip | None = None,
               language: str | None = None) -> dict:
@@ -168,8 +187,8 @@ class Scorer:
             row["wer"], row["cer"] = error_rates(text, row["asr_text"])
         else:
             notes.append("wer/cer: not measured (no ASR model; pass an ASR model to measure them)")
-        if self.naturalness:
-            row.update(dnsmos(clip))
+        if self.naturalness is not None:
+            row.update(self.naturalness(clip))
         if notes:
             row["notes"] = notes
         return row

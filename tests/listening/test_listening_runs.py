@@ -33,6 +33,10 @@ def test_listening_writes_samples_scores_and_tensorboard_audio(listen_run, fixtu
         assert r["prompts"] == 3 and r["failed"] == 0 and r["synth_seconds"] > 0
         assert -1 <= r["similarity"] <= 1 and 1 <= r["dnsmos"] <= 5 and r["wer"] is None  # no ASR model given
         assert 0 < r["seconds"] <= 20 / 25 + 1e-6
+    # the audio tokenizer and the scoring models load at the first evaluation, on both ranks (both have prompts),
+    # on their own clock
+    assert listens[0]["loaded_on_ranks"] == [0, 1] and listens[0]["load_seconds"] > 0
+    assert listens[1]["loaded_on_ranks"] == [] and listens[1]["load_seconds"] == 0
     for step in (4, 8):
         scores = json.loads((listen_run / "samples" / f"step{step:08d}" / "scores.json").read_text())
         ids = [p["id"] for p in scores["prompts"]]
@@ -62,6 +66,39 @@ def test_listening_writes_samples_scores_and_tensorboard_audio(listen_run, fixtu
     with_listening, _, _ = read_run(listen_run)
     without, _, _ = read_run(plain)
     assert [r["loss"] for r in with_listening] == [r["loss"] for r in without]
+
+
+ONE_PROMPT = {"steps": 2, "eval.synth_every": 2, "eval.num_prompts": 1, "eval.max_new_tokens": 10,
+              "eval.max_seconds": 300}
+
+
+def test_a_rank_without_prompts_loads_nothing(fixtures_dir, shards, tmp_path):
+    run = tmp_path / "run"
+    launch_training("torchrun", 2, train_overrides(fixtures_dir, shards, run, **ONE_PROMPT))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    [listen] = [r for r in rows if r.get("split") == "listen"]
+    assert listen["prompts"] == 1 and listen["failed"] == 0 and listen["loaded_on_ranks"] == [0]
+    assert listen["load_seconds"] > 0 and listen["synth_seconds"] > 0
+    assert [p.name for p in (run / "samples" / "prompts").glob("*.ref.wav")] != []
+
+
+def test_a_listening_load_failure_stops_every_rank_with_its_error(fixtures_dir, shards, tmp_path):
+    """The audio tokenizer's weights are cut short: its config passes the checks before training, its load fails at
+    the first evaluation on rank 0 alone (the only one with a prompt), and both ranks exit with rank 0's error
+    instead of rank 1 waiting for it."""
+    broken = tmp_path / "audio_tokenizer"
+    shutil.copytree(fixtures_dir / "audio_tokenizer", broken)
+    weights = broken / "model.pth"
+    weights.write_bytes(weights.read_bytes()[:4096])
+    build = json.loads((shards / "build.json").read_text())
+    run = tmp_path / "run"
+    rc, out = launch_training("torchrun", 2, train_overrides(
+        fixtures_dir, shards, run, **ONE_PROMPT, **{"eval.audio_tokenizer": broken,
+                                                    "eval.semantic_model": build["semantic_model"]}),
+        check=False, timeout=300)
+    assert rc != 0
+    assert "the listening evaluation could not load: rank 0:" in out and out.count("could not load") >= 2
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
 
 def test_the_best_checkpoint_follows_the_eval_loss(listen_run):

@@ -52,14 +52,38 @@ def test_error_rates_refuse_an_empty_reference():
 
 
 def test_dnsmos_stays_in_range_and_prefers_speech_to_noise(speech):
-    from higgs_ds.listening.scoring import Clip, dnsmos
+    from higgs_ds.listening.scoring import Clip, Naturalness
 
+    dnsmos = Naturalness()
     speech_scores = dnsmos(Clip.load(speech / "wavs" / "spk0_000.wav"))
     noise = dnsmos(Clip(np.random.default_rng(0).uniform(-0.5, 0.5, 48000).astype(np.float32), 16000))
     for scores in (speech_scores, noise):
         assert set(scores) == {"dnsmos", "dnsmos_sig", "dnsmos_bak"}
         assert all(1.0 <= v <= 5.0 for v in scores.values()), scores
     assert speech_scores["dnsmos"] > noise["dnsmos"] + 1.0
+
+
+def test_dnsmos_with_our_thread_count_scores_as_speechmos_does(speech):
+    """Naturalness opens speechmos's ONNX models with torch's thread count (1 here) instead of one per core; the
+    scores are speechmos's own `run`'s."""
+    import torch
+    from speechmos import dnsmos as speechmos_dnsmos
+
+    from higgs_ds.listening.scoring import Clip, Naturalness, resample
+
+    clip = Clip.load(speech / "wavs" / "spk1_001.wav")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ours = Naturalness()
+    finally:
+        torch.set_num_threads(threads)
+    assert ours._model.onnx_sess.get_session_options().intra_op_num_threads == 1
+    theirs = speechmos_dnsmos.run(np.clip(resample(clip.wav, clip.sr, 16000), -1, 1), sr=16000)
+    got = ours(clip)
+    assert got["dnsmos"] == pytest.approx(float(theirs["ovrl_mos"]), abs=1e-5)
+    assert got["dnsmos_sig"] == pytest.approx(float(theirs["sig_mos"]), abs=1e-5)
+    assert got["dnsmos_bak"] == pytest.approx(float(theirs["bak_mos"]), abs=1e-5)
 
 
 def test_asr_runs_end_to_end_on_a_tiny_whisper(asr_model, speech):
