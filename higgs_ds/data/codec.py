@@ -47,7 +47,10 @@ def _load(checkpoint: Checkpoint, semantic: Checkpoint | None, device: str):
     except OSError as e:
         raise RuntimeError(f"could not build the audio tokenizer from {path}: its semantic model did not load ({e}). "
                            f"Pass its directory with --semantic-model (README: Which checkpoints).") from e
-    state = torch.load(path / "model.pth", map_location="cpu", weights_only=True)
+    try:  # mapped: only the keys are read, not the weights a second time
+        state = torch.load(path / "model.pth", map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # a file in torch's legacy (non-zip) format cannot be mapped
+        state = torch.load(path / "model.pth", map_location="cpu", weights_only=True)
     expected = set(tok.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
