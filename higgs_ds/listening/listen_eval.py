@@ -80,7 +80,7 @@ def training_rng_kept():
 
 
 class ListeningEval:
-    """The prompts are read at once; the audio tokenizer, the scoring models, the prompts' audio and the ground
+    """The prompts are read at start; the audio tokenizer, the scoring models, the prompts' audio and the ground
     truth's scores load at the first evaluation, once per process, and only on ranks that have prompts (with fewer
     prompts than ranks, the rest never load them). Their load time is reported as load_seconds, apart from the
     evaluation's own clock."""
