@@ -43,6 +43,31 @@ def test_multi_worker_loaders_give_equal_batches_and_resume_exactly(reader, worl
         assert [(p.to_dict(), _keys(b)) for p, b, _ in itertools.islice(resumed, 7 - k)] == per_rank[0][k:]
 
 
+def test_batches_from_workers_equal_the_batches_read_in_process(reader):
+    """Workers hand each batch over packed, one flat tensor per dtype; unpacked, every field equals the batch read
+    on the training thread (dtype, shape and values; None fields stay None)."""
+    import itertools
+
+    import torch
+
+    from higgs_ds.data.collate import batch_differences
+    from higgs_ds.data.loader import DataPosition, PackedBatch, stream_batches
+
+    s = PlanSettings(world=1, micro=2)
+    in_process = list(itertools.islice(stream_batches(reader, 0, 0, s, DataPosition(), num_workers=0), 9))
+    workers = stream_batches(reader, 0, 0, s, DataPosition(), num_workers=2)
+    from_workers = list(itertools.islice(workers, 9))
+    workers.close()
+    assert [p for p, _, _ in from_workers] == [p for p, _, _ in in_process]
+    for (_, a, _), (_, b, _) in zip(in_process, from_workers):
+        assert batch_differences(a, b) == []
+    batch = in_process[0][1]
+    tensors = [v for v in vars(batch).values() if isinstance(v, torch.Tensor)]
+    packed = PackedBatch.pack(batch)
+    assert len(tensors) == len(packed.fields) == 10 and len(packed.flat) == len({t.dtype for t in tensors}) == 2
+    assert batch_differences(packed.unpack(), batch) == []
+
+
 def test_corrupt_samples_are_skipped_counted_and_bounded(shards, reader, tmp_path, caplog):
     import shutil
 
