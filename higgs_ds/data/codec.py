@@ -40,9 +40,11 @@ def _load(checkpoint: Checkpoint, semantic: Checkpoint | None, device: str):
     import torch
     from boson_multimodal.audio_processing.higgs_audio_tokenizer import load_higgs_audio_tokenizer
 
+    from transformers.modeling_utils import no_init_weights
+
     path = checkpoint.path
-    try:
-        with semantic_model_at(semantic_model_repo(checkpoint), semantic):
+    try:  # every weight comes from model.pth (checked below): drawing random ones first cost a third of the load
+        with semantic_model_at(semantic_model_repo(checkpoint), semantic), no_init_weights():
             tok = load_higgs_audio_tokenizer(str(path), device=device)
     except OSError as e:
         raise RuntimeError(f"could not build the audio tokenizer from {path}: its semantic model did not load ({e}). "

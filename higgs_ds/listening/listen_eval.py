@@ -5,8 +5,10 @@ RUN/samples/stepN/ID.wav, scores them, and every rank learns the gathered scores
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -79,11 +81,39 @@ def training_rng_kept():
     np.random.set_state(np_state)
 
 
+def listening_modules(ev) -> list[str]:
+    """What the listening evaluation imports when it loads, for the scorers EV asks for: about 3 s of imports on a
+    CPU core (the audio tokenizer's codec pulls in torch._dynamo; librosa, which both default scorers use, pulls
+    in scipy.signal and numba's cache)."""
+    modules = ["boson_multimodal.audio_processing.higgs_audio_tokenizer", "librosa.core.audio",
+               "librosa.feature.spectral"]
+    if ev.speaker_model is None:
+        modules.append("resemblyzer")
+    if ev.dnsmos:
+        modules += ["onnxruntime", "speechmos.dnsmos"]
+    return modules
+
+
+def import_in_background(modules: list[str]) -> threading.Thread:
+    """Import MODULES on a thread while training runs, so the first evaluation finds them loaded. Importing draws
+    no random numbers, so training is unchanged; an import that fails here is left for the evaluation to raise."""
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # raised again, with its message, where the evaluation imports it
+                pass
+
+    thread = threading.Thread(target=run, name="higgs-ds-listening-imports", daemon=True)
+    thread.start()
+    return thread
+
+
 class ListeningEval:
     """The prompts are read at start; the audio tokenizer, the scoring models, the prompts' audio and the ground
     truth's scores load at the first evaluation, once per process, and only on ranks that have prompts (with fewer
-    prompts than ranks, the rest never load them). Their load time is reported as load_seconds, apart from the
-    evaluation's own clock."""
+    prompts than ranks, the rest never load them); those ranks import the modules for it on a thread from the
+    start. The load time is reported as load_seconds, apart from the evaluation's own clock."""
 
     def __init__(self, cfg: TrainConfig, model, tokenizer, rank: int, world: int, device):
         ev = cfg.eval
@@ -98,10 +128,12 @@ class ListeningEval:
         self.scorer: Scorer | None = None
         self.truth: dict[str, dict] = {}
         self.loaded = False
+        self._imports = import_in_background(listening_modules(ev)) if self.mine else None
 
     def _load(self) -> None:
         from higgs_ds.data.codec import load_audio_tokenizer
 
+        self._imports.join()  # what it could not import fails below, where it is imported again, with its error
         ev = self.cfg.eval
         spec, semantic = shards_audio_tokenizer(self.cfg) if ev.audio_tokenizer is None else (ev.audio_tokenizer,
                                                                                               None)
