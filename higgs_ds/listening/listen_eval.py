@@ -8,6 +8,7 @@ import contextlib
 import importlib
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -95,8 +96,10 @@ def listening_modules(ev) -> list[str]:
 
 
 def import_in_background(modules: list[str]) -> threading.Thread:
-    """Import MODULES on a thread while training runs, so the first evaluation finds them loaded. Importing draws
-    no random numbers, so training is unchanged; an import that fails here is left for the evaluation to raise."""
+    """Import MODULES on a thread, so the first evaluation finds them loaded. Importing draws no random numbers, so
+    training is unchanged; an import that fails here is left for the evaluation to raise. A fork in this process
+    (a loader worker) waits for the thread first: a child forked mid-import would inherit that module's import
+    lock held by a thread it does not have, and hang if it imported the module."""
     def run() -> None:
         for name in modules:
             try:
@@ -105,17 +108,32 @@ def import_in_background(modules: list[str]) -> threading.Thread:
                 pass
 
     thread = threading.Thread(target=run, name="higgs-ds-listening-imports", daemon=True)
+
+    def before_fork() -> None:
+        if threading.current_thread() is not thread:
+            thread.join()
+
+    os.register_at_fork(before=before_fork)
     thread.start()
     return thread
+
+
+def start_imports(cfg: TrainConfig, rank: int, world: int) -> threading.Thread | None:
+    """On a rank that will have prompts, the listening evaluation's imports on a thread (None elsewhere): started
+    before the engine is built, they are done before the first loader worker is forked."""
+    if not cfg.eval.synth_every or rank >= len(eval_prompts(cfg, warn=False)):
+        return None
+    return import_in_background(listening_modules(cfg.eval))
 
 
 class ListeningEval:
     """The prompts are read at start; the audio tokenizer, the scoring models, the prompts' audio and the ground
     truth's scores load at the first evaluation, once per process, and only on ranks that have prompts (with fewer
     prompts than ranks, the rest never load them); those ranks import the modules for it on a thread from the
-    start. The load time is reported as load_seconds, apart from the evaluation's own clock."""
+    start (start_imports). The load time is reported as load_seconds, apart from the evaluation's own clock."""
 
-    def __init__(self, cfg: TrainConfig, model, tokenizer, rank: int, world: int, device):
+    def __init__(self, cfg: TrainConfig, model, tokenizer, rank: int, world: int, device,
+                 imports: threading.Thread | None = None):
         ev = cfg.eval
         self.cfg, self.rank, self.world = cfg, rank, world
         self._model, self._tokenizer, self._device = model, tokenizer, device
@@ -128,12 +146,13 @@ class ListeningEval:
         self.scorer: Scorer | None = None
         self.truth: dict[str, dict] = {}
         self.loaded = False
-        self._imports = import_in_background(listening_modules(ev)) if self.mine else None
+        self._imports = imports  # start_imports' thread
 
     def _load(self) -> None:
         from higgs_ds.data.codec import load_audio_tokenizer
 
-        self._imports.join()  # what it could not import fails below, where it is imported again, with its error
+        if self._imports is not None:  # what it could not import fails below, imported again, with its error
+            self._imports.join()
         ev = self.cfg.eval
         spec, semantic = shards_audio_tokenizer(self.cfg) if ev.audio_tokenizer is None else (ev.audio_tokenizer,
                                                                                               None)
