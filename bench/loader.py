@@ -5,6 +5,8 @@
 - naive: one JSON + one .npy file per sample through a map-style Dataset, tokenized with prepare_chatml_sample and
   collated by boson_multimodal's HiggsAudioSampleCollator, same batches;
 - on the fly: what trainers that tokenize audio every epoch pay on top: the Higgs audio tokenizer per sample.
+Hand-over: the training process's CPU time to receive a batch from a loader worker, packed (one flat tensor per
+dtype) against each field in its own shared-memory segment.
 Padding efficiency: token-budget plan vs random batches on a realistic length distribution (speech of 1-20 s).
 
 Run: .venv/bin/python -m bench.loader
@@ -144,6 +146,28 @@ def encode_seconds_per_clip(fx: Path, sp: Path) -> float:
     return (time.perf_counter() - t0) / len(wavs)
 
 
+def handover_timings(reader, batches, rounds: int = 3) -> dict[bool, float]:
+    """CPU seconds of this process per batch received from one loader worker, per field (False) or packed (True),
+    the best of ROUNDS alternating passes over BATCHES (the first batch, the worker's start, not counted)."""
+    import torch
+
+    from higgs_ds.data.loader import _PlannedBatches
+
+    best = {False: float("inf"), True: float("inf")}
+    for _ in range(rounds):
+        for packed in (False, True):
+            it = iter(torch.utils.data.DataLoader(_PlannedBatches(reader, batches, packed=packed), batch_size=None,
+                                                  num_workers=1, prefetch_factor=4))
+            next(it)
+            t0 = time.process_time()
+            for batch, _ in it:
+                if packed:
+                    batch.unpack()
+            best[packed] = min(best[packed], (time.process_time() - t0) / (len(batches) - 1))
+            del it
+    return best
+
+
 def padding_rows() -> list[tuple[str, str, str]]:
     from higgs_ds.data.plan import PlanSettings, plan_epoch, random_batches_efficiency, sample_costs
 
@@ -181,6 +205,7 @@ def main() -> list[tuple[str, str, str]]:
     t = loader_timings(index, tok, collator, boson, batches)
     t_fast, t_boson, n_batches = collator_timings(BatchReader(index, tok, collator), collator, boson, batches)
     t_direct, t_tarfile, n_spans = parse_timings(index)
+    handover = handover_timings(BatchReader(index, tok, collator), batches)
     on_the_fly = 2 * encode_seconds_per_clip(fx, sp) + t["naive"] / n  # reference + target clip, then the same work
     return [("loader, ours", f"{n / t['ours']:.0f}", f"samples/s per core ({n} samples, {len(batches)} token-budget "
              f"batches)"),
@@ -193,6 +218,9 @@ def main() -> list[tuple[str, str, str]]:
              f"every read ({n / t['retokenizing']:.0f} samples/s)"),
             ("change: direct tar/npy parse", f"{t_tarfile / t_direct:.2f}x", f"sample read speed-up vs tarfile + "
              f"np.load ({t_direct / n_spans * 1e6:.0f} vs {t_tarfile / n_spans * 1e6:.0f} us/sample)"),
+            ("change: batches handed over packed", f"{handover[False] / handover[True]:.1f}x", f"the training "
+             f"process's CPU to receive a batch from a worker: {handover[True] * 1e3:.2f} vs "
+             f"{handover[False] * 1e3:.2f} ms with a shared-memory segment per field"),
             ("loader, on-the-fly audio", f"{1 / on_the_fly:.2f}", f"samples/s per core; ours is "
              f"{on_the_fly * n / t['ours']:.0f}x")] + padding_rows()
 

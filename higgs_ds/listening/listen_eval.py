@@ -99,7 +99,9 @@ def import_in_background(modules: list[str]) -> threading.Thread:
     """Import MODULES on a thread, so the first evaluation finds them loaded. Importing draws no random numbers, so
     training is unchanged; an import that fails here is left for the evaluation to raise. A fork in this process
     (a loader worker) waits for the thread first: a child forked mid-import would inherit that module's import
-    lock held by a thread it does not have, and hang if it imported the module."""
+    lock held by a thread it does not have, and hang if it imported the module. Start it where the training
+    thread imports nothing more (after a step): two threads importing modules that import each other can stop
+    one of them with a deadlock error."""
     def run() -> None:
         for name in modules:
             try:
@@ -118,22 +120,13 @@ def import_in_background(modules: list[str]) -> threading.Thread:
     return thread
 
 
-def start_imports(cfg: TrainConfig, rank: int, world: int) -> threading.Thread | None:
-    """On a rank that will have prompts, the listening evaluation's imports on a thread (None elsewhere): started
-    before the engine is built, they are done before the first loader worker is forked."""
-    if not cfg.eval.synth_every or rank >= len(eval_prompts(cfg, warn=False)):
-        return None
-    return import_in_background(listening_modules(cfg.eval))
-
-
 class ListeningEval:
     """The prompts are read at start; the audio tokenizer, the scoring models, the prompts' audio and the ground
     truth's scores load at the first evaluation, once per process, and only on ranks that have prompts (with fewer
-    prompts than ranks, the rest never load them); those ranks import the modules for it on a thread from the
-    start (start_imports). The load time is reported as load_seconds, apart from the evaluation's own clock."""
+    prompts than ranks, the rest never load them); those ranks import the modules for it on a thread once training
+    runs (import_ahead). The load time is reported as load_seconds, apart from the evaluation's own clock."""
 
-    def __init__(self, cfg: TrainConfig, model, tokenizer, rank: int, world: int, device,
-                 imports: threading.Thread | None = None):
+    def __init__(self, cfg: TrainConfig, model, tokenizer, rank: int, world: int, device):
         ev = cfg.eval
         self.cfg, self.rank, self.world = cfg, rank, world
         self._model, self._tokenizer, self._device = model, tokenizer, device
@@ -146,7 +139,13 @@ class ListeningEval:
         self.scorer: Scorer | None = None
         self.truth: dict[str, dict] = {}
         self.loaded = False
-        self._imports = imports  # start_imports' thread
+        self._imports: threading.Thread | None = None
+
+    def import_ahead(self) -> None:
+        """On a rank with prompts, start importing what the first evaluation loads (once; the train loop calls it
+        after each step, when the step's own first-use imports are done)."""
+        if self.mine and self._imports is None and not self.loaded:
+            self._imports = import_in_background(listening_modules(self.cfg.eval))
 
     def _load(self) -> None:
         from higgs_ds.data.codec import load_audio_tokenizer

@@ -26,7 +26,7 @@ from higgs_ds.data.loader import BatchReader, DataPosition, load_train_index, st
 from higgs_ds.data.plan import PlanSettings
 from higgs_ds.data.shard_index import ShardIndex
 from higgs_ds.distributed import StopSignal, all_reduce_sum, deepspeed_config, dist_env, init_distributed
-from higgs_ds.listening.listen_eval import ListeningEval, start_imports
+from higgs_ds.listening.listen_eval import ListeningEval
 from higgs_ds.listening.report import write_report
 from higgs_ds.logs import setup_logging
 from higgs_ds.training.best import Best, metrics_used, selection_score
@@ -261,14 +261,13 @@ def start(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float) -> tuple
     cfg = dataclasses.replace(cfg, model=resolve_model(cfg.model))
     check_model_fits_data(cfg)
     refuse_a_live_run_dir(Path(cfg.run_dir), de)
-    imports = start_imports(cfg, de.rank, de.world)  # the listening evaluation's, while the engine is built
     device = init_distributed(de, dist_timeout_s)
     lock = own_run_dir(Path(cfg.run_dir), de, device)
     if de.is_main:
         dump_config(cfg, Path(cfg.run_dir) / "config.yaml")
     engine, optimizer, train_reader, val_reader = build(cfg, de, ds_config_path)
     listening = ListeningEval(cfg, engine.module.get_base_model(), train_reader.tokenizer, de.rank, de.world,
-                              device, imports) if cfg.eval.synth_every else None
+                              device) if cfg.eval.synth_every else None
     plan = PlanSettings.from_config(cfg.data, de.world, cfg.grad_accum, train_reader.collator.settings.clip_overhead)
     plan_key = plan.resume_key(cfg.data.seed, cfg.data.train)
     state, resumed = restore(engine, optimizer, cfg, plan_key)
@@ -294,6 +293,8 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
     try:
         while state.step < cfg.steps:
             row, stop_agreed = train_step(run.engine, stream, state, cfg, run.device, stop, run.frame_rate)
+            if run.evaluators.listening is not None:
+                run.evaluators.listening.import_ahead()
             wait, busy = wait + row["data_wait_s"], busy + row["step_time_s"] - row["data_wait_s"]
             first, last = first or row, {**row, "data_wait_share": wait / max(1e-9, wait + busy)}
             run.metrics.log(last)
