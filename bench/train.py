@@ -4,7 +4,7 @@ batches, the share of step time spent waiting for data, checkpoint save/resume t
 Our loop / bare runs our loop with the loader on the training thread (data.num_workers=0) against the bare loop on
 pre-collated batches: what our step costs beyond engine(); backward(); step(), reading and collating included. A
 loader worker process is measured apart, ours with one worker against the bare loop fed by one worker: on these
-2 cores a worker slows the model's own forward and backward by 5-15% whatever it does (it uses 2% of a core; a
+2 cores a worker slows the model's own forward and backward by 8-17% whatever it does (it uses 2% of a core; a
 spawned or forkserver worker, or one compute thread with a core left free, shows the same), which a GPU host, with
 its loader on cores of its own, does not see.
 
