@@ -17,6 +17,9 @@ os.environ.update({**offline_env(FIXTURES), "TOKENIZERS_PARALLELISM": "false"})
 os.environ.setdefault("HIGGS_DS_CACHE", str(REPO / ".cache" / "higgs-ds"))  # converted checkpoints: not in ~
 
 CLI = [sys.executable, "-m", "higgs_ds.cli"]
+# transformers 5.x + peft without boson_multimodal's model (`make native-venv`); native_side.py runs there
+NATIVE_PY = REPO / ".venv-native" / "bin" / "python"
+NATIVE_SIDE = REPO / "tests" / "checkpoints" / "native" / "native_side.py"
 
 
 def run_cli(*args, check=True, env=None, timeout=600):
@@ -27,6 +30,25 @@ def run_cli(*args, check=True, env=None, timeout=600):
         raise AssertionError(f"higgs-ds {' '.join(map(str, args))} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}")
     return proc
+
+
+def require_native_venv() -> None:
+    import pytest
+
+    if not NATIVE_PY.is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"{NATIVE_PY} is missing: `make native-venv` builds it (make test does)")
+        pytest.skip(f"{NATIVE_PY} is missing: `make native-venv` builds it")
+
+
+def native(*args, timeout=600) -> str:
+    """Run a native_side.py command in .venv-native (transformers 5, no boson_multimodal)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([str(NATIVE_PY), str(NATIVE_SIDE), *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"native_side.py {args[0]} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
+    return proc.stdout
 
 
 def free_port() -> int:

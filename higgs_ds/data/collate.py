@@ -152,35 +152,44 @@ class BatchCollator:
             reward=torch.zeros(0, dtype=torch.float32))
 
     def _segments(self, codes: np.ndarray, start: np.ndarray, frames: np.ndarray, trained: np.ndarray | None):
-        """(segments, segment starts, labels or None) of the clips codes[:, start:start + frames]."""
+        """(segments, segment starts, labels or None) of the clips codes[:, start:start + frames], as tensors."""
         if len(frames) == 0:
             empty = torch.zeros((0, 0), dtype=torch.long)
             return empty, torch.zeros(0, dtype=torch.long), empty
-        s = self.settings
-        delay = np.arange(len(codes))[:, None] if s.use_delay_pattern else np.zeros((len(codes), 1), np.int64)
-        seg_len = frames + 2 + int(delay[-1, 0])  # bos, codes, eos, then the delay of the last codebook
-        seg_start = np.cumsum(seg_len) - seg_len
-        total = int(seg_len.sum())
-        local = np.arange(total) - np.repeat(seg_start, seg_len)  # position inside its segment
-        n_codes = int(frames.sum())
-        first_code = np.cumsum(frames) - frames  # of each clip in the gathered codes
-        t = np.arange(n_codes) - np.repeat(first_code, frames)  # frame of each gathered code within its clip
-        src = np.repeat(start, frames) + t
-        dst = np.repeat(seg_start, frames) + 1 + t  # column of each code before the delay shift
-        gathered = codes[:, src].astype(np.int64)
-        rows, cols = np.arange(len(codes))[:, None], dst[None, :] + delay
+        ids, seg_start, labels = delayed_segments(codes, start, frames, trained, self.settings)
+        return (torch.from_numpy(ids), torch.from_numpy(seg_start),
+                None if labels is None else torch.from_numpy(labels))
 
-        ids = np.full((len(codes), total), s.audio_stream_eos_id, np.int64)
-        ids[local[None, :] <= delay] = s.audio_stream_bos_id
-        ids[rows, cols] = gathered
-        labels = None
-        if trained is not None:
-            labels = np.full((len(codes), total), IGNORE, np.int64)
-            labels[rows, cols] = gathered
-            labels[rows, (seg_start + 1 + frames)[None, :] + delay] = s.audio_stream_eos_id
-            labels[:, ~np.repeat(trained, seg_len)] = IGNORE
-            labels = torch.from_numpy(labels)
-        return torch.from_numpy(ids), torch.from_numpy(seg_start.astype(np.int64)), labels
+
+def delayed_segments(codes: np.ndarray, start: np.ndarray, frames: np.ndarray, trained: np.ndarray | None,
+                     s: CollatorSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The clips codes[:, start:start + frames] as audio stream segments laid end to end: (ids (codebooks, total),
+    segment starts, labels or None). A segment is [bos, codes, eos] with codebook k shifted right by k under the
+    delay pattern; its labels are the codes and one eos per codebook, -100 elsewhere and all -100 for a clip that
+    is not `trained`."""
+    delay = np.arange(len(codes))[:, None] if s.use_delay_pattern else np.zeros((len(codes), 1), np.int64)
+    seg_len = frames + 2 + int(delay[-1, 0])  # bos, codes, eos, then the delay of the last codebook
+    seg_start = np.cumsum(seg_len) - seg_len
+    total = int(seg_len.sum())
+    local = np.arange(total) - np.repeat(seg_start, seg_len)  # position inside its segment
+    n_codes = int(frames.sum())
+    first_code = np.cumsum(frames) - frames  # of each clip in the gathered codes
+    t = np.arange(n_codes) - np.repeat(first_code, frames)  # frame of each gathered code within its clip
+    src = np.repeat(start, frames) + t
+    dst = np.repeat(seg_start, frames) + 1 + t  # column of each code before the delay shift
+    gathered = codes[:, src].astype(np.int64)
+    rows, cols = np.arange(len(codes))[:, None], dst[None, :] + delay
+
+    ids = np.full((len(codes), total), s.audio_stream_eos_id, np.int64)
+    ids[local[None, :] <= delay] = s.audio_stream_bos_id
+    ids[rows, cols] = gathered
+    labels = None
+    if trained is not None:
+        labels = np.full((len(codes), total), IGNORE, np.int64)
+        labels[rows, cols] = gathered
+        labels[rows, (seg_start + 1 + frames)[None, :] + delay] = s.audio_stream_eos_id
+        labels[:, ~np.repeat(trained, seg_len)] = IGNORE
+    return ids, seg_start.astype(np.int64), labels
 
 
 BATCH_FIELDS = ("input_ids", "attention_mask", "audio_features", "audio_feature_attention_mask", "audio_out_ids",

@@ -8,22 +8,11 @@ gradient equals the per-token mean over the global batch whatever the split into
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from higgs_ds.data.collate import IGNORE
-
-
-@dataclass
-class TokenSums:
-    text_sum: torch.Tensor  # scalar, summed CE over text tokens
-    audio_sum: torch.Tensor  # scalar, summed CE over (audio frame, codebook) pairs
-    codebook_sums: torch.Tensor  # (num_codebooks,), detached
-    text_tokens: torch.Tensor  # scalar long
-    audio_tokens: torch.Tensor  # scalar long, (frame, codebook) pairs
-    codebook_tokens: torch.Tensor  # (num_codebooks,)
+from higgs_ds.models.sums import TokenSums
 
 
 def token_sums(outputs, label_audio_ids: torch.Tensor | None) -> TokenSums:

@@ -5,6 +5,8 @@ boson_multimodal), one command a call, tensors in and out as torch.save files.
   resave-tokenizer  a native audio tokenizer loaded strictly and saved again by HiggsAudioV2TokenizerModel
   logits          text and audio logits of a native model (optionally with a peft adapter) on given inputs
   step            our loss on native logits, backward, one AdamW step of the LoRA weights
+  lean-step       the same step as higgs_ds.models.higgs_v2 takes it: our samples -> NativeCollator -> the heads
+                  only where labels are; with the loss sums of the heads at every position beside it
   generate        transformers' generate on a native model, seeded
   encode          a native audio tokenizer's codes for waveforms
 """
@@ -107,6 +109,47 @@ def step(args):
                 "grads": grads, "params": {n: p.detach().clone() for n, p in params.items()}}, args.out)
 
 
+def lean_step(args):
+    """One optimizer step on higgs_ds.models.higgs_v2's path, from our samples: NativeCollator's batch, the
+    decoder once, the heads only at the positions that predict a label (heads.token_sums); beside it the sums of
+    the heads applied at every position (the class's own way), to show nothing is lost."""
+    import torch.nn.functional as F
+
+    from higgs_ds.data.collate import IGNORE, CollatorSettings, Sample
+    from higgs_ds.models.higgs_v2 import heads as lean
+    from higgs_ds.models.higgs_v2.inputs import NativeCollator
+    from higgs_ds.models.higgs_v2.model import load_native_model
+    from higgs_ds.training.loss import combine
+
+    given = torch.load(args.inputs, weights_only=False)
+    samples = [Sample(**{k: v.numpy() for k, v in s.items()}) for s in given["samples"]]
+    batch = NativeCollator(CollatorSettings(**given["settings"]), given["audio_token_id"])(samples)
+    model = load_native_model(args.model)
+    if args.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.adapter, is_trainable=True)
+    model.train()
+    hidden = lean.hidden_states(model, batch)
+    with torch.no_grad():  # every position through both heads, then the labelled ones picked out
+        everywhere = torch.arange(hidden.shape[0])
+        text_all = lean.text_logits(model, hidden, everywhere)
+        audio_all = lean.audio_logits(model, hidden, everywhere)
+        full_text = F.cross_entropy(text_all[batch.text_positions], batch.text_targets, reduction="sum")
+        full_audio = F.cross_entropy(audio_all[batch.audio_positions].reshape(-1, audio_all.shape[-1]),
+                                     batch.audio_targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    sums = lean.token_sums(model, batch)
+    loss = combine(sums, float(sums.text_tokens), float(sums.audio_tokens), 1.0, 1.0)
+    loss.backward()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    grads = {n: p.grad.detach().clone() for n, p in params.items()}
+    torch.optim.AdamW(params.values(), lr=args.lr, weight_decay=0.0).step()
+    torch.save({"loss": loss.detach(), "text_sum": sums.text_sum.detach(), "audio_sum": sums.audio_sum.detach(),
+                "codebook_sums": sums.codebook_sums, "text_tokens": int(sums.text_tokens),
+                "audio_tokens": int(sums.audio_tokens), "full_text_sum": full_text, "full_audio_sum": full_audio,
+                "grads": grads, "params": {n: p.detach().clone() for n, p in params.items()}}, args.out)
+
+
 def generate(args):
     model = load(args.model).eval()
     prompt = torch.tensor([json.loads(args.prompt)])
@@ -144,7 +187,7 @@ def main():
     p.add_argument("--src", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=resave_tokenizer)
-    for name, func in (("logits", logits), ("step", step)):
+    for name, func in (("logits", logits), ("step", step), ("lean-step", lean_step)):
         p = sub.add_parser(name)
         p.add_argument("--model", required=True)
         p.add_argument("--inputs", required=True)

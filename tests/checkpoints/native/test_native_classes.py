@@ -5,36 +5,20 @@ them, one optimizer step of the native class equals ours, and the two audio toke
 measured against each other."""
 
 import json
-import os
 import subprocess
 
 import pytest
 import torch
 import yaml
 
-from tests.helpers import REPO, launch_training, read_run, run_cli, train_overrides
+from tests.helpers import NATIVE_PY, launch_training, native, read_run, require_native_venv, run_cli, train_overrides
 
-NATIVE_PY = REPO / ".venv-native" / "bin" / "python"
-SIDE = REPO / "tests" / "checkpoints" / "native" / "native_side.py"
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module", autouse=True)
 def native_venv():
-    if not NATIVE_PY.is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{NATIVE_PY} is missing: `make native-venv` builds it (make test does)")
-        pytest.skip(f"{NATIVE_PY} is missing: `make native-venv` builds it")
-
-
-def native(*args, timeout=600) -> str:
-    """Run a native_side.py command in .venv-native (transformers 5, no boson_multimodal)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([str(NATIVE_PY), str(SIDE), *map(str, args)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(f"native_side.py {args[0]} exited {proc.returncode}:\n{proc.stderr[-4000:]}")
-    return proc.stdout
+    require_native_venv()
 
 
 def native_inputs(batch: dict, outputs, audio_token_id: int) -> dict:
