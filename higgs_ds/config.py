@@ -119,6 +119,9 @@ class TrainConfig:
     keep_last: int = 3
     resume: str = "auto"  # auto | never | PATH to a checkpoint step dir
     max_skipped_steps: int = 20  # non-finite steps (skipped on every rank) before stopping with an error
+    # consecutive steps with a gradient norm of exactly 0 (while they had labels), or with the loss at a uniform
+    # guess's entropy after it had been lower, that stop the run as diverged (0: only a non-finite update stops it)
+    diverged_steps: int = 3
     progress_bar: bool = True  # on a terminal; plain lines otherwise
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -146,6 +149,7 @@ def _check_run(cfg: "TrainConfig") -> None:
     need(cfg.log_every >= 1, "log_every", "must be >= 1")
     need(cfg.save_every >= 0, "save_every", "must be >= 0 (0 = only at the end)")
     need(cfg.keep_last >= 1, "keep_last", "must be >= 1")
+    need(cfg.diverged_steps >= 0, "diverged_steps", f"must be >= 0 (0 = off), got {cfg.diverged_steps}")
     need(cfg.resume in ("auto", "never") or Path(cfg.resume).is_dir(), "resume",
          f"must be auto, never or an existing checkpoint directory, got {cfg.resume!r}")
 

@@ -19,13 +19,15 @@ from higgs_ds.data.sample_format import ShardError, ShardSetError
 from higgs_ds.distributed import StopSignal, dist_env
 from higgs_ds.files import no_space
 from higgs_ds.logs import setup_logging
-from higgs_ds.training.loop import TooManySkippedSamples, train
+from higgs_ds.training.loop import train
+from higgs_ds.training.stops import Diverged, TooManySkippedSamples
 from higgs_ds.training.run_dir import RunDirInUse
 
 log = logging.getLogger("higgs_ds.train")
 
 EXIT_USER_ERROR = 2  # a wrong config or checkpoint: nothing ran
 EXIT_STOPPED = 3  # stopped on a signal after saving a checkpoint: the launcher requeues
+EXIT_DIVERGED = 4  # the run can no longer learn: stopped, nothing exported, the last good checkpoint kept
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         if de.is_main:
             log.error(f"error: {e}")
         return EXIT_USER_ERROR
+    except Diverged as e:  # likewise
+        if de.is_main:
+            log.error(f"error: {e}")
+        return EXIT_DIVERGED
     except OSError as e:
         if not no_space(e):
             raise

@@ -103,6 +103,22 @@ def save(engine, run_dir: Path, step: int, client_state: dict, keep_last: int, i
     return path
 
 
+def drop_from(run_dir: Path, step: int) -> Path | None:
+    """Remove the checkpoints of STEP and later (steps of a diverged run) and point `latest` at the newest complete
+    one before them. Rank 0 only. Returns that checkpoint, or None when none is left."""
+    root = run_dir / "checkpoints"
+    for path in root.glob("step*"):
+        if path.name >= tag(step):
+            shutil.rmtree(path, ignore_errors=True)
+            log.info(f"removed {path}: written after the run had diverged")
+    good = sorted(p for p in root.glob("step*") if (p / "COMPLETE").exists())
+    if good:
+        atomic_write(root / "latest", good[-1].name)
+        return good[-1]
+    (root / "latest").unlink(missing_ok=True)
+    return None
+
+
 def mark_best(run_dir: Path, step: int, info: dict) -> None:
     """Point RUN/best (a symlink, what `export` and `synthesize --checkpoint` take) and RUN/checkpoints/best at the
     checkpoint of STEP, and write RUN/best.json (step, score, metrics). Rank 0 only, after that checkpoint is

@@ -30,6 +30,7 @@ from higgs_ds.listening.listen_eval import ListeningEval
 from higgs_ds.listening.report import write_report
 from higgs_ds.logs import setup_logging
 from higgs_ds.training.best import Best, metrics_used, selection_score
+from higgs_ds.training.stops import Diverged, DivergenceGuard, check_skips, uniform_losses
 from higgs_ds.training.evaluation import Evaluators, log_eval, log_listening
 from higgs_ds.training.loss import combine, token_sums
 from higgs_ds.training.metrics import Metrics
@@ -43,10 +44,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # DataLoader workers f
 
 class TrainingError(RuntimeError):
     pass
-
-
-class TooManySkippedSamples(RuntimeError):
-    """More unreadable samples than data.max_skipped_samples: every rank raises it at the same step."""
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -210,6 +207,7 @@ class Run:
     metrics: Metrics
     frame_rate: float  # audio frames a second in the training shards
     resumed: bool  # from a checkpoint (else a fresh start)
+    guard: DivergenceGuard
     saved_step: int = -1  # the step of the last checkpoint written (or resumed from)
     evaluated_step: int = -1  # the step last evaluated
 
@@ -274,8 +272,10 @@ def start(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float) -> tuple
     stream = stream_batches(train_reader, cfg.data.seed, de.rank, plan, state.data, cfg.data.num_workers)
     metrics = Metrics(Path(cfg.run_dir), cfg.steps, de.is_main, cfg.progress_bar,
                       resumed_at=state.step if resumed else None)
+    guard = DivergenceGuard(cfg.diverged_steps, *uniform_losses(engine.module.config), cfg.loss.text_weight,
+                            cfg.loss.audio_weight)
     run = Run(cfg, de, device, engine, Evaluators(val_reader, listening), plan_key, state, metrics,
-              train_reader.frame_rate, resumed, saved_step=state.step if resumed else -1)
+              train_reader.frame_rate, resumed, guard, saved_step=state.step if resumed else -1)
     return run, stream, lock
 
 
@@ -301,6 +301,9 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
             if state.step % cfg.log_every == 0 or state.step == cfg.steps:
                 run.metrics.progress(last)
             check_skips(cfg, state, row)
+            evidence = run.guard.check(row)
+            if evidence:
+                diverge(run, evidence, first, last)
             teacher, listen = run.evaluators.due(cfg, state.step)
             early_stop = evaluate_step(run, teacher, listen) if teacher or listen else False
             if stop_agreed:  # some rank got SIGUSR1/SIGTERM: all ranks save together, then stop for the requeue
@@ -331,19 +334,23 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
     return summary
 
 
-def check_skips(cfg: TrainConfig, state: TrainState, row: dict) -> None:
-    """Non-finite steps and unreadable samples so far, against their bounds (every rank has the same counts)."""
-    if row["skipped_now"]:
-        log.info(f"step {state.step}: non-finite gradients on some rank; every rank skipped the update "
-                 f"({state.skipped_steps} skipped so far)")
-        if state.skipped_steps > cfg.max_skipped_steps:
-            raise TrainingError(f"{state.skipped_steps} steps had non-finite loss or gradients (max_"
-                                f"skipped_steps={cfg.max_skipped_steps}); lower optim.lr or check the data")
-    if state.skipped_samples > cfg.data.max_skipped_samples:
-        raise TooManySkippedSamples(
-            f"{state.skipped_samples} samples did not read or decode by step {state.step}, over "
-            f"data.max_skipped_samples={cfg.data.max_skipped_samples} (each is logged as 'skipped corrupt "
-            f"sample' with its shard); check the set with `higgs-ds shards verify {cfg.data.train}`")
+def diverge(run: Run, evidence: str, first: dict | None, last: dict | None) -> None:
+    """Stop a run that can no longer learn: the checkpoints of its dead steps go, `latest` stays the last good one,
+    nothing is exported, summary.json says why. Every rank gets here at the same step."""
+    dead = run.guard.first_dead_step or run.state.step
+    summary = summarize(run, "diverged", first, last)
+    # step N's loss is the model that update N - 1 left: that update's checkpoint is dead too
+    good = saving.drop_from(run.dir, dead - 1) if run.de.is_main else None
+    summary.update(checkpoint=str(good) if good else None,
+                   diverged={"step": run.state.step, "first_dead_step": dead, "evidence": evidence})
+    if run.de.is_main:
+        (run.dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    resume = f"the last good checkpoint, {good}, stays latest" if good else \
+        f"no checkpoint from before step {dead - 1} is left (keep_last x save_every spans fewer steps than " \
+        f"diverged_steps + 1)"
+    raise Diverged(f"step {run.state.step}: the run diverged and can no longer learn: {evidence}. Nothing was "
+                   f"exported and {resume}; lower optim.lr (now {run.cfg.optim.lr:g}) or check the data, then run "
+                   f"the command again (diverged_steps={run.cfg.diverged_steps})")
 
 
 def previous_rows(run_dir: Path) -> tuple[dict | None, dict | None]:

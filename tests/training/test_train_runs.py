@@ -159,6 +159,36 @@ def test_non_finite_steps_are_skipped_on_every_rank_then_stop(fixtures_dir, shar
     assert not (run / "summary.json").exists()  # it stopped; it did not finish
 
 
+def test_a_run_killed_by_its_learning_rate_stops_as_diverged_and_resumes_from_the_last_good_step(
+        fixtures_dir, shards, tmp_path):
+    """optim.lr=1e6: step 2's update leaves every logit equal; from step 3 the gradient norm is exactly 0.0. The
+    run stops at step 5 (diverged_steps=3) on every rank with exit 4 and one plain message; the checkpoints of
+    step 2 on are dead and go, `latest` stays step 1's, nothing is exported, summary.json says why. The same
+    command with a sane learning rate then resumes at step 1 and finishes. (keep_last=5: retention must leave a
+    checkpoint older than the guard's diverged_steps + 1 window.)"""
+    run = tmp_path / "run"
+    rc, out = launch_training("srun-env", 2, train_overrides(fixtures_dir, shards, run, steps=12, save_every=1,
+                                                             keep_last=5, **{"optim.lr": 1e6}), check=False)
+    rows, _, summary = read_run(run)
+    assert rc == 4 and "Traceback" not in out
+    assert [r["grad_norm"] for r in rows[2:]] == [0.0, 0.0, 0.0] and rows[1]["grad_norm"] > 1
+    assert out.count("error: step 5: the run diverged and can no longer learn: the gradient norm was exactly 0.0 at "
+                     "steps 3-5 while they had labels to train on") == 1
+    assert "the last good checkpoint" in out and "step00000001, stays latest" in out
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step00000001"
+    assert sorted(p.name for p in (run / "checkpoints").glob("step*")) == ["step00000001"]
+    assert not (run / "adapter").exists()
+    assert summary["stopped_by"] == "diverged" and summary["adapter"] is None
+    assert summary["diverged"] == {"step": 5, "first_dead_step": 3, "evidence": summary["diverged"]["evidence"]}
+    assert summary["checkpoint"].endswith("step00000001")
+
+    _, out = launch_training("torchrun", 2, train_overrides(fixtures_dir, shards, run, steps=4, save_every=1))
+    rows, _, summary = read_run(run)
+    assert "resumed from" in out and "step00000001 at step 1" in out
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and summary["stopped_by"] is None
+    assert all(0 < r["grad_norm"] < 100 for r in rows[1:]) and (run / "adapter").is_dir()
+
+
 def test_token_budget_run_interrupted_mid_epoch_resumes_on_the_same_samples(fixtures_dir, shards, tmp_path):
     """Token-budget batches read by 2 workers per rank: 5 straight steps == 2 steps + resume + 3 (mid-epoch)."""
     kv = dict(precision="fp32", steps=5, **{"data.token_budget": 700, "data.num_workers": 2,
