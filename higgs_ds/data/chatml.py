@@ -241,11 +241,15 @@ def cloning_messages(refs: list[Utterance], target: Utterance, system_prompt: st
 
 
 def pair_utterances(utts: list[Utterance], refs_per_target: int, seed: int,
-                    system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> tuple[list[Record], list[Reject]]:
+                    system_prompt: str = DEFAULT_SYSTEM_PROMPT, fault=None,
+                    wanted=None) -> tuple[list[Record], list[Reject]]:
     """Make one zero-shot cloning record per utterance, with K references drawn from the same speaker.
 
     The draw for target i depends only on (seed, i) and the speaker's utterance list, so every part of a
-    `--part I/N` build pairs identically."""
+    `--part I/N` build pairs identically. With FAULT (utterance -> why it cannot be used, or None), an utterance
+    with a fault is rejected for it, and references are drawn only from utterances without one: a drawn reference
+    with a fault is replaced by the next of a second seeded draw over the rest, so a manifest without faults pairs
+    as without FAULT. WANTED (index -> bool) limits the targets paired (and checked) to a part of the manifest."""
     by_speaker: dict[str, list[int]] = defaultdict(list)
     position: list[int] = []  # utterance i is by_speaker[its speaker][position[i]]
     for i, u in enumerate(utts):
@@ -253,19 +257,52 @@ def pair_utterances(utts: list[Utterance], refs_per_target: int, seed: int,
         by_speaker[u.speaker].append(i)
     records, rejects = [], []
     for i, target in enumerate(utts):
+        if wanted is not None and not wanted(target.index):
+            continue
+        own = fault(target) if fault is not None else None
+        if own is not None:
+            rejects.append(Reject(target.source, own, target.index))
+            continue
         others = _Without(by_speaker[target.speaker], position[i])
         if len(others) < refs_per_target:
             rejects.append(Reject(target.source, f"speaker {target.speaker!r} has {len(others) + 1} utterance(s); "
                                   f"--refs-per-target {refs_per_target} needs at least {refs_per_target + 1}",
                                   target.index, unpaired_speaker=target.speaker))
             continue
-        refs = [utts[j] for j in random.Random(f"{seed}:{target.index}").sample(others, refs_per_target)]
+        drawn = random.Random(f"{seed}:{target.index}").sample(others, refs_per_target)
+        if fault is not None:
+            drawn = _usable_references(utts, others, drawn, refs_per_target, f"{seed}:{target.index}:more", fault)
+            if len(drawn) < refs_per_target:
+                usable = len(drawn)
+                rejects.append(Reject(target.source, f"speaker {target.speaker!r} has {usable} usable utterance(s) "
+                                      f"besides this one ({len(others) - usable} of its others were rejected); "
+                                      f"--refs-per-target {refs_per_target} needs {refs_per_target}",
+                                      target.index, unpaired_speaker=target.speaker))
+                continue
+        refs = [utts[j] for j in drawn]
         messages = cloning_messages(refs, target, system_prompt)
         misc = {"ref_sources": [u.source for u in refs], **({"language": target.language} if target.language else {})}
         records.append(Record(index=target.index, source=target.source, messages=messages,
                               start_index=len(messages) - 1, speaker=target.speaker,
                               audio=[u.audio for u in refs + [target]], misc=misc))
     return records, rejects
+
+
+def _usable_references(utts: list[Utterance], others: "_Without", drawn: list[int], k: int, seed: str,
+                       fault) -> list[int]:
+    """DRAWN without the utterances that have a fault, topped up to K from a seeded draw over the rest of OTHERS
+    (fewer when too few are usable)."""
+    usable = [j for j in drawn if fault(utts[j]) is None]
+    if len(usable) == k:
+        return usable
+    taken = set(drawn)
+    rest = [j for j in others if j not in taken]
+    for j in random.Random(seed).sample(rest, len(rest)):
+        if fault(utts[j]) is None:
+            usable.append(j)
+            if len(usable) == k:
+                break
+    return usable
 
 
 class _Without(Sequence):
@@ -284,9 +321,10 @@ class _Without(Sequence):
         return self.items[k + (k >= self.skip)]
 
 
-def read_manifest(path: str | Path, fmt: str = "auto", refs_per_target: int = 1,
-                  seed: int = 0) -> tuple[list[Record], list[Reject], str]:
-    """Records and schema rejects of a manifest, in manifest order. Audio files are not opened here."""
+def read_manifest(path: str | Path, fmt: str = "auto", refs_per_target: int = 1, seed: int = 0, fault=None,
+                  wanted=None) -> tuple[list[Record], list[Reject], str]:
+    """Records and schema rejects of a manifest, in manifest order. Audio files are opened only through FAULT,
+    which an utterance manifest's pairing asks (pair_utterances); WANTED limits its targets."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest {path} does not exist")
@@ -295,8 +333,8 @@ def read_manifest(path: str | Path, fmt: str = "auto", refs_per_target: int = 1,
         records, rejects = read_chatml(path)
     elif fmt == "utterances":
         utts, rejects = read_utterances(path)
-        records, pair_rejects = pair_utterances(utts, refs_per_target, seed)
-        rejects += pair_rejects
+        records, pair_rejects = pair_utterances(utts, refs_per_target, seed, fault=fault, wanted=wanted)
+        rejects = [r for r in rejects if wanted is None or wanted(r.index)] + pair_rejects
     else:
         raise ValueError(f"unknown manifest format {fmt!r} (expected auto, chatml or utterances)")
     return records, rejects, fmt

@@ -71,30 +71,73 @@ def parse_part(text: str) -> tuple[int, int]:
     return i, n
 
 
-def validate_records(records: list[Record], limits: AudioLimits, workers: int = 4, text_tokenizer=None,
-                     text_limits: TextLimits = TextLimits()) -> tuple[list[Record], list[Reject], dict[str, float]]:
-    """Decode every referenced audio file once and check it; returns (valid records, rejects, seconds per path)."""
-    paths = sorted({p for r in records for p in r.audio})
+class ClipChecks:
+    """Every audio file decoded and checked once (exists, decodes, length within limits): its seconds, or why it
+    cannot be used (the message names the file). `prefetch` checks many at once on a thread pool."""
 
-    def check(path: str) -> tuple[str, float | str]:
+    def __init__(self, limits: AudioLimits, workers: int = 4):
+        self.limits, self.workers = limits, max(1, workers)
+        self.results: dict[str, float | str] = {}
+
+    def _check(self, path: str) -> tuple[str, float | str]:
         try:
-            return path, check_audio(path, limits)
+            return path, check_audio(path, self.limits)
         except AudioError as e:
             return path, str(e)
 
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        results = dict(pool.map(check, paths))
-    good, rejects = [], []
-    seconds = {p: v for p, v in results.items() if isinstance(v, float)}
+    def prefetch(self, paths) -> None:
+        todo = sorted({p for p in paths if p not in self.results})
+        with ThreadPoolExecutor(self.workers) as pool:
+            self.results.update(pool.map(self._check, todo))
+
+    def __call__(self, path: str) -> float | str:
+        if path not in self.results:
+            self.results[path] = self._check(path)[1]
+        return self.results[path]
+
+    def seconds(self) -> dict[str, float]:
+        return {p: v for p, v in self.results.items() if isinstance(v, float)}
+
+
+def utterance_fault(checks: ClipChecks, limits: TextLimits):
+    """utterance -> why it can be neither a target nor a reference (its clip, or its transcript's rate), or None."""
+    def fault(u) -> str | None:
+        seconds = checks(u.audio)
+        if isinstance(seconds, str):
+            return seconds
+        if limits.max_chars_per_second and len(u.text) / seconds > limits.max_chars_per_second:
+            return (f"{len(u.text)} characters of text for {seconds:.1f} s of audio ({len(u.text) / seconds:.0f}/s, "
+                    f"over --max-chars-per-second {limits.max_chars_per_second:g}) in {u.audio}")
+        return None
+    return fault
+
+
+def checked_records(path: str, fmt: str, refs_per_target: int, seed: int, limits: AudioLimits, workers: int,
+                    text_tokenizer=None, text_limits: TextLimits = TextLimits(),
+                    wanted=None) -> tuple[list[Record], list[Reject], dict[str, float]]:
+    """The manifest's records (those whose index WANTED accepts) whose clips and text all pass, its rejects, and
+    the seconds of every clip checked. Every clip is checked once before references are drawn; an utterance
+    manifest draws references only from clips that passed, so a broken clip is rejected by its own line and costs
+    a target only when its speaker has no usable reference left."""
+    checks = ClipChecks(limits, workers)
+    if fmt == "utterances":  # the first draws' clips, in parallel; a reference drawn again is checked on its own
+        blind, _, _ = read_manifest(path, fmt, refs_per_target, seed, wanted=wanted)
+        checks.prefetch(p for r in blind for p in r.audio)
+    records, rejects, _ = read_manifest(path, fmt, refs_per_target, seed, wanted=wanted,
+                                        fault=utterance_fault(checks, text_limits))
+    records = [r for r in records if wanted is None or wanted(r.index)]
+    rejects = [r for r in rejects if wanted is None or (r.index is not None and wanted(r.index))]
+    checks.prefetch(p for r in records for p in r.audio)
+    good = []
     for r in records:
-        bad = next((results[p] for p in r.audio if isinstance(results[p], str)), None)
+        bad = next((checks(p) for p in r.audio if isinstance(checks(p), str)), None)
         if bad is None:
-            bad = _text_out_of_bounds(r, sum(seconds[p] for p in r.audio), text_tokenizer, text_limits)
+            bad = _text_out_of_bounds(r, sum(checks(p) for p in r.audio), text_tokenizer, text_limits)
         if bad is None:
             good.append(r)
         else:
             rejects.append(Reject(r.source, bad, r.index))
-    return good, rejects, seconds
+    return good, sorted(rejects, key=lambda r: (r.index if r.index is not None else -1, r.source)), checks.seconds()
 
 
 def _text_out_of_bounds(record: Record, seconds: float, tokenizer, limits: TextLimits) -> str | None:
@@ -117,12 +160,11 @@ def _text_out_of_bounds(record: Record, seconds: float, tokenizer, limits: TextL
 def validate_manifest(path: str, fmt: str = "auto", refs_per_target: int = 1, seed: int = 0,
                       limits: AudioLimits = AudioLimits(), workers: int = 4, text_tokenizer: str | None = None,
                       text_limits: TextLimits = TextLimits()) -> tuple[int, list[Reject]]:
-    """(number of records, every problem) without encoding any audio."""
-    records, rejects, _ = read_manifest(path, fmt, refs_per_target, seed)
+    """(number of records, every problem) without encoding any audio: what `build` would reject."""
+    fmt = read_manifest(path, fmt, refs_per_target, seed)[2]
     tok = load_text_tokenizer(text_tokenizer) if text_tokenizer else None
-    good, audio_rejects, _ = validate_records(records, limits, workers, tok, text_limits)
-    all_rejects = sorted(rejects + audio_rejects, key=lambda r: (r.index if r.index is not None else -1, r.source))
-    return len(good) + len(all_rejects), all_rejects
+    good, rejects, _ = checked_records(path, fmt, refs_per_target, seed, limits, workers, tok, text_limits)
+    return len(good) + len(rejects), rejects
 
 
 def reject_verdict(rejects: list[Reject], total: int, max_fraction: float) -> tuple[bool, str]:
@@ -288,9 +330,8 @@ def _build_part(cfg: BuildConfig) -> dict:
     def in_pending(index: int) -> bool:
         return index // cfg.shard_size in pending_set
 
-    todo = [r for r in records if in_pending(r.index)]
-    good, audio_rejects, seconds_of = validate_records(todo, cfg.limits, cfg.workers, text_tok, cfg.text_limits)
-    part_rejects = [r for r in rejects if r.index is not None and in_pending(r.index)] + audio_rejects
+    good, part_rejects, seconds_of = checked_records(cfg.input, fmt, cfg.refs_per_target, cfg.seed, cfg.limits,
+                                                     cfg.workers, text_tok, cfg.text_limits, wanted=in_pending)
     for j in mine:
         if j not in pending:
             part_rejects_done = json.loads(sidecar_path(out, j).read_text())

@@ -148,3 +148,49 @@ def test_utterance_pairing_is_same_speaker_deterministic_and_rejects_lonely_spea
     assert [r.audio for r in again] == [r.audio for r in records]
     other, _, _ = read_manifest(path, refs_per_target=2, seed=4)
     assert [r.audio for r in other] != [r.audio for r in records]
+
+
+def test_a_broken_clip_is_rejected_by_its_own_line_and_never_drawn_as_a_reference(fixtures_dir, code_cache,
+                                                                                  tmp_path):
+    """One speaker with three good clips and four broken ones (missing, empty, not audio, too long), and a second
+    speaker whose only other clip is broken: every clip is checked before references are drawn, so the three good
+    targets build, each with a good reference, the four broken clips are rejected by their own lines naming their
+    own files, and the lonely good target is rejected for having no usable reference. validate says the same."""
+    good = ["a1.wav", "a2.wav", "a3.wav"]
+    for name in good + ["b1.wav"]:
+        _wav(tmp_path / name, seconds=1.0 + 0.1 * len(name))
+    _wav(tmp_path / "long.wav", seconds=3.0)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "text.wav").write_text("not audio at all\n" * 20)
+    clips = [("a1.wav", "A"), ("missing.wav", "A"), ("a2.wav", "A"), ("empty.wav", "A"), ("text.wav", "A"),
+             ("a3.wav", "A"), ("long.wav", "A"), ("b1.wav", "B"), ("missing-b.wav", "B")]
+    manifest = tmp_path / "voices.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": a, "text": f"utterance {i} of {s}", "speaker": s}) + "\n"
+                                for i, (a, s) in enumerate(clips)))
+    broken = {2: "missing.wav", 4: "empty.wav", 5: "text.wav", 7: "long.wav", 9: "missing-b.wav"}  # by line
+
+    proc = run_cli("shards", "validate", "--input", manifest, "--max-seconds", 2.0, check=False)
+    lines = proc.stdout.splitlines()
+    assert proc.returncode == 1 and len(lines) == 6, proc.stdout
+    for line_no, name in broken.items():
+        hit = [x for x in lines if x.startswith(f"{manifest}:{line_no}: ")]
+        assert len(hit) == 1 and str(tmp_path / name) in hit[0], (line_no, lines)
+    lonely = [x for x in lines if x.startswith(f"{manifest}:8: ")]
+    assert lonely and "speaker 'B' has 0 usable utterance(s) besides this one (1 of its others were rejected)" \
+        in lonely[0]
+
+    out = tmp_path / "shards"
+    run_cli("shards", "build", "--input", manifest, "--out", out, "--audio-tokenizer", fixtures_dir / "audio_tokenizer",
+            "--cache-dir", code_cache, "--max-seconds", 2.0, "--max-reject-fraction", 1.0)
+    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    assert sorted(r["source"] for r in rejects) == sorted(f"{manifest}:{n}" for n in [*broken, 8])
+    assert all(str(tmp_path / broken[int(r["source"].rsplit(":", 1)[1])]) in r["reason"]
+               for r in rejects if not r["source"].endswith(":8"))
+    from higgs_ds.data.shard_index import ShardIndex
+
+    index = ShardIndex.load(out)
+    assert len(index) == 3
+    good_lines = {f"{manifest}:{n}" for n in (1, 3, 6)}
+    for i in range(len(index)):
+        meta, _ = index.read(i)
+        assert meta["source"] in good_lines and set(meta["misc"]["ref_sources"]) <= good_lines - {meta["source"]}
