@@ -26,6 +26,7 @@ from higgs_ds.files import atomic_write, file_sha256, no_space, out_of_space
 log = logging.getLogger(__name__)
 MANIFEST = "MANIFEST.json"
 BEST = "best"  # RUN/checkpoints/best: the tag of the best checkpoint (eval.select), for tools and people
+TRAINABLE_STATE = "trainable_state.pt"  # trainable weights and Adam state, whole: no rank's partition
 
 
 class CheckpointDamaged(RuntimeError):
@@ -49,21 +50,33 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def full_trainable_state(engine) -> dict[str, torch.Tensor]:
-    """fp32 master copies of every trainable parameter (a collective under ZeRO: every rank must call it)."""
-    from deepspeed.utils import safe_get_full_fp32_param
+ADAM_STATES = ("exp_avg", "exp_avg_sq")
+
+
+def trainable_state(engine) -> dict[str, dict[str, torch.Tensor]]:
+    """Every trainable parameter's fp32 master and Adam moments, whole, whatever the ranks' partitions (a collective
+    under ZeRO: every rank must call it)."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
     out = {}
     for name, p in engine.module.named_parameters():
         if p.requires_grad:
             full = safe_get_full_fp32_param(p)
-            out[name] = (full if full is not None else p.detach().float()).cpu().clone()
+            out[name] = {"fp32": (full if full is not None else p.detach().float()).cpu().clone()}
+            for key in ADAM_STATES:
+                moment = safe_get_full_optimizer_state(p, key)
+                if moment is not None:
+                    out[name][key] = moment.cpu().clone()
     return out
 
 
-def export_adapter(engine, out: Path, is_main: bool) -> None:
+def optimizer_step_count(engine) -> float | None:
+    steps = {float(s["step"]) for s in engine.optimizer.optimizer.state.values() if "step" in s}
+    return steps.pop() if len(steps) == 1 else None
+
+
+def export_adapter(engine, out: Path, state: dict[str, torch.Tensor], is_main: bool) -> None:
     """peft format: adapter_config.json + adapter_model.safetensors (loadable with PeftModel.from_pretrained)."""
-    state = full_trainable_state(engine)
     if is_main:
         engine.module.save_pretrained(str(out), state_dict=state, safe_serialization=True)
 
@@ -82,7 +95,11 @@ def save(engine, run_dir: Path, step: int, client_state: dict, keep_last: int, i
         engine.save_checkpoint(str(ckpt_root), tag=t, client_state=client_state, save_latest=False,
                                exclude_frozen_parameters=True)
         torch.save(rng_state(), path / f"rank{dist.get_rank()}_rng.pt")
-        export_adapter(engine, path / "adapter", is_main)
+        state = trainable_state(engine)
+        if is_main:  # what a resume on another number of ranks loads (DeepSpeed's own files are per rank)
+            torch.save({"world": dist.get_world_size(), "step": optimizer_step_count(engine), "params": state},
+                       path / TRAINABLE_STATE)
+        export_adapter(engine, path / "adapter", {n: v["fp32"] for n, v in state.items()}, is_main)
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as "unexpected pos" or "iostream error"
         if not (no_space(e) or out_of_space(ckpt_root)):
             raise
@@ -185,15 +202,67 @@ def find_resume(run_dir: Path, resume: str) -> Path | None:
                             f"starts the run over")
 
 
+def saved_world(path: Path) -> int:
+    """The number of ranks that wrote the checkpoint at PATH (its ZeRO optimizer partitions)."""
+    return len(list(path.glob("*zero_pp_rank_*_optim_states.pt"))) or 1
+
+
 def load(engine, path: Path) -> dict:
-    """Restore weights, optimizer, scheduler and this rank's RNG; returns the client state."""
-    _, client = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=False,
-                                       load_optimizer_states=True, load_lr_scheduler_states=True)
+    """Restore weights, optimizer, scheduler and this rank's RNG; returns the client state. A checkpoint written on
+    another number of ranks restores its trainable weights and Adam state from TRAINABLE_STATE, re-partitioned."""
+    world = dist.get_world_size()
+    if saved_world(path) != world:
+        client = _load_on_other_world(engine, path, world)
+    else:
+        _, client = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=False,
+                                           load_optimizer_states=True, load_lr_scheduler_states=True)
     if client is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
     rng = path / f"rank{dist.get_rank()}_rng.pt"
-    if rng.exists():
+    if rng.exists() and saved_world(path) == world:
         set_rng_state(torch.load(rng, weights_only=False))
+    return client
+
+
+def _load_on_other_world(engine, path: Path, world: int) -> dict:
+    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+    saved = saved_world(path)
+    if not (path / TRAINABLE_STATE).is_file():
+        raise CheckpointDamaged(f"{path} was written on {saved} ranks by a version of higgs-ds that kept no "
+                                f"{TRAINABLE_STATE}: its optimizer state cannot be re-partitioned for {world} ranks; "
+                                f"resume on {saved} ranks, or start over with resume=never")
+    state = torch.load(path / TRAINABLE_STATE, map_location="cpu", weights_only=True)
+    names = {n for n, p in engine.module.named_parameters() if p.requires_grad}
+    if set(state["params"]) != names:
+        missing = sorted(names - set(state["params"]))[:1] or sorted(set(state["params"]) - names)[:1]
+        raise CheckpointDamaged(f"{path / TRAINABLE_STATE} holds other trainable weights than this model has (e.g. "
+                                f"{missing[0]!r}): the LoRA settings differ from the run's")
+    _, client = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=False,
+                                       load_module_only=True)
+    if state["step"] is not None:
+        # torch's AdamW creates its state at its first step, and ZeRO links each parameter's fragment of it then:
+        # create it on this rank's flat partitions (DeepSpeed 0.19's ZeRO-1/2 optimizer) and link it now
+        zero = engine.optimizer
+        for flat in zero.single_partition_of_fp32_groups:
+            zero.optimizer.state[flat] = {"step": torch.tensor(float(state["step"])),
+                                          **{key: torch.zeros_like(flat) for key in ADAM_STATES}}
+        zero._hp_optimizer_states_linked = False
+        zero._lazy_init_hp_params_optimizer_state()
+    for name, p in engine.module.named_parameters():
+        if p.requires_grad:
+            saved_p = state["params"][name]
+            safe_set_full_fp32_param(p, saved_p["fp32"])
+            for key in ADAM_STATES:
+                if key in saved_p and state["step"] is not None:
+                    safe_set_full_optimizer_state(p, saved_p[key], key)
+    # what load_module_only leaves out of the engine: its schedule and counters (in every rank's model states)
+    engine_state = torch.load(next(path.glob("mp_rank_*_model_states.pt")), map_location="cpu", weights_only=False)
+    engine.lr_scheduler.load_state_dict(engine_state["lr_scheduler"])
+    engine.global_steps, engine.skipped_steps = engine_state["global_steps"], engine_state["skipped_steps"]
+    engine.global_samples = engine.global_steps * engine.train_batch_size()
+    log.info(f"{path}: written on {saved} ranks, loaded on {world}: trainable weights and Adam state "
+             f"re-partitioned; each rank's RNG starts from its own seed")
     return client
 
 

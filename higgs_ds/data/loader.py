@@ -9,14 +9,14 @@ import os
 import signal
 import threading
 from queue import Empty, Full, Queue
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from higgs_ds.data.chatml import chatml_tokens, text_tokenizer_fingerprint
 from higgs_ds.data.collate import IGNORE, Sample
-from higgs_ds.data.plan import PlanSettings, plan_epoch
+from higgs_ds.data.plan import PlanSettings, epoch_plan
 from higgs_ds.data.sample_format import ShardError
 from higgs_ds.data.shard_index import ShardIndex
 from higgs_ds.files import open_binary
@@ -27,10 +27,12 @@ log = logging.getLogger(__name__)
 @dataclass
 class DataPosition:
     epoch: int = 0
-    batch: int = 0  # micro-batches this rank has consumed in `epoch`
+    batch: int = 0  # micro-batches this rank has consumed in `epoch` (since its last hop)
+    # (world, accum, micro-batches a rank read) of each earlier stretch of this epoch on other ranks (plan.epoch_plan)
+    hops: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"epoch": self.epoch, "batch": self.batch}
+        return {"epoch": self.epoch, "batch": self.batch, "hops": [list(h) for h in self.hops]}
 
 
 def to_sample(meta: dict, codes: np.ndarray, tokenizer, tokenizer_fp: str | None = None) -> Sample:
@@ -222,11 +224,12 @@ def stream_batches(reader: BatchReader, seed: int, rank: int, settings: PlanSett
     a batch costs milliseconds), and the next epoch's workers start `lookahead` batches before this epoch ends (no
     stall between epochs)."""
     if not num_workers:
-        epoch, skip = start.epoch, start.batch
+        epoch, skip, hops = start.epoch, start.batch, start.hops
         while True:
-            for k, (batch, skipped) in enumerate(epoch_loader(reader, seed, rank, settings, epoch, skip, 0)[1]):
-                yield DataPosition(epoch, skip + k + 1), batch, skipped
-            epoch, skip = epoch + 1, 0
+            for k, (batch, skipped) in enumerate(epoch_loader(reader, seed, rank, settings, epoch, skip, 0,
+                                                              hops)[1]):
+                yield DataPosition(epoch, skip + k + 1, hops), batch, skipped
+            epoch, skip, hops = epoch + 1, 0, []
     yield from _from_workers(reader, seed, rank, settings, start, num_workers, lookahead, prefetch)
 
 
@@ -253,14 +256,14 @@ def _from_workers(reader: BatchReader, seed: int, rank: int, settings: PlanSetti
         try:
             while not stop.is_set():
                 try:
-                    epoch, skip, count, batches = loaders.get(timeout=0.1)
+                    epoch, skip, hops, count, batches = loaders.get(timeout=0.1)
                 except Empty:
                     continue
                 asked = False
                 for k, (packed, skipped) in enumerate(batches):
                     if not asked and k >= count - lookahead:
                         asked = put((NEXT_EPOCH, None))
-                    if not put(((DataPosition(epoch, skip + k + 1), packed.unpack(), skipped), None)):
+                    if not put(((DataPosition(epoch, skip + k + 1, hops), packed.unpack(), skipped), None)):
                         return
                 if not asked and not put((NEXT_EPOCH, None)):
                     return
@@ -268,7 +271,8 @@ def _from_workers(reader: BatchReader, seed: int, rank: int, settings: PlanSetti
             out.put((None, e))
 
     epoch = start.epoch
-    loaders.put((epoch, start.batch, *epoch_loader(reader, seed, rank, settings, epoch, start.batch, num_workers)))
+    loaders.put((epoch, start.batch, start.hops,
+                 *epoch_loader(reader, seed, rank, settings, epoch, start.batch, num_workers, start.hops)))
     thread = threading.Thread(target=produce, name="higgs-ds-prefetch", daemon=True)
     thread.start()
     try:
@@ -278,7 +282,7 @@ def _from_workers(reader: BatchReader, seed: int, rank: int, settings: PlanSetti
                 raise error
             if item is NEXT_EPOCH:
                 epoch += 1
-                loaders.put((epoch, 0, *epoch_loader(reader, seed, rank, settings, epoch, 0, num_workers)))
+                loaders.put((epoch, 0, [], *epoch_loader(reader, seed, rank, settings, epoch, 0, num_workers)))
                 continue
             yield item
     finally:
@@ -292,9 +296,9 @@ NEXT_EPOCH = object()  # the prefetch thread asks the training thread for the ne
 
 
 def epoch_loader(reader: BatchReader, seed: int, rank: int, settings: PlanSettings, epoch: int, skip: int,
-                 num_workers: int):
-    """(number of batches, iterator over them) of this rank's plan for EPOCH from batch SKIP on."""
-    plan = plan_epoch(reader.index.rows, seed, epoch, settings)
+                 num_workers: int, hops: list = ()):
+    """(number of batches, iterator over them) of this rank's plan for EPOCH (after HOPS) from batch SKIP on."""
+    plan = epoch_plan(reader.index.rows, seed, epoch, settings, hops)
     if skip == 0:
         log.info(f"epoch {epoch}: {plan.batches_per_rank[rank]} micro-batches per rank, {plan.dropped} of "
                  f"{plan.selected} samples left out to keep ranks equal, padding efficiency "

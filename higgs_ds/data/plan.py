@@ -14,7 +14,7 @@ Two batching modes:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -71,6 +71,15 @@ class PlanSettings:
         """Everything an epoch's plan depends on besides the index: a resume with an equal key continues at the
         exact next batch. Derived from every field, so a new setting cannot be left out."""
         return {**asdict(self), "source_weights": list(self.source_weights), "seed": seed, "train": train}
+
+
+REDEALABLE = ("world", "accum")  # a resume may change these mid-epoch: the rest of the epoch is dealt anew
+
+
+def same_batches(key: dict, other: dict) -> bool:
+    """Whether two resume keys make the same micro-batches, whatever the world size and accumulation."""
+    return {k: v for k, v in key.items() if k not in REDEALABLE} == \
+        {k: v for k, v in other.items() if k not in REDEALABLE}
 
 
 def select_speakers(speakers: np.ndarray, n: int, s: PlanSettings, rng: np.random.Generator) -> np.ndarray:
@@ -186,6 +195,31 @@ def plan_epoch(rows: dict[str, np.ndarray], seed: int, epoch: int, s: PlanSettin
                          f"epoch; the data set is too small for world {s.world} x accumulation {s.accum}")
     per_rank, dropped = _equalise(per_rank, s.accum)
     return Plan(per_rank, len(chosen), dropped, _efficiency(per_rank, costs), over)
+
+
+def redeal(plan: Plan, consumed: int, world: int, accum: int) -> Plan:
+    """The micro-batches of PLAN that no rank had read after CONSUMED each, dealt to WORLD ranks (a multiple of
+    ACCUM each): in the order the old ranks would have read them, round robin. Fewer than world x accum
+    micro-batches are left over and dropped for this epoch (counted in `dropped`, samples)."""
+    old = len(plan.batches)
+    rest = [plan.batches[r][k] for k in range(consumed, min(len(b) for b in plan.batches)) for r in range(old)]
+    per_rank, dropped = _equalise([rest[r::world] for r in range(world)], accum)
+    dropped_samples = sum(len(b) for b in rest) - sum(len(b) for rank in per_rank for b in rank)
+    return Plan(per_rank, plan.selected, plan.dropped + dropped_samples, plan.padding_efficiency, plan.over_budget)
+
+
+def epoch_plan(rows: dict[str, np.ndarray], seed: int, epoch: int, s: PlanSettings,
+               hops: list[tuple[int, int, int]] = ()) -> Plan:
+    """plan_epoch, for an epoch that resumed on other ranks on the way: HOPS lists (world, accum, micro-batches a
+    rank had read) of each earlier stretch of the epoch, in order; the rest of the epoch after each is dealt anew
+    to the ranks of the next stretch (redeal), the last one to those of S."""
+    if not hops:
+        return plan_epoch(rows, seed, epoch, s)
+    plan = plan_epoch(rows, seed, epoch, replace(s, world=hops[0][0], accum=hops[0][1]))
+    for i, (_, _, consumed) in enumerate(hops):
+        world, accum = (hops[i + 1][0], hops[i + 1][1]) if i + 1 < len(hops) else (s.world, s.accum)
+        plan = redeal(plan, consumed, world, accum)
+    return plan
 
 
 def _efficiency(batches: list[list[np.ndarray]], costs: np.ndarray) -> float:

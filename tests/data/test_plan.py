@@ -98,3 +98,46 @@ def test_weighted_mixing_of_shard_sets():
     assert len(mix_sources(np.arange(400), rows["source"], (0.0, 1.0), np.random.default_rng(0))) == 400
     with pytest.raises(ValueError, match="3 source weights for 2 shard set"):
         plan_epoch(rows, 0, 0, PlanSettings(world=1, source_weights=(1.0, 1.0, 1.0)))
+
+
+@pytest.mark.parametrize("mode", ["samples", "tokens"])
+@pytest.mark.parametrize("hops", [[(2, 1, 5)], [(2, 1, 5), (3, 2, 4)], [(4, 1, 7), (1, 3, 6)]])
+def test_an_epoch_resumed_on_other_ranks_reads_the_rest_once(mode, hops):
+    """A run that read part of an epoch on some ranks (each hop: world, accumulation, micro-batches a rank read)
+    and resumed on others reads every unread micro-batch of the epoch's first plan at most once, in equal counts
+    on the new ranks (a multiple of their accumulation), leaving out fewer than world x accum micro-batches."""
+    from higgs_ds.data.plan import epoch_plan
+
+    rows = uneven_rows()
+    base = PlanSettings(world=3, micro=3, accum=2, token_budget=6000 if mode == "tokens" else 0)
+    first = plan_epoch(rows, seed=1, epoch=0, s=PlanSettings(**{**base.__dict__, "world": hops[0][0],
+                                                                "accum": hops[0][1]}))
+    read = []  # micro-batches read before the last resume, stretch by stretch
+    plan = first
+    for i, (world, accum, consumed) in enumerate(hops):
+        read += [plan.batches[r][k] for k in range(consumed) for r in range(world)]
+        plan = epoch_plan(rows, 1, 0, PlanSettings(**{**base.__dict__, "world": (hops + [(3, 2, 0)])[i + 1][0],
+                                                      "accum": (hops + [(3, 2, 0)])[i + 1][1]}), hops[:i + 1])
+    counts = plan.batches_per_rank
+    assert len(counts) == 3 and len(set(counts)) == 1 and counts[0] % 2 == 0
+    after = [b for rank in plan.batches for b in rank]
+    seen = np.concatenate(read + after)
+    assert len(seen) == len(set(seen.tolist()))  # nothing read twice
+    planned = {tuple(b) for rank in first.batches for b in rank}
+    assert {tuple(b) for b in read + after} <= planned  # the first plan's own micro-batches, none invented
+    left_out = len(planned) - len(read) - len(after)
+    assert 0 <= left_out < sum(w * a for w, a, _ in hops[1:]) + 3 * 2  # each re-deal leaves out < world x accum
+    assert plan.dropped == first.dropped + sum(len(b) for b in planned) - len(seen)
+
+
+def test_a_resume_on_fewer_ranks_with_more_accumulation_reads_the_same_steps():
+    """2 ranks x accum 1 resumed after 2 micro-batches on 1 rank x accum 2: each later step holds exactly the
+    samples the 2-rank run's step would have held (what makes such a resume continue the same training)."""
+    from higgs_ds.data.plan import epoch_plan
+
+    rows = uneven_rows()
+    two = plan_epoch(rows, 1, 0, PlanSettings(world=2, micro=3, accum=1))
+    one = epoch_plan(rows, 1, 0, PlanSettings(world=1, micro=3, accum=2), [(2, 1, 2)])
+    steps_two = [np.concatenate([two.batches[0][k], two.batches[1][k]]) for k in range(2, len(two.batches[0]))]
+    steps_one = [np.concatenate(one.batches[0][2 * s:2 * s + 2]) for s in range(len(one.batches[0]) // 2)]
+    assert len(steps_one) == len(steps_two) and all(np.array_equal(a, b) for a, b in zip(steps_one, steps_two))

@@ -130,6 +130,57 @@ def test_resume_continues_exactly(fp32_straight, fixtures_dir, shards, tmp_path)
     assert s_resumed["rank_weight_checksums"] == s_straight["rank_weight_checksums"]
 
 
+def test_a_run_resumes_on_fewer_and_on_more_ranks(fp32_straight, fixtures_dir, shards, tmp_path):
+    """A 2-rank checkpoint (step 2, mid-epoch) resumes on 1 rank with accumulation 2 and continues exactly as the
+    2-rank run did: its trainable weights, Adam state and schedule carry over, re-partitioned, and the rest of the
+    epoch is dealt to the one rank in the order the two would have read it (fp32: the losses of steps 3-6 equal the
+    straight run's). On 3 ranks it continues to the configured steps with every rank agreeing; the epoch's two
+    unread micro-batches cannot be split equally over 3 ranks and are left out, as the log says. A checkpoint of
+    the previous version (no trainable_state.pt) is refused before loading, naming what cannot carry over."""
+    import shutil
+
+    from higgs_ds.checkpoints.saving import MANIFEST, TRAINABLE_STATE, file_manifest
+
+    run = tmp_path / "run"
+    launch_training("srun-env", 2, train_overrides(fixtures_dir, shards, run, precision="fp32", steps=2))
+    ckpt = run / "checkpoints" / "step00000002"
+    saved = torch.load(ckpt / TRAINABLE_STATE, weights_only=True)
+    assert saved["world"] == 2 and saved["step"] == 2.0
+    assert all(set(v) == {"fp32", "exp_avg", "exp_avg_sq"} for v in saved["params"].values())
+    three, old = tmp_path / "three", tmp_path / "old"
+    shutil.copytree(run, three, symlinks=True)
+    shutil.copytree(run, old, symlinks=True)
+
+    _, out = launch_training("torchrun", 1, train_overrides(fixtures_dir, shards, run, precision="fp32",
+                                                            grad_accum=2))
+    assert "resumed on 1 ranks x 2 accumulation steps a checkpoint written on 2 x 1" in out
+    assert "written on 2 ranks, loaded on 1: trainable weights and Adam state re-partitioned" in out
+    straight, _, s_straight = read_run(fp32_straight)
+    resumed, _, s_resumed = read_run(run)
+    assert [r["step"] for r in resumed] == list(range(1, 7))
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in straight], rel=1e-6)
+    assert [r["grad_norm"] for r in resumed] == pytest.approx([r["grad_norm"] for r in straight], rel=1e-5)
+    assert [r["lr"] for r in resumed] == [r["lr"] for r in straight]
+    assert s_resumed["rank_weight_checksums"][0] == pytest.approx(s_straight["rank_weight_checksums"][0], rel=1e-6)
+
+    _, out = launch_training("srun-env", 3, train_overrides(fixtures_dir, shards, three, precision="fp32"))
+    rows, _, summary = read_run(three)
+    assert [r["step"] for r in rows] == list(range(1, 7)) and summary["step"] == 6
+    checks = summary["rank_weight_checksums"]
+    assert len(checks) == 3 and len(set(checks)) == 1
+    assert "epoch 0: 0 micro-batches per rank, 4 of 12 samples left out" in out
+    assert all(r["text_tokens"] and r["audio_tokens"] for r in rows[2:])  # 3 ranks x 2 samples a step
+
+    (old / "checkpoints" / "step00000002" / TRAINABLE_STATE).unlink()  # as the previous version wrote it
+    (old / "checkpoints" / "step00000002" / MANIFEST).write_text(
+        json.dumps(file_manifest(old / "checkpoints" / "step00000002")))
+    rc, out = launch_training("srun-env", 1, train_overrides(fixtures_dir, shards, old, precision="fp32"),
+                              check=False)
+    assert rc == 2 and "Traceback" not in out
+    assert "was written on 2 ranks by a version of higgs-ds that kept no trainable_state.pt" in out
+    assert "resume on 2 ranks, or start over with resume=never" in out
+
+
 def test_resuming_from_an_older_checkpoint_leaves_one_row_per_step(fp32_straight, fixtures_dir, shards, tmp_path):
     """Steps logged after the checkpoint a run resumes from are logged again: metrics.jsonl keeps the resumed run's
     row for each step (train and eval), and the losses still equal the straight run's."""
