@@ -16,7 +16,7 @@ import torch
 
 from higgs_ds.data.chatml import chatml_tokens, text_tokenizer_fingerprint
 from higgs_ds.data.collate import IGNORE, Sample
-from higgs_ds.data.plan import PlanSettings, epoch_plan
+from higgs_ds.data.plan import PlanSettings, epoch_plan, same_batches
 from higgs_ds.data.sample_format import ShardError
 from higgs_ds.data.shard_index import ShardIndex
 from higgs_ds.files import open_binary
@@ -33,6 +33,25 @@ class DataPosition:
 
     def to_dict(self) -> dict:
         return {"epoch": self.epoch, "batch": self.batch, "hops": [list(h) for h in self.hops]}
+
+
+def resumed_position(saved: DataPosition, saved_plan: dict, plan_key: dict) -> DataPosition:
+    """Where a resumed run reads on: the saved position under the same plan; the rest of the epoch dealt anew when
+    only the world size or accumulation changed mid-epoch; the start of the next epoch when the batches changed."""
+    if saved_plan == plan_key:
+        return saved
+    if same_batches(saved_plan, plan_key):
+        if not saved.batch:
+            return saved
+        log.info(f"resumed on {plan_key['world']} ranks x {plan_key['accum']} accumulation steps a checkpoint "
+                 f"written on {saved_plan['world']} x {saved_plan['accum']}: the rest of epoch {saved.epoch} is dealt "
+                 f"to the new ranks (no sample read twice; fewer than {plan_key['world']} x {plan_key['accum']} "
+                 f"micro-batches left out to keep them equal)")
+        return DataPosition(saved.epoch, 0, [*saved.hops, [saved_plan["world"], saved_plan["accum"], saved.batch]])
+    position = DataPosition(saved.epoch + (1 if saved.batch else 0), 0)
+    log.info(f"data plan changed since the checkpoint ({saved_plan} -> {plan_key}): data re-planned from the start "
+             f"of epoch {position.epoch}")
+    return position
 
 
 def to_sample(meta: dict, codes: np.ndarray, tokenizer, tokenizer_fp: str | None = None) -> Sample:

@@ -22,8 +22,9 @@ from higgs_ds.checkpoints import saving
 from higgs_ds.checkpoints.model import apply_lora, batch_to_inputs, load_model, load_tokenizer, resolve_model
 from higgs_ds.config import TrainConfig, dump_config, to_dict
 from higgs_ds.data.collate import check_collator, make_collator
-from higgs_ds.data.loader import BatchReader, DataPosition, load_train_index, stream_batches
-from higgs_ds.data.plan import PlanSettings, same_batches
+from higgs_ds.data.loader import (BatchReader, DataPosition, load_train_index, resumed_position,
+                                  stream_batches)
+from higgs_ds.data.plan import PlanSettings
 from higgs_ds.data.shard_index import ShardIndex
 from higgs_ds.distributed import StopSignal, all_reduce_sum, deepspeed_config, dist_env, init_distributed
 from higgs_ds.listening.listen_eval import ListeningEval
@@ -131,19 +132,7 @@ def restore(engine, optimizer, cfg: TrainConfig, plan_key: dict) -> tuple[TrainS
     engine.lr_scheduler.base_lrs = [cfg.optim.lr] * len(optimizer.param_groups)
     for group in optimizer.param_groups:
         group["lr"] = cfg.optim.lr * lr_lambda(cfg)(state.step)
-    saved_plan = client.get("plan") or {}
-    if saved_plan != plan_key and same_batches(saved_plan, plan_key) and state.data.batch:
-        # another number of ranks (or accumulation steps) mid-epoch: the epoch's unread micro-batches are dealt anew
-        hop = [saved_plan["world"], saved_plan["accum"], state.data.batch]
-        state.data = DataPosition(state.data.epoch, 0, [*state.data.hops, hop])
-        log.info(f"resumed on {plan_key['world']} ranks x {plan_key['accum']} accumulation steps a checkpoint "
-                 f"written on {saved_plan['world']} x {saved_plan['accum']}: the rest of epoch {state.data.epoch} "
-                 f"is dealt to the new ranks (no sample read twice; fewer than {plan_key['world']} x "
-                 f"{plan_key['accum']} micro-batches left out to keep them equal)")
-    elif saved_plan != plan_key and not same_batches(saved_plan, plan_key):
-        state.data = DataPosition(state.data.epoch + (1 if state.data.batch else 0), 0)
-        log.info(f"data plan changed since the checkpoint ({saved_plan} -> {plan_key}): data re-planned "
-                 f"from the start of epoch {state.data.epoch}")
+    state.data = resumed_position(state.data, client.get("plan") or {}, plan_key)
     log.info(f"resumed from {ckpt} at step {state.step} (epoch {state.data.epoch}, batch {state.data.batch})")
     return state, True
 
