@@ -8,6 +8,7 @@ boson_multimodal), one command a call, tensors in and out as torch.save files.
   lean-step       the same step as higgs_ds.models.higgs_v2 takes it: our samples -> NativeCollator -> the heads
                   only where labels are; with the loss sums of the heads at every position beside it
   generate        transformers' generate on a native model, seeded
+  clone           higgs_ds.models.higgs_v2.generation on a cloning prompt: the codes it decodes from
   encode          a native audio tokenizer's codes for waveforms
 """
 
@@ -150,6 +151,22 @@ def lean_step(args):
                 "grads": grads, "params": {n: p.detach().clone() for n, p in params.items()}}, args.out)
 
 
+def clone(args):
+    """A cloning prompt's codes through higgs_ds.models.higgs_v2.generation (transformers' generate)."""
+    from higgs_ds.data.collate import CollatorSettings
+    from higgs_ds.models.higgs_v2.generation import generate_stream, prompt_inputs, stream_codes
+    from higgs_ds.models.higgs_v2.model import load_native_model
+
+    given = torch.load(args.inputs, weights_only=False)
+    model = load_native_model(args.model).eval()
+    inputs = prompt_inputs(CollatorSettings(**given["settings"]), given["audio_token_id"], given["ids"],
+                           [c.numpy() for c in given["ref_codes"]])
+    stream = generate_stream(model, inputs, given["max_new_frames"], temperature=0.0, ras_win_len=None)
+    torch.save({"stream": torch.from_numpy(stream),
+                "codes": torch.from_numpy(stream_codes(stream, model.config.codebook_size - 2,
+                                                       model.config.audio_stream_eos_id))}, args.out)
+
+
 def generate(args):
     model = load(args.model).eval()
     prompt = torch.tensor([json.loads(args.prompt)])
@@ -187,7 +204,7 @@ def main():
     p.add_argument("--src", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=resave_tokenizer)
-    for name, func in (("logits", logits), ("step", step), ("lean-step", lean_step)):
+    for name, func in (("logits", logits), ("step", step), ("lean-step", lean_step), ("clone", clone)):
         p = sub.add_parser(name)
         p.add_argument("--model", required=True)
         p.add_argument("--inputs", required=True)
