@@ -24,18 +24,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # higgs_ds.trainin
 
 
 def load(path, adapter=None, trainable=False):
-    from transformers import HiggsAudioV2ForConditionalGeneration
+    """The native model through higgs_ds's own loader (every key loaded, the text head kept), with an adapter."""
+    from higgs_ds.models.higgs_v2.model import load_native_model
 
-    model, info = HiggsAudioV2ForConditionalGeneration.from_pretrained(path, use_text_head=True, dtype=torch.float32,
-                                                                       output_loading_info=True)
-    problems = {k: v for k, v in info.items() if v}
-    if problems:
-        raise SystemExit(f"{path} did not load cleanly: {problems}")
+    model = load_native_model(path)
     if adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
     return model
+
+
+def backward_and_step(model, loss, lr) -> dict:
+    """Backward, then one AdamW step of the trainable weights: their gradients and updated values."""
+    loss.backward()
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    grads = {n: p.grad.detach().clone() for n, p in params.items()}
+    torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0).step()
+    return {"loss": loss.detach(), "grads": grads, "params": {n: p.detach().clone() for n, p in params.items()}}
 
 
 def heads(model, inputs):
@@ -102,12 +108,8 @@ def step(args):
                               audio_logits=audio[inputs["audio_out_mask"]])
     sums = token_sums(outputs, inputs["label_audio_ids"])
     loss = combine(sums, float(sums.text_tokens), float(sums.audio_tokens), 1.0, 1.0)
-    loss.backward()
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    grads = {n: p.grad.detach().clone() for n, p in params.items()}
-    torch.optim.AdamW(params.values(), lr=args.lr, weight_decay=0.0).step()
-    torch.save({"loss": loss.detach(), "text_sum": sums.text_sum.detach(), "audio_sum": sums.audio_sum.detach(),
-                "grads": grads, "params": {n: p.detach().clone() for n, p in params.items()}}, args.out)
+    torch.save({**backward_and_step(model, loss, args.lr), "text_sum": sums.text_sum.detach(),
+                "audio_sum": sums.audio_sum.detach()}, args.out)
 
 
 def lean_step(args):
@@ -119,18 +121,12 @@ def lean_step(args):
     from higgs_ds.data.collate import IGNORE, CollatorSettings, Sample
     from higgs_ds.models.higgs_v2 import heads as lean
     from higgs_ds.models.higgs_v2.inputs import NativeCollator
-    from higgs_ds.models.higgs_v2.model import load_native_model
     from higgs_ds.training.loss import combine
 
     given = torch.load(args.inputs, weights_only=False)
     samples = [Sample(**{k: v.numpy() for k, v in s.items()}) for s in given["samples"]]
     batch = NativeCollator(CollatorSettings(**given["settings"]), given["audio_token_id"])(samples)
-    model = load_native_model(args.model)
-    if args.adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, args.adapter, is_trainable=True)
-    model.train()
+    model = load(args.model, args.adapter, trainable=True).train()
     hidden = lean.hidden_states(model, batch)
     with torch.no_grad():  # every position through both heads, then the labelled ones picked out
         everywhere = torch.arange(hidden.shape[0])
@@ -141,24 +137,19 @@ def lean_step(args):
                                      batch.audio_targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
     sums = lean.token_sums(model, batch)
     loss = combine(sums, float(sums.text_tokens), float(sums.audio_tokens), 1.0, 1.0)
-    loss.backward()
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    grads = {n: p.grad.detach().clone() for n, p in params.items()}
-    torch.optim.AdamW(params.values(), lr=args.lr, weight_decay=0.0).step()
-    torch.save({"loss": loss.detach(), "text_sum": sums.text_sum.detach(), "audio_sum": sums.audio_sum.detach(),
-                "codebook_sums": sums.codebook_sums, "text_tokens": int(sums.text_tokens),
-                "audio_tokens": int(sums.audio_tokens), "full_text_sum": full_text, "full_audio_sum": full_audio,
-                "grads": grads, "params": {n: p.detach().clone() for n, p in params.items()}}, args.out)
+    torch.save({**backward_and_step(model, loss, args.lr), "text_sum": sums.text_sum.detach(),
+                "audio_sum": sums.audio_sum.detach(), "codebook_sums": sums.codebook_sums,
+                "text_tokens": int(sums.text_tokens), "audio_tokens": int(sums.audio_tokens),
+                "full_text_sum": full_text, "full_audio_sum": full_audio}, args.out)
 
 
 def clone(args):
     """A cloning prompt's codes through higgs_ds.models.higgs_v2.generation (transformers' generate)."""
     from higgs_ds.data.collate import CollatorSettings
     from higgs_ds.models.higgs_v2.generation import generate_stream, prompt_inputs, stream_codes
-    from higgs_ds.models.higgs_v2.model import load_native_model
 
     given = torch.load(args.inputs, weights_only=False)
-    model = load_native_model(args.model).eval()
+    model = load(args.model).eval()
     inputs = prompt_inputs(CollatorSettings(**given["settings"]), given["audio_token_id"], given["ids"],
                            [c.numpy() for c in given["ref_codes"]])
     stream = generate_stream(model, inputs, given["max_new_frames"], temperature=0.0, ras_win_len=None)
