@@ -129,6 +129,15 @@ def drop_from(run_dir: Path, step: int) -> Path | None:
             shutil.rmtree(path, ignore_errors=True)
             log.info(f"removed {path}: written after the run had diverged")
     good = sorted(p for p in root.glob("step*") if (p / "COMPLETE").exists())
+    best = root / BEST
+    if best.is_file() and best.read_text().strip() >= tag(step):  # eval.select chose a dead step
+        for marker in (best, run_dir / "best", run_dir / "best.json"):
+            marker.unlink(missing_ok=True)
+        earlier = client_state_of(good[-1]).get("best", {}) if good else {}
+        if earlier.get("step") is not None and (root / tag(earlier["step"])).is_dir():
+            mark_best(run_dir, earlier["step"], {"score": earlier["score"], "note": "the best before it diverged"})
+        log.info(f"the best checkpoint was written after the run had diverged; best is now "
+                 f"{(root / BEST).read_text() if (root / BEST).is_file() else 'none'}")
     if good:
         atomic_write(root / "latest", good[-1].name)
         return good[-1]
@@ -257,7 +266,7 @@ def _load_on_other_world(engine, path: Path, world: int) -> dict:
                 if key in saved_p and state["step"] is not None:
                     safe_set_full_optimizer_state(p, saved_p[key], key)
     # what load_module_only leaves out of the engine: its schedule and counters (in every rank's model states)
-    engine_state = torch.load(next(path.glob("mp_rank_*_model_states.pt")), map_location="cpu", weights_only=False)
+    engine_state = client_state_of(path)
     engine.lr_scheduler.load_state_dict(engine_state["lr_scheduler"])
     engine.global_steps, engine.skipped_steps = engine_state["global_steps"], engine_state["skipped_steps"]
     engine.global_samples = engine.global_steps * engine.train_batch_size()
@@ -266,12 +275,17 @@ def _load_on_other_world(engine, path: Path, world: int) -> dict:
     return client
 
 
-def run_config_of(ckpt: Path) -> dict:
-    """The training config a checkpoint was written with (from its client state)."""
+def client_state_of(ckpt: Path) -> dict:
+    """The client state a checkpoint was written with (step, data position, best, config, ...)."""
     states = sorted(ckpt.glob("mp_rank_*_model_states.pt"))
     if not states:
         raise FileNotFoundError(f"{ckpt} holds no DeepSpeed model states (not a checkpoint directory?)")
-    return torch.load(states[0], map_location="cpu", weights_only=False)["config"]
+    return torch.load(states[0], map_location="cpu", weights_only=False)
+
+
+def run_config_of(ckpt: Path) -> dict:
+    """The training config a checkpoint was written with (from its client state)."""
+    return client_state_of(ckpt)["config"]
 
 
 def step_dir(path: str | Path) -> Path:

@@ -216,10 +216,12 @@ def test_a_run_killed_by_its_learning_rate_stops_as_diverged_and_resumes_from_th
     run stops at step 5 (diverged_steps=3) on every rank with exit 4 and one plain message; the checkpoints of
     step 2 on are dead and go, `latest` stays step 1's, nothing is exported, summary.json says why. The same
     command with a sane learning rate then resumes at step 1 and finishes. (keep_last=5: retention must leave a
-    checkpoint older than the guard's diverged_steps + 1 window.)"""
+    checkpoint older than the guard's diverged_steps + 1 window.) Evaluated every step, the dead model's uniform
+    loss scores better than the random start, so best moves to a dead step: it goes back to the last good one."""
     run = tmp_path / "run"
     rc, out = launch_training("srun-env", 2, train_overrides(fixtures_dir, shards, run, steps=12, save_every=1,
-                                                             keep_last=5, **{"optim.lr": 1e6}), check=False)
+                                                             keep_last=5, eval_every=1, **{"optim.lr": 1e6}),
+                              check=False)
     rows, _, summary = read_run(run)
     assert rc == 4 and "Traceback" not in out
     assert [r["grad_norm"] for r in rows[2:]] == [0.0, 0.0, 0.0] and rows[1]["grad_norm"] > 1
@@ -232,6 +234,10 @@ def test_a_run_killed_by_its_learning_rate_stops_as_diverged_and_resumes_from_th
     assert summary["stopped_by"] == "diverged" and summary["adapter"] is None
     assert summary["diverged"] == {"step": 5, "first_dead_step": 3, "evidence": summary["diverged"]["evidence"]}
     assert summary["checkpoint"].endswith("step00000001")
+    # the dead model's uniform eval loss beat step 1's random one: best had moved to step 2, and goes back to 1
+    assert (run / "checkpoints" / "best").read_text() == "step00000001"
+    assert (run / "best").resolve() == (run / "checkpoints" / "step00000001").resolve()
+    assert json.loads((run / "best.json").read_text())["step"] == 1
 
     _, out = launch_training("torchrun", 2, train_overrides(fixtures_dir, shards, run, steps=4, save_every=1))
     rows, _, summary = read_run(run)
