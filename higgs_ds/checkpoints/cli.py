@@ -27,7 +27,7 @@ def add_commands(sub) -> None:
                                                 "(default: the run's model.path as resolved)")
     p.add_argument("--layout", choices=("boson", "native"), default="boson",
                    help="boson: for boson_multimodal (HiggsAudioModel, its serve engine); native: for transformers "
-                        ">= 5.3 (HiggsAudioV2ForConditionalGeneration), vLLM-Omni, sglang-omni")
+                        ">= 5.3 (HiggsAudioV2ForConditionalGeneration) and vLLM-Omni")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("convert", help="a model or audio tokenizer written in the other layout")

@@ -1,6 +1,6 @@
 """Exports of a run's checkpoint: its peft adapter, or a merged bf16 model, in boson_multimodal's layout (what
 HiggsAudioModel and its serve engine load) or in the transformers-native one (HiggsAudioV2ForConditionalGeneration:
-transformers 5.x, vLLM-Omni, sglang-omni)."""
+transformers 5.x, vLLM-Omni)."""
 
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def export_merged(adapter: Path, model_cfg, out: Path, layout: str) -> Path:
     tokenizer = resolve(model_cfg.tokenizer or model_cfg.path, "text_tokenizer")
     save_native_state(merged.state_dict(), boson_config, tokenizer.path, out)
     log.info(f"merged {adapter} into {model_cfg.path} -> {out} (bf16, transformers-native layout; load with "
-             f"HiggsAudioV2ForConditionalGeneration.from_pretrained, or serve it with vLLM-Omni / sglang-omni)")
+             f"HiggsAudioV2ForConditionalGeneration.from_pretrained, or serve it with vLLM-Omni)")
     return out
 
 

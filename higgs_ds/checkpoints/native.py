@@ -1,5 +1,5 @@
-"""The transformers-native layout of Higgs-Audio v2 (model_type `higgs_audio_v2`: transformers >= 5.3, vLLM-Omni,
-sglang-omni) to and from boson_multimodal's: configs, weight names, model directories and peft adapters.
+"""The transformers-native layout of Higgs-Audio v2 (model_type `higgs_audio_v2`: transformers >= 5.3 and vLLM-Omni)
+to and from boson_multimodal's: configs, weight names, model directories and peft adapters.
 
 Only JSON and safetensors are read and written, so converting needs no transformers 5.x. The weights are renamed,
 never changed: boson -> native -> boson gives back the same bytes.
