@@ -220,15 +220,16 @@ def load(engine, path: Path) -> dict:
     """Restore weights, optimizer, scheduler and this rank's RNG; returns the client state. A checkpoint written on
     another number of ranks restores its trainable weights and Adam state from TRAINABLE_STATE, re-partitioned."""
     world = dist.get_world_size()
-    if saved_world(path) != world:
-        client = _load_on_other_world(engine, path, world)
-    else:
+    same_world = saved_world(path) == world
+    if same_world:
         _, client = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=False,
                                            load_optimizer_states=True, load_lr_scheduler_states=True)
+    else:
+        client = _load_on_other_world(engine, path, world)
     if client is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
     rng = path / f"rank{dist.get_rank()}_rng.pt"
-    if rng.exists() and saved_world(path) == world:
+    if rng.exists() and same_world:
         set_rng_state(torch.load(rng, weights_only=False))
     return client
 
