@@ -84,7 +84,8 @@ def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_g
     from higgs_ds.config import LoraConfig
     from higgs_ds.data.collate import make_collator
     from higgs_ds.distributed import deepspeed_config
-    from higgs_ds.training.loss import combine, token_sums
+    from higgs_ds.models.boson_v2 import token_sums
+    from higgs_ds.training.loss import combine
 
     cuda = args.device == "cuda"
     if cuda:

@@ -84,7 +84,8 @@ def bare_loop(fx: Path, shards: Path, fed: bool = False) -> dict:
     from higgs_ds.data.plan import PlanSettings, plan_epoch
     from higgs_ds.data.shard_index import ShardIndex
     from higgs_ds.distributed import deepspeed_config, dist_env, init_distributed
-    from higgs_ds.training.loss import combine, token_sums
+    from higgs_ds.models.boson_v2 import token_sums
+    from higgs_ds.training.loss import combine
 
     cfg = load_config(None, overrides(fx, shards, WORK / "bare"))
     device = init_distributed(dist_env(), 600)

@@ -93,7 +93,10 @@ def random_model(arch: dict, device: str = "cpu", seed: int = 0):
     model's own init (transformers' normal_ init takes minutes at 5.77B on a CPU, a uniform one seconds)."""
     import torch
     from boson_multimodal.model.higgs_audio import HiggsAudioConfig, HiggsAudioModel
-    from transformers.modeling_utils import no_init_weights
+    try:  # transformers >= 5 moved it
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        from transformers.modeling_utils import no_init_weights
 
     config = HiggsAudioConfig(**json.loads(json.dumps(arch)))
     torch.set_default_dtype(torch.bfloat16)  # built directly in bf16: an fp32 copy of 5.77B would need 23 GB

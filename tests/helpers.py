@@ -67,12 +67,16 @@ def train_overrides(fixtures_dir, shards, run_dir, **kv) -> list[str]:
 
 
 def launch_training(launcher: str, nproc: int, overrides: list[str], ds_config="ds_configs/zero2.json",
-                    timeout=900, check=True, extra_env=None):
-    """Run higgs_ds/train.py as the user would: `deepspeed`, `torchrun`, or N plain processes with srun's env."""
+                    timeout=900, check=True, extra_env=None, python=None):
+    """Run higgs_ds/train.py as the user would: `deepspeed`, `torchrun`, or N plain processes with srun's env; in
+    the venv of PYTHON (default this one's; .venv-native for the native backend)."""
     port = free_port()
     env = {**os.environ, "MASTER_PORT": str(port), **(extra_env or {})}
+    if python is not None:  # a venv layered over this one by a .pth file does not see our editable install
+        env["PYTHONPATH"] = str(REPO)
     script = ["higgs_ds/train.py", "--deepspeed", ds_config, *overrides]
-    venv_bin = Path(sys.executable).parent
+    python = str(python or sys.executable)
+    venv_bin = Path(python).parent
     if launcher == "deepspeed":
         cmd = [str(venv_bin / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(port), *script]
         procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
@@ -85,7 +89,7 @@ def launch_training(launcher: str, nproc: int, overrides: list[str], ds_config="
             e = {k: v for k, v in env.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
             e.update(SLURM_PROCID=str(r), SLURM_NTASKS=str(nproc), SLURM_LOCALID=str(r), SLURM_JOB_ID="4242",
                      SLURM_JOB_NODELIST="localhost", MASTER_ADDR="127.0.0.1")
-            procs.append(subprocess.Popen([sys.executable, *script], cwd=REPO, env=e, stdout=subprocess.PIPE,
+            procs.append(subprocess.Popen([python, *script], cwd=REPO, env=e, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, text=True))
     else:
         raise ValueError(launcher)

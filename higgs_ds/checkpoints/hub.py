@@ -51,6 +51,24 @@ def resolve(spec: str, kind: str) -> Checkpoint:
     """A local directory for SPEC in boson_multimodal's layout, downloading a hub id at its revision and converting a
     native checkpoint (once); raises CheckpointError for a checkpoint in neither layout (checked on config.json
     before the weights are downloaded)."""
+    return _in_boson_layout(*locate(spec, kind))
+
+
+def resolve_native_model(spec: str, tokenizer: str | None = None) -> Checkpoint:
+    """A local directory for the model SPEC in the transformers-native layout: a native checkpoint as it is, a
+    boson-layout one converted once (with the text tokenizer TOKENIZER, default SPEC's own)."""
+    checkpoint, layout = locate(spec, "model")
+    if layout == "native":
+        return dataclasses.replace(checkpoint, layout="native", origin=checkpoint.path)
+    from higgs_ds.checkpoints.layouts import to_native
+
+    tokenizer_dir = _in_boson_layout(*locate(tokenizer or spec, "text_tokenizer")).path
+    out = to_native(checkpoint.path, checkpoint.spec, tokenizer_dir, checkpoint.repo_id, checkpoint.commit)
+    return dataclasses.replace(checkpoint, path=out, origin=checkpoint.path)
+
+
+def locate(spec: str, kind: str) -> tuple[Checkpoint, str]:
+    """(the checkpoint SPEC names, downloaded if it is a hub id, and its layout), nothing converted."""
     if kind not in KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}")
     repo_id, revision = parse_spec(spec)
@@ -58,8 +76,7 @@ def resolve(spec: str, kind: str) -> Checkpoint:
         path = Path(spec).expanduser()
         if not path.is_dir():
             raise CheckpointError(f"{kind.replace('_', ' ')} {spec}: no such directory")
-        layout = check_layout(path, kind, str(path))
-        return _in_boson_layout(Checkpoint(kind, path.resolve()), layout)
+        return Checkpoint(kind, path.resolve()), check_layout(path, kind, str(path))
     where = f"{repo_id}@{revision}"
     from huggingface_hub import hf_hub_download, snapshot_download
 
@@ -79,7 +96,7 @@ def resolve(spec: str, kind: str) -> Checkpoint:
                               f"directory (README: Which checkpoints)") from None
     layout = check_layout(path, kind, where)
     commit = path.name if path.parent.name == "snapshots" else None  # the hub cache keeps snapshots/<commit>/
-    return _in_boson_layout(Checkpoint(kind, path, repo_id, commit), layout)
+    return Checkpoint(kind, path, repo_id, commit), layout
 
 
 def _in_boson_layout(checkpoint: Checkpoint, layout: str) -> Checkpoint:

@@ -1,7 +1,8 @@
-"""A checkpoint in the transformers-native layout, converted once to boson_multimodal's layout (which higgs-ds trains,
-speaks and exports with) into a cache keyed by its hub commit or by its content.
+"""A checkpoint converted once between boson_multimodal's layout and the transformers-native one, into a cache keyed
+by its hub commit or by its content: a native checkpoint to boson's layout for the boson engine (and boson's serve
+engine), a boson-layout model to the native layout for the native engine.
 
-$HIGGS_DS_CACHE/converted/<key>/   the boson-layout copy, and SOURCE.json: what it was converted from, and when
+$HIGGS_DS_CACHE/converted/<key>/   the converted copy, and SOURCE.json: what it was converted from, and when
 $HIGGS_DS_CACHE/converted/by-stat/ the content key of a local directory by its files' sizes and mtimes, so the
                                    content is hashed once per version of the directory, not at every use
 $HIGGS_DS_CACHE/converted/locks/   one lock a key: of the ranks that start together, one converts
@@ -71,7 +72,23 @@ def _locked(path: Path):
 
 def to_boson(kind: str, path: Path, spec: str, repo_id: str | None = None, commit: str | None = None) -> Path:
     """The boson-layout copy of the native checkpoint of KIND in PATH, converted now if the cache lacks it."""
-    key = conversion_key(kind, path, repo_id, commit)
+    return _converted(conversion_key(kind, path, repo_id, commit), spec, kind, "native", "boson_multimodal's",
+                      lambda out: convert(kind, path, out), repo_id, commit, path)
+
+
+def to_native(path: Path, spec: str, tokenizer_dir: Path, repo_id: str | None = None,
+              commit: str | None = None) -> Path:
+    """The native copy of the boson-layout model in PATH (with the text tokenizer in TOKENIZER_DIR, whose ids of
+    the audio tokens the native config names), converted now if the cache lacks it."""
+    from higgs_ds.checkpoints.native import boson_to_native
+
+    tokenizer_key = _content_key(Path(tokenizer_dir)) if Path(tokenizer_dir) != Path(path) else "same"
+    key = conversion_key(f"model->native\0tokenizer:{tokenizer_key}", path, repo_id, commit)
+    return _converted(key, spec, "model", "boson", "the transformers-native one",
+                      lambda out: boson_to_native(path, out, tokenizer_dir), repo_id, commit, path)
+
+
+def _converted(key: str, spec: str, kind: str, layout: str, target: str, write, repo_id, commit, path) -> Path:
     out = cache_root() / key
     if (out / "SOURCE.json").is_file():
         return out
@@ -82,16 +99,17 @@ def to_boson(kind: str, path: Path, spec: str, repo_id: str | None = None, commi
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         start = time.perf_counter()
-        log.info(f"converting the {kind.replace('_', ' ')} {spec} from the transformers-native layout to "
-                 f"boson_multimodal's, once, into {out}")
+        log.info(f"converting the {kind.replace('_', ' ')} {spec} from the "
+                 f"{'transformers-native' if layout == 'native' else 'boson_multimodal'} layout to {target}, "
+                 f"once, into {out}")
         try:
-            convert(kind, path, tmp)
+            write(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         seconds = time.perf_counter() - start
         (tmp / "SOURCE.json").write_text(json.dumps({
-            "spec": spec, "kind": kind, "layout": "native", "repo_id": repo_id, "commit": commit,
+            "spec": spec, "kind": kind, "layout": layout, "repo_id": repo_id, "commit": commit,
             "path": str(path), "converter_version": CONVERTER_VERSION, "seconds": round(seconds, 2)}, indent=2))
         os.replace(tmp, out)
         log.info(f"converted {spec} in {seconds:.1f} s")

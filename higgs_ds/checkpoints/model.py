@@ -68,16 +68,17 @@ def enable_activation_checkpointing(model) -> None:
         layer._higgs_ds_checkpointed = True
 
 
-def lora_targets(cfg: LoraConfig) -> list[str]:
-    return cfg.targets if cfg.preset == "custom" else LORA_PRESETS[cfg.preset]
+def lora_targets(cfg: LoraConfig, presets: dict[str, list[str]] = LORA_PRESETS) -> list[str]:
+    return cfg.targets if cfg.preset == "custom" else presets[cfg.preset]
 
 
-def apply_lora(model, cfg: LoraConfig):
-    """Wrap the model with peft LoRA adapters; only adapter (and modules_to_save) parameters train."""
+def apply_lora(model, cfg: LoraConfig, presets: dict[str, list[str]] = LORA_PRESETS):
+    """Wrap the model with peft LoRA adapters; only adapter (and modules_to_save) parameters train. PRESETS name
+    the targets of `cfg.preset` in the model's module names."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    targets = lora_targets(cfg)
+    targets = lora_targets(cfg, presets)
     names = [n for n, _ in model.named_modules()]
     for t in targets:
         if not any(n == t or n.endswith("." + t) for n in names):

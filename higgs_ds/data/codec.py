@@ -39,7 +39,10 @@ def load_audio_tokenizer(name_or_path: str, device: str | None = None, semantic_
 def _load(checkpoint: Checkpoint, semantic: Checkpoint | None, device: str):
     import torch
     from boson_multimodal.audio_processing.higgs_audio_tokenizer import load_higgs_audio_tokenizer
-    from transformers.modeling_utils import no_init_weights
+    try:  # transformers >= 5 moved it
+        from transformers.initialization import no_init_weights
+    except ImportError:
+        from transformers.modeling_utils import no_init_weights
 
     path = checkpoint.path
     try:  # every weight comes from model.pth (checked below): drawing random ones first cost a third of the load

@@ -30,7 +30,8 @@ def cmd_synthesize(args) -> int:
 
     from higgs_ds.data.codec import load_audio_tokenizer
     from higgs_ds.listening.prompts import Prompt, Reference, read_prompts
-    from higgs_ds.listening.synthesis import ModelSource, Synthesizer, load_model_for_generation, summary, synthesize_prompts
+    from higgs_ds.listening.synthesis import (ModelSource, load_model_for_generation, summary, synthesize_prompts,
+                                              synthesizer_for)
 
     single = [args.ref_audio, args.ref_text, args.text]
     if args.prompts is None and not all(single):
@@ -48,11 +49,11 @@ def cmd_synthesize(args) -> int:
                           target_audio=args.target_audio)]
         rejects, out_dir, wav_paths, report = [], out.parent, {"prompt": out}, out.with_suffix(".json")
     source = ModelSource(model=args.model, adapter=args.adapter, checkpoint=args.checkpoint,
-                         tokenizer=args.text_tokenizer)
+                         tokenizer=args.text_tokenizer, backend=args.backend)
     device = _device(args.device)
     audio_tokenizer = args.audio_tokenizer or _run_audio_tokenizer(source)
     model, tokenizer, loaded = load_model_for_generation(source, device, args.dtype)
-    synth = Synthesizer(model, tokenizer, load_audio_tokenizer(audio_tokenizer, device, args.semantic_model))
+    synth = synthesizer_for(model, tokenizer, load_audio_tokenizer(audio_tokenizer, device, args.semantic_model))
     cfg = _synthesis_config(args)
     rows = synthesize_prompts(synth, prompts, cfg, out_dir, progress=not args.quiet, wav_paths=wav_paths)
     rows += [{"id": None, "source": r.source, "error": r.reason} for r in rejects]
@@ -140,6 +141,9 @@ def add_commands(sub) -> None:
     p.add_argument("--adapter", default=None, help="a peft adapter (RUN/adapter) applied to --model")
     p.add_argument("--checkpoint", default=None, help="a run directory (latest), RUN/best or a checkpoint step dir")
     p.add_argument("--text-tokenizer", default=None, help="default: the model's (or the run's)")
+    p.add_argument("--backend", choices=("boson", "native"), default=None,
+                   help="the model class to generate with: boson_multimodal's (boson) or transformers' own (native; "
+                        "transformers >= 5.3); default: the run's with --checkpoint, else boson")
     p.add_argument("--audio-tokenizer", default=None,
                    help="directory or hub id[@revision] (default with --checkpoint: the run's shards' build.json)")
     p.add_argument("--semantic-model", default=None, help="the audio tokenizer's semantic model (see shards build)")

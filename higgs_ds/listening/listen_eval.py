@@ -19,7 +19,7 @@ import torch.distributed as dist
 from higgs_ds.config import ConfigError, TrainConfig
 from higgs_ds.listening.prompts import Prompt, prompts_from_shards, read_prompts
 from higgs_ds.listening.scoring import Scorer, means, score_rows
-from higgs_ds.listening.synthesis import SynthesisConfig, Synthesizer, synthesize_prompts, write_wav
+from higgs_ds.listening.synthesis import SynthesisConfig, Synthesizer, synthesize_prompts, synthesizer_for, write_wav
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class ListeningEval:
         spec, semantic = shards_audio_tokenizer(self.cfg) if ev.audio_tokenizer is None else (ev.audio_tokenizer,
                                                                                               None)
         audio_tokenizer = load_audio_tokenizer(spec, str(self._device), ev.semantic_model or semantic)
-        self.synth = Synthesizer(self._model, self._tokenizer, audio_tokenizer)
+        self.synth = synthesizer_for(self._model, self._tokenizer, audio_tokenizer)
         self.scorer = Scorer(ev.asr_model, ev.speaker_model, str(self._device), naturalness=ev.dnsmos)
         self._write_prompt_audio()
         self.truth = self._score_ground_truth()

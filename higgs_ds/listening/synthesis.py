@@ -1,6 +1,9 @@
-"""Speech from a model and a voice prompt, through boson_multimodal's own generation: the inputs its serve engine
-builds (prepare_chatml_sample, its collator, static KV caches), then HiggsAudioModel.generate, then its decode.
-Used by `higgs-ds synthesize` and by the listening evaluation during training (with the weights being trained)."""
+"""Speech from a model and a voice prompt. For boson_multimodal's HiggsAudioModel, through its own generation: the
+inputs its serve engine builds (prepare_chatml_sample, its collator, static KV caches), then HiggsAudioModel.generate,
+then its decode (Synthesizer). For transformers' HiggsAudioV2ForConditionalGeneration, the same prompt through
+transformers' generate (NativeSynthesizer, models/higgs_v2/generation.py). `synthesizer_for` picks by the model's
+config. Used by `higgs-ds synthesize` and by the listening evaluation during training (with the weights being
+trained)."""
 
 from __future__ import annotations
 
@@ -96,6 +99,8 @@ class Synthesizer:
     def sample_rate(self) -> int:
         return int(self.audio_tokenizer.sampling_rate)
 
+    generator = "boson_multimodal"
+
     def reference_codes(self, ref: Reference, prompt: Prompt):
         """Codes of a reference: stored ones as they are, a file encoded as the serve engine encodes it."""
         import librosa
@@ -118,13 +123,9 @@ class Synthesizer:
             raise SynthesisError(f"{prompt.source}: reference clip {ref.audio} holds no audio")
         return self.audio_tokenizer.encode(wav, self.sample_rate).squeeze(0).cpu()
 
-    def inputs(self, prompt: Prompt, cfg: SynthesisConfig) -> dict:
-        """What HiggsAudioServeEngine._prepare_inputs builds, with stored reference codes used as they are."""
-        from dataclasses import asdict
-
-        from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample
-
-        torch = self._torch
+    def prompt_ids_and_codes(self, prompt: Prompt, cfg: SynthesisConfig):
+        """The prompt's ChatML token ids up to the answer, and its reference clips' codes; checked to fit the
+        context with the new tokens."""
         if not prompt.text.strip():
             raise SynthesisError(f"{prompt.source}: the text to speak is empty")
         if not prompt.refs:
@@ -144,6 +145,16 @@ class Synthesizer:
                                  f"{sum(c.shape[1] for c in codes) / self.audio_tokenizer.tps:.1f} s); with "
                                  f"max_new_tokens {cfg.max_new_tokens} that is over the model's context of "
                                  f"{self.context_limit}: use a shorter reference or fewer new tokens")
+        return ids, codes
+
+    def inputs(self, prompt: Prompt, cfg: SynthesisConfig) -> dict:
+        """What HiggsAudioServeEngine._prepare_inputs builds, with stored reference codes used as they are."""
+        from dataclasses import asdict
+
+        from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample
+
+        torch = self._torch
+        ids, codes = self.prompt_ids_and_codes(prompt, cfg)
         starts = np.cumsum([0] + [c.shape[1] for c in codes])[:-1]
         sample = ChatMLDatasetSample(
             input_ids=torch.LongTensor(ids), label_ids=None, audio_ids_concat=torch.cat(codes, dim=1),
@@ -158,22 +169,21 @@ class Synthesizer:
         self.model.eval()
         t0 = time.perf_counter()
         try:
-            text_ids, waves, segments = self._generate(inputs, cfg)
+            text, waves, segments = self._generate(inputs, cfg)
         except Exception as e:  # boson's generate fails on some token sequences (<|AUDIO_OUT|> sampled as text)
-            raise SynthesisError(f"{prompt.source}: generation failed inside boson_multimodal "
+            raise SynthesisError(f"{prompt.source}: generation failed inside {self.generator} "
                                  f"({type(e).__name__}: {str(e)[:300]})") from e
         finally:
             self.model.train(was_training)
         seconds = time.perf_counter() - t0
         if not waves:
             raise SynthesisError(f"{prompt.source}: the model generated no audio (in {seconds:.1f} s)")
-        prompt_len = inputs["input_ids"].shape[1]
-        text = self.tokenizer.decode(text_ids[0, prompt_len:].tolist(), skip_special_tokens=True)
         return Synthesis(prompt, np.concatenate(waves).astype(np.float32), self.sample_rate,
                          np.concatenate(segments, axis=1), seconds, text)
 
     def _generate(self, inputs: dict, cfg: SynthesisConfig):
-        """HiggsAudioModel.generate with the serve engine's arguments, then its decode of every audio segment."""
+        """HiggsAudioModel.generate with the serve engine's arguments, then its decode of every audio segment:
+        (text generated besides the audio, waveforms, codes of each segment)."""
         from boson_multimodal.model.higgs_audio.utils import revert_delay_pattern
 
         for cache in self.kv_caches.values():
@@ -192,7 +202,60 @@ class Synthesizer:
                 if codes.shape[1] > 0:
                     waves.append(self.audio_tokenizer.decode(codes.unsqueeze(0))[0, 0])
                     segments.append(codes.cpu().numpy().astype(np.int16))
-        return text_ids, waves, segments
+        text = self.tokenizer.decode(text_ids[0, inputs["input_ids"].shape[1]:].tolist(), skip_special_tokens=True)
+        return text, waves, segments
+
+
+class NativeSynthesizer(Synthesizer):
+    """The same prompts and references through HiggsAudioV2ForConditionalGeneration and transformers' generate
+    (batch size 1 too); sampled under a seed of its own without touching the caller's random state."""
+
+    generator = "transformers' generate"
+
+    def __init__(self, model, tokenizer, audio_tokenizer):
+        import torch
+
+        from higgs_ds.models.higgs_v2.backend import settings_for_tokenizer
+
+        self.model, self.tokenizer, self.audio_tokenizer = model, tokenizer, audio_tokenizer
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        config = model.config
+        self.context_limit = config.max_position_embeddings
+        self.num_codebooks, self.codebook_size = config.num_codebooks, config.codebook_size - 2
+        self.eos, self.audio_token_id = config.audio_stream_eos_id, config.audio_token_id
+        self.settings = settings_for_tokenizer(config, tokenizer)
+        self._torch = torch
+
+    def inputs(self, prompt: Prompt, cfg: SynthesisConfig):
+        from higgs_ds.models.higgs_v2.generation import prompt_inputs
+
+        ids, codes = self.prompt_ids_and_codes(prompt, cfg)
+        return prompt_inputs(self.settings, self.audio_token_id, ids,
+                             [c.numpy().astype(np.int64) for c in codes]).to(self.device)
+
+    def _generate(self, inputs, cfg: SynthesisConfig):
+        from higgs_ds.models.higgs_v2.generation import generate_stream, stream_codes
+
+        torch = self._torch
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(cfg.seed)
+            stream = generate_stream(self.model, inputs, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k,
+                                     cfg.ras_win_len, cfg.ras_win_max_num_repeat)
+        codes = stream_codes(stream, self.codebook_size, self.eos)
+        if codes.shape[1] == 0:
+            return "", [], []
+        with torch.no_grad():
+            wave = self.audio_tokenizer.decode(torch.from_numpy(codes).unsqueeze(0).to(self.device))[0, 0]
+        return "", [wave], [codes.astype(np.int16)]
+
+
+def synthesizer_for(model, tokenizer, audio_tokenizer) -> Synthesizer:
+    """The synthesizer for MODEL's class, told apart by its config's model_type."""
+    if getattr(model.config, "model_type", None) == "higgs_audio_v2":
+        return NativeSynthesizer(model, tokenizer, audio_tokenizer)
+    return Synthesizer(model, tokenizer, audio_tokenizer)
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:
@@ -215,6 +278,7 @@ class ModelSource:
     adapter: str | None = None  # a peft adapter directory (RUN/adapter, a checkpoint's adapter/)
     checkpoint: str | None = None  # a run directory (its latest), RUN/best, or a checkpoint step directory
     tokenizer: str | None = None  # text tokenizer (default: the model's, or the run's)
+    backend: str | None = None  # boson or native (default: the run's, else boson); models.backend_for
 
     def resolved(self) -> "ModelSource":
         from higgs_ds.checkpoints.saving import run_config_of, step_dir
@@ -229,26 +293,29 @@ class ModelSource:
         ckpt = step_dir(self.checkpoint)
         run_model = run_config_of(ckpt)["model"]
         return ModelSource(model=self.model or run_model["path"], adapter=str(ckpt / "adapter"),
-                           checkpoint=str(ckpt), tokenizer=self.tokenizer or run_model["tokenizer"])
+                           checkpoint=str(ckpt), tokenizer=self.tokenizer or run_model["tokenizer"],
+                           backend=self.backend or run_model.get("backend") or "boson")
 
 
 def load_model_for_generation(source: ModelSource, device: str, dtype: str = "auto"):
-    """(model, text tokenizer, description). An adapter is applied in place (peft), so the HiggsAudioModel object
-    itself generates with it; an adapter that does not fit the model is an error naming both."""
+    """(model, text tokenizer, description). An adapter is applied in place (peft), so the model object itself
+    generates with it; an adapter that does not fit the model is an error naming both."""
     import torch
 
-    from higgs_ds.checkpoints.model import load_model, load_tokenizer
+    from higgs_ds.checkpoints.model import load_tokenizer
     from higgs_ds.config import ModelConfig
+    from higgs_ds.models import backend_for
 
     source = source.resolved()
     torch_dtype = {"auto": "auto", "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     mcfg = ModelConfig(path=source.model, tokenizer=source.tokenizer)
-    model = load_model(mcfg, torch_dtype)
+    model = backend_for(source.backend or "boson").load(mcfg, torch_dtype)
     tokenizer = load_tokenizer(mcfg)
     if source.adapter is not None:
         apply_adapter(model, source.adapter, source.model)
     model.to(device).eval()
     return model, tokenizer, {"model": source.model, "adapter": source.adapter, "checkpoint": source.checkpoint,
+                              "backend": source.backend or "boson",
                               "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
 
 

@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from higgs_ds.checkpoints.model import batch_to_inputs
 from higgs_ds.config import TrainConfig
 from higgs_ds.data.loader import BatchReader
 from higgs_ds.data.plan import plan_eval
 from higgs_ds.distributed import all_reduce_sum
 from higgs_ds.listening.listen_eval import ListeningEval
 from higgs_ds.listening.report import write_report
-from higgs_ds.training.loss import codebook_hits, token_sums
+from higgs_ds.models.backend import ModelBackend, codebook_hits
 from higgs_ds.training.metrics import Metrics
 from higgs_ds.training.stats import StepStats
 
@@ -26,10 +25,11 @@ log = logging.getLogger(__name__)
 TOP_K = (1, 5)  # teacher-forced audio accuracy: the target among the k most likely codes
 
 
-def evaluate(engine, reader: BatchReader, cfg: TrainConfig, rank: int, world: int, device) -> dict:
+def evaluate(engine, backend: ModelBackend, reader: BatchReader, cfg: TrainConfig, rank: int, world: int,
+             device) -> dict:
     """Teacher-forced losses over the validation set, every sample counted once across the ranks."""
     engine.eval()
-    ncb = engine.module.config.audio_num_codebooks
+    ncb = backend.num_codebooks(engine.module.config)
     stats = StepStats(ncb, device)
     hits = torch.zeros(len(TOP_K), ncb, dtype=torch.long)
     plan = plan_eval(len(reader.index), rank, world, cfg.data.micro_batch_size)
@@ -38,13 +38,11 @@ def evaluate(engine, reader: BatchReader, cfg: TrainConfig, rank: int, world: in
     with torch.no_grad():
         for rows, weight in plan:
             batch = reader.collate(rows)
-            inputs = batch_to_inputs(batch, device)
-            outputs = engine(**inputs)
-            sums = token_sums(outputs, inputs["label_audio_ids"])
+            out = backend.heads(engine, backend.to_device(batch, device))
             if weight:  # a repeated batch that only keeps this rank in step with the others
-                stats.add(sums, batch, reader.frame_rate)
-                if sums.codebook_tokens.numel():
-                    hits += codebook_hits(outputs, inputs["label_audio_ids"], TOP_K)
+                stats.add(out.sums, backend.sizes(batch), reader.frame_rate)
+                if out.sums.codebook_tokens.numel():
+                    hits += codebook_hits(out, TOP_K)
     engine.train()
     total = stats.all_reduced()
     hits = np.asarray(all_reduce_sum(hits.flatten().tolist(), device)).reshape(len(TOP_K), ncb)
@@ -69,8 +67,9 @@ class Evaluators:
         return teacher, listen
 
 
-def log_eval(engine, reader: BatchReader, cfg: TrainConfig, step: int, de, device, metrics: Metrics) -> dict:
-    ev = evaluate(engine, reader, cfg, de.rank, de.world, device)
+def log_eval(engine, backend: ModelBackend, reader: BatchReader, cfg: TrainConfig, step: int, de, device,
+             metrics: Metrics) -> dict:
+    ev = evaluate(engine, backend, reader, cfg, de.rank, de.world, device)
     metrics.log({"step": step, "split": "eval", **ev})
     log.info(f"eval at step {step}: loss {ev['loss']:.4f} text {ev['text_loss']:.4f} audio {ev['audio_loss']:.4f} "
              f"audio top-1 {ev['audio_top1']:.3f} top-5 {ev['audio_top5']:.3f}")

@@ -19,9 +19,8 @@ import numpy as np
 import torch
 
 from higgs_ds.checkpoints import saving
-from higgs_ds.checkpoints.model import apply_lora, batch_to_inputs, load_model, load_tokenizer, resolve_model
-from higgs_ds.config import TrainConfig, dump_config, to_dict
-from higgs_ds.data.collate import check_collator, make_collator
+from higgs_ds.checkpoints.model import apply_lora, load_tokenizer, resolve_model
+from higgs_ds.config import ConfigError, TrainConfig, dump_config, to_dict
 from higgs_ds.data.loader import (BatchReader, DataPosition, load_train_index, resumed_position,
                                   stream_batches)
 from higgs_ds.data.plan import PlanSettings
@@ -29,11 +28,13 @@ from higgs_ds.data.shard_index import ShardIndex
 from higgs_ds.distributed import StopSignal, all_reduce_sum, deepspeed_config, dist_env, init_distributed
 from higgs_ds.listening.listen_eval import ListeningEval
 from higgs_ds.listening.report import write_report
+from higgs_ds.models import backend_for
+from higgs_ds.models.backend import ModelBackend
 from higgs_ds.logs import setup_logging
 from higgs_ds.training.best import Best, metrics_used, selection_score
 from higgs_ds.training.stops import Diverged, DivergenceGuard, check_skips, uniform_losses
 from higgs_ds.training.evaluation import Evaluators, log_eval, log_listening
-from higgs_ds.training.loss import combine, token_sums
+from higgs_ds.training.loss import combine
 from higgs_ds.training.metrics import Metrics
 from higgs_ds.training.preflight import check_model_fits_data
 from higgs_ds.training.run_dir import own_run_dir, refuse_a_live_run_dir
@@ -98,16 +99,19 @@ def build(cfg: TrainConfig, de, ds_config_path: str):
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+    backend = backend_for(cfg.model.backend)
     tokenizer = load_tokenizer(cfg.model)
-    model = apply_lora(load_model(cfg.model, dtype), cfg.lora)
+    model = apply_lora(backend.load(cfg.model, dtype), cfg.lora, backend.lora_presets)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_train, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in model.parameters())
     log.info(f"model {cfg.model.path}: {n_total / 1e6:.2f}M parameters, {n_train / 1e6:.3f}M trainable (LoRA "
-             f"{cfg.lora.preset}, rank {cfg.lora.rank}); world size {de.world}")
+             f"{cfg.lora.preset}, rank {cfg.lora.rank}), {backend.name} backend; world size {de.world}")
     torch.manual_seed(cfg.seed * 1000 + de.rank + 1)  # dropout differs per rank from here on
-    collator = make_collator(model.config, cfg.data.collator)
+    collator = backend.make_collator(model.config, cfg.model, cfg.data)
     train_reader = BatchReader(load_train_index(cfg.data.train), tokenizer, collator)
-    check_collator(collator, train_reader.samples(np.arange(min(8, len(train_reader.index)))), cfg.data.train)
+    if backend.check_collator is not None:
+        backend.check_collator(collator, train_reader.samples(np.arange(min(8, len(train_reader.index)))),
+                               cfg.data.train)
     val_reader = BatchReader(ShardIndex.load(cfg.data.val), tokenizer, collator, cfg.data.max_skipped_samples) \
         if cfg.data.val else None
     optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
@@ -116,7 +120,7 @@ def build(cfg: TrainConfig, de, ds_config_path: str):
     ds_cfg = deepspeed_config(ds_config_path, cfg.data.micro_batch_size, cfg.grad_accum, de.world, cfg.precision,
                               cfg.optim.grad_clip)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_cfg)
-    return engine, optimizer, train_reader, val_reader
+    return engine, optimizer, train_reader, val_reader, backend
 
 
 def restore(engine, optimizer, cfg: TrainConfig, plan_key: dict) -> tuple[TrainState, bool]:
@@ -125,6 +129,10 @@ def restore(engine, optimizer, cfg: TrainConfig, plan_key: dict) -> tuple[TrainS
     ckpt = saving.find_resume(Path(cfg.run_dir), cfg.resume)
     if ckpt is None:
         return TrainState(), False
+    trained_on = client_backend(ckpt)
+    if trained_on != cfg.model.backend:
+        raise ConfigError(f"model.backend: {ckpt} was trained on the {trained_on} backend, whose module names its "
+                          f"weights and optimizer state carry; resume it with model.backend={trained_on}")
     client = saving.load(engine, ckpt)
     state = TrainState(client["step"], DataPosition(**client["data"]), engine.skipped_steps,
                        client.get("skipped_samples", 0), Best(**client.get("best", {})))
@@ -137,8 +145,13 @@ def restore(engine, optimizer, cfg: TrainConfig, plan_key: dict) -> tuple[TrainS
     return state, True
 
 
-def train_step(engine, stream, state: TrainState, cfg: TrainConfig, device, stop: StopSignal,
-               frame_rate: float) -> tuple[dict, bool]:
+def client_backend(ckpt: Path) -> str:
+    """The model backend checkpoint CKPT was trained on (checkpoints from before backends existed: boson)."""
+    return saving.run_config_of(ckpt).get("model", {}).get("backend") or "boson"
+
+
+def train_step(engine, backend: ModelBackend, stream, state: TrainState, cfg: TrainConfig, device,
+               stop: StopSignal, frame_rate: float) -> tuple[dict, bool]:
     """One optimizer step over `grad_accum` micro-batches; returns its metrics row and whether some rank asked to
     stop (every rank gets the same answer). The step's numbers stay on the device until after the optimizer step,
     then come to the host in one read."""
@@ -150,17 +163,16 @@ def train_step(engine, stream, state: TrainState, cfg: TrainConfig, device, stop
         state.data, batch, skipped = next(stream)
         micro.append((batch, skipped))
     t1 = time.perf_counter()
-    local_labels, label_totals = step_label_counts([b for b, _ in micro], device)
+    local_labels, label_totals = step_label_counts([backend.label_counts(b) for b, _ in micro], device)
     text_total, audio_total = label_totals[0], label_totals[1]
     lr = engine.optimizer.param_groups[0]["lr"]  # the rate this step's update uses
     scale = dist.get_world_size() * cfg.grad_accum  # DeepSpeed averages over ranks and divides by accumulation steps
-    stats = StepStats(engine.module.config.audio_num_codebooks, device)
+    stats = StepStats(backend.num_codebooks(engine.module.config), device)
     for batch, skipped in micro:
-        inputs = batch_to_inputs(batch, device)
-        sums = token_sums(engine(**inputs), inputs["label_audio_ids"])
+        sums = backend.heads(engine, backend.to_device(batch, device)).sums
         engine.backward(combine(sums, text_total, audio_total, cfg.loss.text_weight, cfg.loss.audio_weight) * scale)
         engine.step()
-        stats.add(sums, batch, frame_rate, skipped)
+        stats.add(sums, backend.sizes(batch), frame_rate, skipped)
     state.step += 1
     skipped_now = engine.skipped_steps - state.skipped_steps
     state.skipped_steps = engine.skipped_steps
@@ -199,6 +211,7 @@ class Run:
     de: object  # distributed.DistEnv
     device: torch.device
     engine: object  # deepspeed.DeepSpeedEngine
+    backend: ModelBackend
     evaluators: Evaluators
     plan_key: dict
     state: TrainState
@@ -227,7 +240,7 @@ def evaluate_step(run: Run, teacher: bool, listen: bool) -> bool:
     run.evaluated_step = state.step
     listen_row = log_listening(evaluators.listening, cfg, state.step, de, run.metrics) if listen else None
     needs_loss = listen and evaluators.val is not None and "loss" in metrics_used(cfg.eval)
-    eval_row = log_eval(run.engine, evaluators.val, cfg, state.step, de, run.device, run.metrics) \
+    eval_row = log_eval(run.engine, run.backend, evaluators.val, cfg, state.step, de, run.device, run.metrics) \
         if teacher or needs_loss else None
     score = selection_score(cfg.eval, eval_row, listen_row)
     if score is None:
@@ -261,7 +274,7 @@ def start(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float) -> tuple
     lock = own_run_dir(Path(cfg.run_dir), de, device)
     if de.is_main:
         dump_config(cfg, Path(cfg.run_dir) / "config.yaml")
-    engine, optimizer, train_reader, val_reader = build(cfg, de, ds_config_path)
+    engine, optimizer, train_reader, val_reader, backend = build(cfg, de, ds_config_path)
     listening = ListeningEval(cfg, engine.module.get_base_model(), train_reader.tokenizer, de.rank, de.world,
                               device) if cfg.eval.synth_every else None
     plan = PlanSettings.from_config(cfg.data, de.world, cfg.grad_accum, train_reader.collator.settings.clip_overhead)
@@ -272,7 +285,7 @@ def start(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float) -> tuple
                       resumed_at=state.step if resumed else None)
     guard = DivergenceGuard(cfg.diverged_steps, *uniform_losses(engine.module.config), cfg.loss.text_weight,
                             cfg.loss.audio_weight)
-    run = Run(cfg, de, device, engine, Evaluators(val_reader, listening), plan_key, state, metrics,
+    run = Run(cfg, de, device, engine, backend, Evaluators(val_reader, listening), plan_key, state, metrics,
               train_reader.frame_rate, resumed, guard, saved_step=state.step if resumed else -1)
     return run, stream, lock
 
@@ -290,7 +303,8 @@ def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, st
         first, last = previous_rows(run.dir)
     try:
         while state.step < cfg.steps:
-            row, stop_agreed = train_step(run.engine, stream, state, cfg, run.device, stop, run.frame_rate)
+            row, stop_agreed = train_step(run.engine, run.backend, stream, state, cfg, run.device, stop,
+                                          run.frame_rate)
             if run.evaluators.listening is not None:
                 run.evaluators.listening.import_ahead()
             wait, busy = wait + row["data_wait_s"], busy + row["step_time_s"] - row["data_wait_s"]

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from higgs_ds.distributed import sum_over_ranks
-from higgs_ds.training.loss import IGNORE, TokenSums
+from higgs_ds.models.sums import TokenSums
 
 DEVICE_FIELDS = ("text_sum", "audio_sum", "text_tokens", "audio_tokens")  # then codebook sums, codebook tokens
 HOST_FIELDS = ("positions", "audio_seconds", "skipped_samples", "stop")
@@ -54,9 +54,9 @@ class StepStats:
         self.sums = torch.zeros(len(DEVICE_FIELDS) + 2 * num_codebooks, dtype=torch.float64, device=device)
         self.host = dict.fromkeys(HOST_FIELDS, 0.0)
 
-    def add(self, sums: TokenSums, batch, frame_rate: float, skipped: int = 0) -> None:
-        """One micro-batch's loss sums (device tensors, left there), its sizes (from the host batch) and how many
-        of its samples were skipped."""
+    def add(self, sums: TokenSums, sizes: tuple[int, int], frame_rate: float, skipped: int = 0) -> None:
+        """One micro-batch's loss sums (device tensors, left there), its sizes (sequence positions run, audio
+        frames: from the host batch) and how many of its samples were skipped."""
         n = self.num_codebooks
         scalars = torch.stack([sums.text_sum.detach(), sums.audio_sum.detach(), sums.text_tokens,
                                sums.audio_tokens]).to(torch.float64)
@@ -65,9 +65,9 @@ class StepStats:
         else:  # no audio in this micro-batch
             per_codebook = torch.zeros(2 * n, dtype=torch.float64, device=self.sums.device)
         self.sums += torch.cat([scalars, per_codebook])
-        audio_steps = sum(0 if x is None else x.shape[-1] for x in (batch.audio_in_ids, batch.audio_out_ids))
-        self.host["positions"] += float(batch.attention_mask.numpy().sum()) + audio_steps
-        self.host["audio_seconds"] += audio_steps / frame_rate
+        positions, audio_frames = sizes
+        self.host["positions"] += positions
+        self.host["audio_seconds"] += audio_frames / frame_rate
         self.host["skipped_samples"] += skipped
 
     def all_reduced(self, stop: bool = False, also: tuple[torch.Tensor, ...] = ()) -> StepTotals:
@@ -85,12 +85,10 @@ class StepStats:
                           also=values[k + 2 * n + len(HOST_FIELDS):])
 
 
-def step_label_counts(batches, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(text, audio) tokens the step's micro-batches train on, known before the forward passes from the host
-    batches: (this rank's, summed over the ranks), float64 device vectors. The sum normalises the loss; its
-    all-reduce is queued on the device and read by no one on the host."""
-    text = sum(int(np.count_nonzero(b.label_ids.numpy() != IGNORE)) for b in batches)
-    audio = sum(0 if b.label_audio_ids is None or b.label_audio_ids.numel() == 0 else
-                int(np.count_nonzero(b.label_audio_ids[:, 1:].numpy() != IGNORE)) for b in batches)
+def step_label_counts(counts: list[tuple[int, int]], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text, audio) labels the step's micro-batches train on, known before the forward passes from the host
+    batches (COUNTS, one pair a micro-batch): (this rank's, summed over the ranks), float64 device vectors. The sum
+    normalises the loss; its all-reduce is queued on the device and read by no one on the host."""
+    text, audio = sum(c[0] for c in counts), sum(c[1] for c in counts)
     local = torch.tensor([text, audio], dtype=torch.float64).to(device)
     return local, sum_over_ranks(local.clone())

@@ -7,7 +7,8 @@ import torch
 
 from higgs_ds.checkpoints.model import apply_lora, batch_to_inputs, enable_activation_checkpointing
 from higgs_ds.config import LoraConfig
-from higgs_ds.training.loss import combine, token_sums
+from higgs_ds.models.boson_v2 import token_sums
+from higgs_ds.training.loss import combine
 
 
 def test_default_lora_targets_attention_and_audio_ffn_only(tiny_model):

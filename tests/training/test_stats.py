@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from higgs_ds.data.collate import IGNORE
+from higgs_ds.models.boson_v2 import label_counts, sizes
 from higgs_ds.training.loss import TokenSums
 from higgs_ds.training.stats import StepStats, step_label_counts
 
@@ -17,7 +18,7 @@ def micro_batch(text_sum, audio_sums, text_n, audio_ns, mask_len, frames_in, fra
                      torch.tensor(sum(audio_ns)), torch.tensor(audio_ns, dtype=torch.long))
     batch = SimpleNamespace(attention_mask=torch.ones(1, mask_len), audio_in_ids=torch.zeros(8, frames_in),
                             audio_out_ids=torch.zeros(8, frames_out))
-    return sums, batch
+    return sums, sizes(batch)
 
 
 def test_sums_losses_and_reduction_over_micro_batches():
@@ -61,5 +62,5 @@ def test_label_counts_come_from_the_host_batches():
     audio = torch.tensor([[IGNORE, 1, 2], [IGNORE, IGNORE, 3]])
     batches = [SimpleNamespace(label_ids=labels, label_audio_ids=audio),
                SimpleNamespace(label_ids=labels, label_audio_ids=None)]
-    local, total = step_label_counts(batches, "cpu")
+    local, total = step_label_counts([label_counts(b) for b in batches], "cpu")
     assert local.dtype == torch.float64 and local.tolist() == total.tolist() == [4.0, 3.0]

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from higgs_ds.data.collate import IGNORE
+from higgs_ds.models.backend import HeadOutputs
 from higgs_ds.models.higgs_v2.inputs import NativeBatch
 from higgs_ds.models.sums import TokenSums
 
@@ -41,6 +42,11 @@ def audio_logits(model, hidden: torch.Tensor, positions: torch.Tensor) -> torch.
 
 def token_sums(model, batch: NativeBatch) -> TokenSums:
     """Summed text and audio cross-entropies of one micro-batch and their label counts."""
+    return forward(model, batch).sums
+
+
+def forward(model, batch: NativeBatch) -> HeadOutputs:
+    """The decoder once, the heads where labels are: the loss sums, and the audio logits with their targets."""
     hidden = hidden_states(model, batch)
     text = text_logits(model, hidden, batch.text_positions)
     text_sum = F.cross_entropy(text, batch.text_targets, reduction="sum")
@@ -52,5 +58,6 @@ def token_sums(model, batch: NativeBatch) -> TokenSums:
     codebook_sums = (per * valid).sum(0)
     codebook_tokens = valid.sum(0)
     text_tokens = batch.text_targets.new_tensor(text.shape[0])
-    return TokenSums(text_sum, codebook_sums.sum(), codebook_sums.detach(), text_tokens, codebook_tokens.sum(),
+    sums = TokenSums(text_sum, codebook_sums.sum(), codebook_sums.detach(), text_tokens, codebook_tokens.sum(),
                      codebook_tokens)
+    return HeadOutputs(sums, audio.detach(), targets)

@@ -99,7 +99,8 @@ def logits(args):
 def step(args):
     """One optimizer step as higgs_ds/train.py takes it: per-token means of the text and audio CE (loss.py) from
     the native model's logits, backward, AdamW on the LoRA weights."""
-    from higgs_ds.training.loss import combine, token_sums
+    from higgs_ds.models.boson_v2 import token_sums
+    from higgs_ds.training.loss import combine
 
     model = load(args.model, args.adapter, trainable=True).train()
     inputs = torch.load(args.inputs)

@@ -207,7 +207,8 @@ def test_one_optimizer_step_of_the_native_class_equals_ours(fixtures_dir, reader
     from higgs_ds.checkpoints.model import apply_lora, load_model
     from higgs_ds.checkpoints.native import boson_to_native, native_adapter, native_adapter_key
     from higgs_ds.config import LoraConfig, ModelConfig
-    from higgs_ds.training.loss import combine, token_sums
+    from higgs_ds.models.boson_v2 import token_sums
+    from higgs_ds.training.loss import combine
 
     torch.manual_seed(0)  # LoRA A's init draws from the global RNG, which earlier tests have moved
     model = apply_lora(load_model(ModelConfig(path=str(fixtures_dir / "model"))),

@@ -50,7 +50,8 @@ def test_one_step_on_the_native_path_equals_boson_model(converted, tiny_model, r
 
     from higgs_ds.checkpoints.model import batch_to_inputs
     from higgs_ds.checkpoints.native import native_adapter_key
-    from higgs_ds.training.loss import combine, token_sums
+    from higgs_ds.models.boson_v2 import token_sums
+    from higgs_ds.training.loss import combine
 
     model, native_dir, native_adapter_dir = converted
     _, _, reader = tiny_model
