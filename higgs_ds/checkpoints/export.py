@@ -40,6 +40,8 @@ def export(ckpt: str | Path, out: str | Path, merge: bool, base: str | None = No
     adapter = ckpt / "adapter"
     run_model = run_config_of(ckpt)["model"]
     model_cfg = ModelConfig(path=base or run_model["path"], tokenizer=None if base else run_model["tokenizer"])
+    if run_model.get("backend") == "native":
+        return export_native_run(ckpt, model_cfg, out, merge, layout)
     if merge:
         return export_merged(adapter, model_cfg, out, layout)
     if layout == "boson":
@@ -48,6 +50,33 @@ def export(ckpt: str | Path, out: str | Path, merge: bool, base: str | None = No
                  f"{model_cfg.path!r}), {str(out)!r}))")
         return out
     return export_native_adapter(adapter, resolve(model_cfg.path, "model"), out)
+
+
+def export_native_run(ckpt: Path, model_cfg, out: Path, merge: bool, layout: str) -> Path:
+    """Exports of a run trained on the native backend: its adapter is in the native module names already."""
+    from higgs_ds.checkpoints.hub import resolve_native_model
+    from higgs_ds.checkpoints.native import copy_tokenizer
+
+    if layout != "native":
+        raise ValueError(f"{ckpt} was trained on the native backend: export it with --layout native (for boson's "
+                         f"layout, `higgs-ds convert --to boson` the merged native export)")
+    adapter = ckpt / "adapter"
+    if not merge:
+        shutil.copytree(adapter, out, dirs_exist_ok=True)
+        log.info(f"adapter of {ckpt} -> {out} (load: PeftModel.from_pretrained(HiggsAudioV2ForConditionalGeneration"
+                 f".from_pretrained({model_cfg.path!r}), {str(out)!r}))")
+        return out
+    from peft import PeftModel
+    from transformers import HiggsAudioV2ForConditionalGeneration
+
+    base = resolve_native_model(model_cfg.path, model_cfg.tokenizer)
+    model = HiggsAudioV2ForConditionalGeneration.from_pretrained(str(base.path), use_text_head=True, dtype="auto")
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().to(torch.bfloat16)
+    merged.save_pretrained(str(out), safe_serialization=True)
+    copy_tokenizer(base.path, out)
+    log.info(f"merged {adapter} into {model_cfg.path} -> {out} (bf16, transformers-native layout; load with "
+             f"HiggsAudioV2ForConditionalGeneration.from_pretrained, or serve it with vLLM-Omni)")
+    return out
 
 
 def export_native_adapter(adapter: Path, base: Checkpoint, out: Path) -> Path:

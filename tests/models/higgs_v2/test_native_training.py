@@ -97,3 +97,41 @@ def test_synthesize_on_the_native_backend_gives_the_codes_of_boson_generation(na
     np.testing.assert_array_equal(native, boson)
     report = json.loads((tmp_path / "native.json").read_text())
     assert report["model"]["backend"] == "native" and report["generated"] == 1
+
+
+def test_a_native_run_exports_its_adapter_and_a_merged_native_model(native_run, fixtures_dir, tiny_model, tmp_path):
+    """`higgs-ds export` of a native-backend run: the adapter as trained, and a merged bf16 model that loads in
+    HiggsAudioV2ForConditionalGeneration with the logits of the base model + adapter (up to bf16 weights)."""
+    import torch
+
+    from higgs_ds.checkpoints.native import boson_to_native
+    from higgs_ds.models.higgs_v2.inputs import NativeCollator
+    from tests.helpers import native
+
+    def cli(*args):
+        proc = subprocess.run([str(NATIVE_PY), "-m", "higgs_ds.cli", *map(str, args)], cwd=REPO, text=True,
+                              capture_output=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+        return proc.returncode, proc.stdout + proc.stderr
+
+    rc, out = cli("export", "--checkpoint", native_run, "--out", tmp_path / "boson", "--merge", "--layout", "boson")
+    assert rc != 0 and "was trained on the native backend: export it with --layout native" in out, out[-2000:]
+    for args in ((tmp_path / "adapter",), (tmp_path / "merged", "--merge")):
+        rc, out = cli("export", "--checkpoint", native_run, "--layout", "native", "--out", *args)
+        assert rc == 0, out[-4000:]
+    config = json.loads((tmp_path / "merged" / "config.json").read_text())
+    assert config["model_type"] == "higgs_audio_v2" and (tmp_path / "merged" / "tokenizer.json").is_file()
+
+    _, model, reader = tiny_model
+    batch = NativeCollator(reader.collator.settings, model.config.audio_out_token_idx)(reader.samples(np.array([0, 1, 2])))
+    inputs = {**batch.model_inputs(), "audio_out_mask": batch.attention_mask.bool()}
+    torch.save(inputs, tmp_path / "in.pt")
+    boson_to_native(fixtures_dir / "model", tmp_path / "base", fixtures_dir / "tokenizer")
+    native("logits", "--model", tmp_path / "base", "--adapter", tmp_path / "adapter", "--inputs", tmp_path / "in.pt",
+           "--out", tmp_path / "adapted.pt")
+    native("logits", "--model", tmp_path / "merged", "--inputs", tmp_path / "in.pt", "--out", tmp_path / "merged.pt")
+    native("logits", "--model", tmp_path / "base", "--inputs", tmp_path / "in.pt", "--out", tmp_path / "base.pt")
+    adapted, merged, base = (torch.load(tmp_path / f"{n}.pt") for n in ("adapted", "merged", "base"))
+    assert (adapted["audio"] - base["audio"]).abs().max() > 1e-3  # the adapter changes the model
+    torch.testing.assert_close(merged["text"], adapted["text"], atol=0.05, rtol=0.02)
+    torch.testing.assert_close(merged["audio"], adapted["audio"], atol=0.05, rtol=0.02)
+    assert (merged["audio"].argmax(-1) == adapted["audio"].argmax(-1)).float().mean() > 0.95
