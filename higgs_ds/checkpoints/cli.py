@@ -3,6 +3,8 @@ layout."""
 
 from __future__ import annotations
 
+import json
+
 
 def cmd_export(args) -> int:
     from higgs_ds.checkpoints.export import export
@@ -15,6 +17,14 @@ def cmd_convert(args) -> int:
     from higgs_ds.checkpoints.export import convert
 
     convert(args.kind, args.src, args.out, args.to, args.tokenizer, args.semantic_model)
+    return 0
+
+
+def cmd_convert_run(args) -> int:
+    from higgs_ds.checkpoints.run_convert import convert_run
+
+    done = convert_run(args.run)
+    print(json.dumps({"run": args.run, "converted": [str(p) for p in done], "backend": "native"}, indent=1))
     return 0
 
 
@@ -39,3 +49,8 @@ def add_commands(sub) -> None:
     p.add_argument("--semantic-model", default=None,
                    help="audio tokenizer to native: its HuBERT (default: the one its config names)")
     p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("convert-run", help="a run trained on the boson backend, converted in place to resume on the "
+                                           "native one (the originals kept in RUN/checkpoints-boson)")
+    p.add_argument("run", help="the run directory")
+    p.set_defaults(func=cmd_convert_run)

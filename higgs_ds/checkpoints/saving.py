@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 MANIFEST = "MANIFEST.json"
 BEST = "best"  # RUN/checkpoints/best: the tag of the best checkpoint (eval.select), for tools and people
 TRAINABLE_STATE = "trainable_state.pt"  # trainable weights and Adam state, whole: no rank's partition
+CONVERTED = "CONVERTED.json"  # a checkpoint renamed for another model backend (run_convert.py): loaded by name
 
 
 class CheckpointDamaged(RuntimeError):
@@ -213,19 +214,22 @@ def find_resume(run_dir: Path, resume: str) -> Path | None:
 
 def saved_world(path: Path) -> int:
     """The number of ranks that wrote the checkpoint at PATH (its ZeRO optimizer partitions)."""
+    if (path / CONVERTED).is_file():
+        return json.loads((path / CONVERTED).read_text())["world"]
     return len(list(path.glob("*zero_pp_rank_*_optim_states.pt"))) or 1
 
 
 def load(engine, path: Path) -> dict:
     """Restore weights, optimizer, scheduler and this rank's RNG; returns the client state. A checkpoint written on
-    another number of ranks restores its trainable weights and Adam state from TRAINABLE_STATE, re-partitioned."""
+    another number of ranks, or converted for another model backend, restores its trainable weights and Adam state
+    from TRAINABLE_STATE by name, re-partitioned."""
     world = dist.get_world_size()
     same_world = saved_world(path) == world
-    if same_world:
+    if same_world and not (path / CONVERTED).is_file():
         _, client = engine.load_checkpoint(str(path.parent), tag=path.name, load_module_strict=False,
                                            load_optimizer_states=True, load_lr_scheduler_states=True)
     else:
-        client = _load_on_other_world(engine, path, world)
+        client = _load_by_name(engine, path, world)
     if client is None:
         raise RuntimeError(f"DeepSpeed could not load the checkpoint {path}")
     rng = path / f"rank{dist.get_rank()}_rng.pt"
@@ -234,7 +238,7 @@ def load(engine, path: Path) -> dict:
     return client
 
 
-def _load_on_other_world(engine, path: Path, world: int) -> dict:
+def _load_by_name(engine, path: Path, world: int) -> dict:
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
     saved = saved_world(path)
@@ -271,8 +275,9 @@ def _load_on_other_world(engine, path: Path, world: int) -> dict:
     engine.lr_scheduler.load_state_dict(engine_state["lr_scheduler"])
     engine.global_steps, engine.skipped_steps = engine_state["global_steps"], engine_state["skipped_steps"]
     engine.global_samples = engine.global_steps * engine.train_batch_size()
-    log.info(f"{path}: written on {saved} ranks, loaded on {world}: trainable weights and Adam state "
-             f"re-partitioned; each rank's RNG starts from its own seed")
+    if saved != world:
+        log.info(f"{path}: written on {saved} ranks, loaded on {world}: trainable weights and Adam state "
+                 f"re-partitioned; each rank's RNG starts from its own seed")
     return client
 
 

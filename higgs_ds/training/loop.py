@@ -131,8 +131,10 @@ def restore(engine, optimizer, cfg: TrainConfig, plan_key: dict) -> tuple[TrainS
         return TrainState(), False
     trained_on = client_backend(ckpt)
     if trained_on != cfg.model.backend:
+        convert = f"; or convert the run once with `higgs-ds convert-run {cfg.run_dir}` and resume it on the " \
+                  f"native backend" if trained_on == "boson" else ""
         raise ConfigError(f"model.backend: {ckpt} was trained on the {trained_on} backend, whose module names its "
-                          f"weights and optimizer state carry; resume it with model.backend={trained_on}")
+                          f"weights and optimizer state carry; resume it with model.backend={trained_on}{convert}")
     client = saving.load(engine, ckpt)
     state = TrainState(client["step"], DataPosition(**client["data"]), engine.skipped_steps,
                        client.get("skipped_samples", 0), Best(**client.get("best", {})))

@@ -36,11 +36,17 @@ def native_run(fixtures_dir, shards, tmp_path_factory):
 LISTEN = {"eval.synth_every": 6, "eval.num_prompts": 2, "eval.max_new_tokens": 20, "eval.max_seconds": 300}
 
 
-def test_the_native_backend_trains_as_the_boson_backend(native_run, fixtures_dir, shards, tmp_path):
-    rc, out = _run(fixtures_dir, shards, tmp_path / "boson", "boson")
+@pytest.fixture(scope="module")
+def boson_run(fixtures_dir, shards, tmp_path_factory):
+    run = tmp_path_factory.mktemp("boson") / "run"
+    rc, out = _run(fixtures_dir, shards, run, "boson")
     assert rc == 0, out[-4000:]
+    return run
+
+
+def test_the_native_backend_trains_as_the_boson_backend(native_run, boson_run):
     native, native_evals, s_native = read_run(native_run)
-    boson, boson_evals, s_boson = read_run(tmp_path / "boson")
+    boson, boson_evals, s_boson = read_run(boson_run)
     assert [r["step"] for r in native] == list(range(1, 7))
     for a, b in zip(native, boson):
         assert (a["text_tokens"], a["audio_tokens"]) == (b["text_tokens"], b["audio_tokens"])
@@ -135,3 +141,28 @@ def test_a_native_run_exports_its_adapter_and_a_merged_native_model(native_run, 
     torch.testing.assert_close(merged["text"], adapted["text"], atol=0.05, rtol=0.02)
     torch.testing.assert_close(merged["audio"], adapted["audio"], atol=0.05, rtol=0.02)
     assert (merged["audio"].argmax(-1) == adapted["audio"].argmax(-1)).float().mean() > 0.95
+
+
+def test_a_boson_run_converted_in_place_resumes_on_the_native_backend(boson_run, fixtures_dir, shards, tmp_path):
+    """3 steps on the boson backend, `higgs-ds convert-run`, 3 more on the native one == 6 on the boson backend:
+    the adapter, the weights and the Adam moments carry over under their native names."""
+    run = tmp_path / "run"
+    rc, out = _run(fixtures_dir, shards, run, "boson", steps=3, save_every=3)
+    assert rc == 0, out[-4000:]
+    rc, out = _run(fixtures_dir, shards, run, "native", steps=6)
+    assert rc == 2 and f"or convert the run once with `higgs-ds convert-run {run}`" in out, out[-3000:]
+    converted = json.loads(run_cli("convert-run", run).stdout)
+    assert converted["converted"] == [str(run / "checkpoints" / "step00000003")]
+    assert (run / "checkpoints-boson" / "step00000003" / "adapter").is_dir()  # the originals are kept
+    adapter = json.loads((run / "checkpoints" / "step00000003" / "adapter" / "adapter_config.json").read_text())
+    assert "audio_decoder_proj" not in json.dumps(adapter)
+    assert json.loads(run_cli("convert-run", run).stdout)["converted"] == []  # once is enough
+    rc, out = _run(fixtures_dir, shards, run, "native", steps=6)
+    assert rc == 0 and "at step 3 (epoch 0, batch 3)" in out, out[-4000:]
+    straight, _, _ = read_run(boson_run)
+    resumed, _, s_resumed = read_run(run)
+    assert [r["step"] for r in resumed] == list(range(1, 7))
+    for a, b in zip(resumed, straight):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-6), (a["step"], a["loss"], b["loss"])
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5), (a["step"], a["grad_norm"], b["grad_norm"])
+    assert s_resumed["rank_weight_checksums"][0] == s_resumed["rank_weight_checksums"][1]
