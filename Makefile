@@ -4,12 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.higgs-ds-installed
-# transformers >= 5.3 (the native Higgs-Audio v2 classes) cannot share a venv with boson_multimodal (< 4.48): a second
-# venv for the tests that check our native exports against the real classes. A .pth line puts the first venv's
-# site-packages after its own, so it reuses that torch (2 GB) and installs only what transformers 5 and peft add.
-NATIVE_VENV  := .venv-native
-NATIVE_STAMP := $(NATIVE_VENV)/.higgs-ds-installed
-NATIVE_PKGS  := transformers==5.25.0 peft==0.21.2
+# boson_multimodal's model (the oracle the tests check ours against) imports under transformers < 4.48 only: a
+# second venv for the tests that run it. A .pth line puts the first venv's site-packages after its own, so it reuses
+# that torch (2 GB) and installs only what transformers 4.46 and peft 0.17 need.
+BOSON_VENV  := .venv-boson
+BOSON_STAMP := $(BOSON_VENV)/.higgs-ds-installed
+BOSON_PKGS  := transformers==4.46.3 peft==0.17.1
 DEMO   ?= demo
 PYTEST_ARGS ?=
 # The GPU check's wheels (bench/gpu_check.sh): WHEEL_PY is the Python of the machine it runs on. The test copy is for
@@ -17,7 +17,7 @@ PYTEST_ARGS ?=
 WHEEL_PY ?= 3.12
 TEST_WHEELHOUSE := .cache/wheelhouse-test
 
-.PHONY: help venv native-venv deps lint test test-fast demo bench wheelhouse test-wheelhouse clean
+.PHONY: help venv boson-venv deps lint test test-fast demo bench wheelhouse test-wheelhouse clean
 
 help:
 	@echo "make demo   - fixtures + espeak-ng speech + shards + 2-rank DeepSpeed LoRA run + adapter export (CPU)"
@@ -35,14 +35,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-$(NATIVE_STAMP): $(STAMP) Makefile
-	test -x $(NATIVE_VENV)/bin/python || $(PYTHON) -m venv $(NATIVE_VENV)
+$(BOSON_STAMP): $(STAMP) Makefile
+	test -x $(BOSON_VENV)/bin/python || $(PYTHON) -m venv $(BOSON_VENV)
 	$(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' > \
-	  "$$($(NATIVE_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/higgs-ds-base.pth"
-	$(NATIVE_VENV)/bin/pip install -q --disable-pip-version-check $(NATIVE_PKGS)
+	  "$$($(BOSON_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/higgs-ds-base.pth"
+	$(BOSON_VENV)/bin/pip install -q --disable-pip-version-check $(BOSON_PKGS)
 	touch $@
 
-native-venv: $(NATIVE_STAMP)
+boson-venv: $(BOSON_STAMP)
 
 # Debian packages: espeak-ng (speech for tests and the demo), ffmpeg (mp3/flac/ogg/opus test corpora), chromium
 # (report.html in a real headless browser). Installed only when running as root and missing.
@@ -65,20 +65,23 @@ $(TEST_WHEELHOUSE)/wheelhouse.json: $(STAMP) bench/wheelhouse.py
 
 test-wheelhouse: $(TEST_WHEELHOUSE)/wheelhouse.json
 
-test: venv native-venv deps lint test-wheelhouse
-	$(VENV)/bin/pytest -q -rs $(PYTEST_ARGS) tests
+# two sessions: the product venv, then the oracle tests (boson_multimodal's model in its venv, ours beside it)
+test: venv boson-venv deps lint test-wheelhouse
+	$(VENV)/bin/pytest -q -rs -m "not oracle" $(PYTEST_ARGS) tests
+	$(BOSON_VENV)/bin/python -m pytest -q -rs -m oracle $(PYTEST_ARGS) tests
 
-test-fast: venv native-venv deps test-wheelhouse
-	$(VENV)/bin/pytest -q -rs -m "not slow and not slurm" $(PYTEST_ARGS) tests
+test-fast: venv boson-venv deps test-wheelhouse
+	$(VENV)/bin/pytest -q -rs -m "not slow and not slurm and not oracle" $(PYTEST_ARGS) tests
+	$(BOSON_VENV)/bin/python -m pytest -q -rs -m "oracle and not slow" $(PYTEST_ARGS) tests
 
 demo: venv deps
 	$(PY) -m higgs_ds.demo --out $(DEMO)
 
-bench: venv deps
+bench: venv boson-venv deps
 	$(PY) -m bench.run
 
 wheelhouse: venv deps
 	$(PY) -m bench.wheelhouse --out wheelhouse --python-version $(WHEEL_PY)
 
 clean:
-	rm -rf .cache $(DEMO) .pytest_cache $(NATIVE_VENV) wheelhouse gpu-check
+	rm -rf .cache $(DEMO) .pytest_cache $(BOSON_VENV) wheelhouse gpu-check

@@ -6,10 +6,10 @@ import os
 import time
 from pathlib import Path
 
-from higgs_ds.fixtures import ensure_fixtures, offline_env
+from higgs_ds.fixtures import FIXTURES_VERSION, ensure_fixtures, offline_env
 
 REPO = Path(__file__).resolve().parents[1]
-WORK = REPO / ".cache" / "bench"
+WORK = REPO / ".cache" / "bench" / f"fixtures-v{FIXTURES_VERSION}"  # shards and runs made from these fixtures
 FIXTURES = REPO / ".cache" / "test-fixtures"
 os.environ.update({**offline_env(FIXTURES), "TOKENIZERS_PARALLELISM": "false"})
 

@@ -35,15 +35,17 @@ TINY_ARCH = dict(V2_ARCH, text_config=dict(V2_ARCH["text_config"], vocab_size=51
                  audio_ffn_hidden_size=64, audio_ffn_intermediate_size=128, audio_dual_ffn_layers=[0, 1],
                  audio_in_token_idx=500, audio_out_token_idx=501, pad_token_id=502, audio_out_bos_token_id=503,
                  audio_eos_token_id=504)
+TINY_IDS = {"<|AUDIO|>": 500, "<|audio_eos|>": 504, "<|reserved_special_token_6|>": 505, "<|eot_id|>": 506}
 RESULT = "RESULT "  # the prefix of the line a case process reports on
 
 
 def synthetic_batch(config, seq_len: int, batch: int, collator):
     """Voice-cloning samples whose expanded length is `seq_len`: ~15% text, a reference clip (audio in) and a target
-    clip (audio out, trained) of equal length, collated into a model batch."""
+    clip (audio out, trained) of equal length, collated into a model batch. CONFIG: the boson-style arch."""
     from higgs_ds.data.collate import Sample
 
-    vocab = config.text_config.vocab_size
+    config = argparse.Namespace(**config)
+    vocab = config.text_config["vocab_size"]
     text = max(8, int(seq_len * 0.15))
     frames = max(2, (seq_len - text - 2 * 9) // 2)
     samples = []
@@ -61,13 +63,13 @@ def synthetic_batch(config, seq_len: int, batch: int, collator):
 
 def flops_per_token(model, seq_len: int) -> float:
     cfg = model.config
-    d, layers = cfg.text_config.hidden_size, cfg.text_config.num_hidden_layers
+    d, layers = cfg.hidden_size, cfg.num_hidden_layers
     total = frozen = lora = 0
     for name, p in model.named_parameters():
         n = p.numel()
         if "lora_" in name:
             lora += n
-        elif "embed_tokens" in name or "audio_codebook_embeddings" in name:
+        elif "embed_tokens" in name or "embed_audio_tokens" in name:
             continue
         elif ".audio_mlp." in name:
             continue  # a token takes one FFN path; the audio FFN has the text FFN's size
@@ -80,11 +82,16 @@ def flops_per_token(model, seq_len: int) -> float:
 def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_gb: float | None) -> dict:
     import deepspeed
 
-    from higgs_ds.checkpoints.model import apply_lora, batch_to_inputs, enable_activation_checkpointing
+    from types import SimpleNamespace
+
+    from higgs_ds.checkpoints.model import apply_lora
+    from higgs_ds.checkpoints.native import boson_config
     from higgs_ds.config import LoraConfig
-    from higgs_ds.data.collate import make_collator
+    from higgs_ds.data.collate import CollatorSettings
     from higgs_ds.distributed import deepspeed_config
-    from higgs_ds.models.boson_v2 import token_sums
+    from higgs_ds.models.higgs_v2.heads import forward
+    from higgs_ds.models.higgs_v2.inputs import NativeCollator
+    from higgs_ds.models.higgs_v2.model import LORA_PRESETS
     from higgs_ds.training.loss import combine
 
     cuda = args.device == "cuda"
@@ -93,17 +100,19 @@ def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_g
         torch.cuda.reset_peak_memory_stats()
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, (memory_gb or 1e9) * 2**30 / total))
-    model = random_model(arch, args.device)
+    ids = TINY_IDS if arch is TINY_ARCH else None
+    model, native = random_model(arch, args.device, ids=ids)
     if checkpointing:
-        enable_activation_checkpointing(model)
-    model = apply_lora(model, LoraConfig(rank=16, alpha=32, dropout=0.0))
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model = apply_lora(model, LoraConfig(rank=16, alpha=32, dropout=0.0), LORA_PRESETS)
     fpt = flops_per_token(model, seq_len)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ds = deepspeed_config(os.path.join(os.path.dirname(__file__), "..", "ds_configs", "zero2.json"), batch, 1, 1,
                           "bf16", 1.0)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
-    collated = synthetic_batch(model.config, seq_len, batch, make_collator(model.config))
-    inputs = batch_to_inputs(collated, args.device)
+    settings = CollatorSettings.from_config(SimpleNamespace(**boson_config(native, ids or {
+        "<|AUDIO|>": arch["audio_in_token_idx"], "<|audio_eos|>": arch["audio_eos_token_id"]})))
+    inputs = synthetic_batch(arch, seq_len, batch, NativeCollator(settings, native["audio_token_id"])).to(args.device)
     result = {"seq_len": seq_len, "micro_batch": batch, "activation_checkpointing": checkpointing,
               "memory_cap_gb": memory_gb}
     try:
@@ -112,7 +121,7 @@ def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_g
             if cuda:
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            s = token_sums(engine(**inputs), inputs["label_audio_ids"])
+            s = forward(engine, inputs).sums
             engine.backward(combine(s, float(s.text_tokens), float(s.audio_tokens), 1.0, 1.0))
             engine.step()
             if cuda:

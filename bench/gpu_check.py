@@ -49,11 +49,7 @@ def build_model(size: str, tokenizer: Path, out: Path) -> None:
     if size == "v2":
         build_full_size_model(out, tokenizer)
         return
-    from transformers import AutoTokenizer
-
-    build_tiny(out, AutoTokenizer.from_pretrained(tokenizer))
-    for f in tokenizer.iterdir():
-        shutil.copy(f, out / f.name)
+    build_tiny(out, tokenizer)
 
 
 def smoke(args, work: Path, env: dict) -> dict:

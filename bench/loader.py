@@ -1,9 +1,11 @@
 """Loader throughput per core and padding efficiency.
 
 - ours: planned token-budget batches read by byte offset from tars, token ids stored in the shards, collated by
-  higgs_ds.data.collate.BatchCollator (one process = one core);
-- naive: one JSON + one .npy file per sample through a map-style Dataset, tokenized with prepare_chatml_sample and
-  collated by boson_multimodal's HiggsAudioSampleCollator, same batches;
+  the native model's collator (higgs_ds.models.higgs_v2.inputs.NativeCollator; one process = one core);
+- naive: one JSON + one .npy file per sample through a map-style Dataset, tokenized with prepare_chatml_sample at
+  every read, same collator, same batches;
+- collation: ours against boson_multimodal's HiggsAudioSampleCollator on the same samples (measured in the oracle
+  venv, bench/oracle.py; the two make the same model inputs, tests/models/higgs_v2/test_inputs.py);
 - on the fly: what trainers that tokenize audio every epoch pay on top: the Higgs audio tokenizer per sample.
 Hand-over: the training process's CPU time to receive a batch from a loader worker, packed (one flat tensor per
 dtype) against each field in its own shared-memory segment.
@@ -14,7 +16,6 @@ Run: .venv/bin/python -m bench.loader
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import tempfile
@@ -50,11 +51,11 @@ def realistic_rows(n: int = 20000, seed: int = 0) -> dict:
 
 
 def naive_dataset(index, tok, work: Path):
-    """The baseline loader: one JSON + one .npy file per sample, tokenized by prepare_chatml_sample at every read,
-    as ChatMLDatasetSample for boson_multimodal's collator."""
+    """The baseline loader: one JSON + one .npy file per sample, tokenized by prepare_chatml_sample at every read."""
     import torch
-    from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample, prepare_chatml_sample
+    from boson_multimodal.dataset.chatml_dataset import prepare_chatml_sample
 
+    from higgs_ds.data.collate import Sample
     from higgs_ds.data.sample_format import encode_npy
 
     for i in range(len(index)):
@@ -72,17 +73,13 @@ def naive_dataset(index, tok, work: Path):
             ids, labels, _, _ = prepare_chatml_sample({"messages": meta["messages"],
                                                        "start_index": meta["start_index"]}, tok)
             frames = [a["frames"] for a in meta["audio"]]
-            return ChatMLDatasetSample(
-                input_ids=torch.tensor(ids), label_ids=torch.tensor(labels),
-                audio_ids_concat=torch.from_numpy(codes.astype(np.int64)),
-                audio_ids_start=torch.tensor(np.r_[0, np.cumsum(frames)[:-1]]), audio_waveforms_concat=torch.zeros(0),
-                audio_waveforms_start=torch.zeros(0, dtype=torch.long), audio_sample_rate=torch.zeros(0),
-                audio_speaker_indices=torch.zeros(0, dtype=torch.long))
+            return Sample(np.asarray(ids, np.int64), np.asarray(labels, np.int64), codes.astype(np.int64),
+                          np.asarray(frames, np.int64))
 
     return NaiveDataset()
 
 
-def loader_timings(index, tok, collator, boson, batches) -> dict[str, float]:
+def loader_timings(index, tok, collator, batches) -> dict[str, float]:
     """Seconds to read and collate every batch: ours, ours re-tokenizing at every read, and the naive loader."""
     from higgs_ds.data.loader import BatchReader
 
@@ -93,23 +90,25 @@ def loader_timings(index, tok, collator, boson, batches) -> dict[str, float]:
 
     def naive():
         for b in batches:
-            boson.collator([copy.copy(ds[int(i)]) for i in b])
+            collator([ds[int(i)] for i in b])
 
     return {"ours": min(timed_once(lambda: [reader.collate(b) for b in batches]) for _ in range(3)),
             "naive": min(timed_once(naive) for _ in range(3)),
             "retokenizing": min(timed_once(lambda: [retokenizing.collate(b) for b in batches]) for _ in range(3))}
 
 
-def collator_timings(reader, collator, boson, batches) -> tuple[float, float, int]:
-    """(ours, boson's) seconds to collate the same samples; stops if any batch differs."""
-    from higgs_ds.data.collate import batch_differences
+def collator_timings(reader, collator, batches) -> tuple[float, float | None, int]:
+    """(ours, boson's: None without the oracle venv) seconds to collate the same samples."""
+    import pickle
+
+    from bench.oracle import oracle
 
     samples = [reader.samples(b) for b in batches]
-    differing = [k for k, s in enumerate(samples) if batch_differences(collator(s), boson(s))]
-    if differing:
-        raise SystemExit(f"BatchCollator and HiggsAudioSampleCollator differ on batches {differing}")
-    return (min(timed_once(lambda: [collator(s) for s in samples]) for _ in range(3)),
-            min(timed_once(lambda: [boson(s) for s in samples]) for _ in range(3)), len(samples))
+    ours = min(timed_once(lambda: [collator(s) for s in samples]) for _ in range(3))
+    path = WORK / "collate-samples.pkl"
+    path.write_bytes(pickle.dumps((collator.settings, samples)))
+    theirs = oracle("collate", path)
+    return ours, theirs and theirs["seconds"], len(samples)
 
 
 def parse_timings(index) -> tuple[float, float, int]:
@@ -187,10 +186,10 @@ def padding_rows() -> list[tuple[str, str, str]]:
 def main() -> list[tuple[str, str, str]]:
     import torch
 
-    from higgs_ds.checkpoints.model import load_model, load_tokenizer
-    from higgs_ds.config import ModelConfig
-    from higgs_ds.data.collate import make_collator
+    from higgs_ds.checkpoints.model import load_tokenizer
+    from higgs_ds.config import DataConfig, ModelConfig
     from higgs_ds.data.loader import BatchReader
+    from higgs_ds.models import backend_for
     from higgs_ds.data.plan import PlanSettings, plan_epoch
     from higgs_ds.data.shard_index import ShardIndex
 
@@ -198,12 +197,12 @@ def main() -> list[tuple[str, str, str]]:
     fx, sp = fixtures(), speech()
     index = ShardIndex.load(build_set(fx, sp))
     mcfg = ModelConfig(path=str(fx / "model"), tokenizer=str(fx / "tokenizer"))
-    config = load_model(mcfg).config
-    tok, collator, boson = load_tokenizer(mcfg), make_collator(config), make_collator(config, "boson")
+    backend = backend_for("native")
+    tok, collator = load_tokenizer(mcfg), backend.make_collator(backend.load(mcfg).config, mcfg, DataConfig())
     batches = plan_epoch(index.rows, 0, 0, PlanSettings(world=1, token_budget=3000, max_batch_size=16)).batches[0]
     n = sum(len(b) for b in batches)
-    t = loader_timings(index, tok, collator, boson, batches)
-    t_fast, t_boson, n_batches = collator_timings(BatchReader(index, tok, collator), collator, boson, batches)
+    t = loader_timings(index, tok, collator, batches)
+    t_fast, t_boson, n_batches = collator_timings(BatchReader(index, tok, collator), collator, batches)
     t_direct, t_tarfile, n_spans = parse_timings(index)
     handover = handover_timings(BatchReader(index, tok, collator), batches)
     on_the_fly = 2 * encode_seconds_per_clip(fx, sp) + t["naive"] / n  # reference + target clip, then the same work
@@ -211,9 +210,10 @@ def main() -> list[tuple[str, str, str]]:
              f"batches)"),
             ("loader, naive per-file", f"{n / t['naive']:.0f}", f"samples/s per core; ours is "
              f"{t['naive'] / t['ours']:.1f}x"),
-            ("change: whole-batch collator", f"{t_boson / t_fast:.1f}x", f"collation speed-up vs "
-             f"HiggsAudioSampleCollator ({t_fast / n * 1e6:.0f} vs {t_boson / n * 1e6:.0f} us/sample), identical "
-             f"batches ({n_batches} of {n_batches})"),
+            ("change: whole-batch collator", f"{t_boson / t_fast:.1f}x" if t_boson else "-",
+             f"collation speed-up vs HiggsAudioSampleCollator ({t_fast / n * 1e6:.0f} vs "
+             f"{t_boson / n * 1e6:.0f} us/sample, {n_batches} batches; the same model inputs)" if t_boson else
+             "no oracle venv (make boson-venv)"),
             ("change: stored token ids", f"{t['retokenizing'] / t['ours']:.2f}x", f"loader speed-up vs tokenizing at "
              f"every read ({n / t['retokenizing']:.0f} samples/s)"),
             ("change: direct tar/npy parse", f"{t_tarfile / t_direct:.2f}x", f"sample read speed-up vs tarfile + "

@@ -1,6 +1,5 @@
-"""Synthesis and listening figures on CPU: the real-time factor of our generation path against boson_multimodal's
-HiggsAudioServeEngine on the same prompts and seeds (the same model code underneath: the ratio is what our layer
-costs), and the share of training time the listening evaluation takes at the demo's settings (the same training
+"""Synthesis and listening figures on CPU: the real-time factor of our generation path (transformers' generate on
+the native model) against boson_multimodal's HiggsAudioServeEngine on the same prompts (in the oracle venv), and the share of training time the listening evaluation takes at the demo's settings (the same training
 without it is the baseline).
 
 Run: .venv/bin/python -m bench.synth
@@ -30,45 +29,35 @@ def prompts(sp: Path, n: int = 3):
 
 
 def real_time_factor(fx: Path, sp: Path) -> list[tuple[str, str, str]]:
-    import torch
-    from boson_multimodal.data_types import AudioContent, ChatMLSample, Message
-    from boson_multimodal.serve.serve_engine import HiggsAudioServeEngine
-
+    """Our generation (transformers' generate on the native model) against boson's HiggsAudioServeEngine (the
+    oracle venv) on the same prompts, both after a warm-up."""
+    from bench.oracle import oracle
     from higgs_ds.data.codec import load_audio_tokenizer
-    from higgs_ds.listening.synthesis import ModelSource, SynthesisConfig, Synthesizer, load_model_for_generation
+    from higgs_ds.listening.synthesis import ModelSource, SynthesisConfig, load_model_for_generation, synthesizer_for
 
     model, tok, _ = load_model_for_generation(ModelSource(model=str(fx / "model"), tokenizer=str(fx / "tokenizer")),
                                               "cpu")
-    ours = Synthesizer(model, tok, load_audio_tokenizer(str(fx / "audio_tokenizer"), "cpu"))
-    engine = HiggsAudioServeEngine(str(fx / "model"), str(fx / "audio_tokenizer"), str(fx / "tokenizer"),
-                                   device="cpu", torch_dtype=torch.float32)
+    ours = synthesizer_for(model, tok, load_audio_tokenizer(str(fx / "audio_tokenizer"), "cpu"))
     cfg = SynthesisConfig(max_new_tokens=FRAMES)
-
-    def run_engine(p):
-        messages = [Message(role=m["role"], content=AudioContent(audio_url=m["content"]["audio_url"])
-                            if isinstance(m["content"], dict) else m["content"]) for m in p.messages()]
-        out = engine.generate(ChatMLSample(messages=messages), max_new_tokens=FRAMES, seed=cfg.seed,
-                              force_audio_gen=True)
-        return len(out.audio) / out.sampling_rate
-
-    warm = prompts(sp, 1)[0]
-    ours.generate(warm, cfg)  # warm-up: first encode and generate of each
-    run_engine(warm)
-    ours_s = ours_audio = engine_s = engine_audio = 0.0
-    for k, p in enumerate(prompts(sp) * 2):  # alternating which goes first
-        for who in (("ours", "engine") if k % 2 == 0 else ("engine", "ours")):
-            t0 = time.perf_counter()
-            if who == "ours":
-                ours_audio += ours.generate(p, cfg).seconds
-                ours_s += time.perf_counter() - t0
-            else:
-                engine_audio += run_engine(p)
-                engine_s += time.perf_counter() - t0
-    ours_rtf, engine_rtf = ours_s / ours_audio, engine_s / engine_audio
-    return [("synthesis real-time factor (tiny model, CPU)", f"{ours_rtf:.3f}",
-             f"{ours_audio:.1f} s of audio in {ours_s:.1f} s, reference encoded from its file"),
-            ("  HiggsAudioServeEngine.generate, same prompts", f"{engine_rtf:.3f}",
-             f"ours / engine: {ours_rtf / engine_rtf:.2f}x")]
+    ours.generate(prompts(sp, 1)[0], cfg)  # warm-up: first encode and generate
+    ours_s = ours_audio = 0.0
+    for p in prompts(sp):
+        t0 = time.perf_counter()
+        ours_audio += ours.generate(p, cfg).seconds
+        ours_s += time.perf_counter() - t0
+    ours_rtf = ours_s / ours_audio
+    rows = [("synthesis real-time factor (tiny model, CPU)", f"{ours_rtf:.3f}",
+             f"{ours_audio:.1f} s of audio in {ours_s:.1f} s, reference encoded from its file; transformers' "
+             f"generate on HiggsAudioV2ForConditionalGeneration")]
+    spec = WORK / "serve-prompts.json"
+    spec.write_text(json.dumps([p.messages() for p in prompts(sp)]))
+    engine = oracle("serve", fx, spec, FRAMES)
+    if engine:
+        engine_rtf = engine["seconds"] / engine["audio_seconds"]
+        rows.append(("  HiggsAudioServeEngine.generate, same prompts", f"{engine_rtf:.3f}",
+                     f"boson's model and generate (transformers 4.46, the oracle venv); ours / engine: "
+                     f"{ours_rtf / engine_rtf:.2f}x"))
+    return rows
 
 
 def demo_shards(fx: Path) -> tuple[Path, Path]:

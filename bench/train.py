@@ -71,27 +71,28 @@ def bare_loop_isolated(fed: bool = False) -> dict:
 
 
 def bare_loop(fx: Path, shards: Path, fed: bool = False) -> dict:
-    """The same model, LoRA, optimizer, engine and batches; just `engine(**x); engine.backward(); engine.step()`.
+    """The same model, LoRA, optimizer, engine and batches; just the heads' loss, `engine.backward(); engine.step()`.
     FED: each step's batch comes from our loader with one worker process instead of a pre-collated list."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29613", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     import deepspeed
     import torch
 
-    from higgs_ds.checkpoints.model import apply_lora, batch_to_inputs, load_model, load_tokenizer
+    from higgs_ds.checkpoints.model import apply_lora, load_tokenizer
     from higgs_ds.config import load_config
-    from higgs_ds.data.collate import make_collator
     from higgs_ds.data.loader import BatchReader, DataPosition, stream_batches
     from higgs_ds.data.plan import PlanSettings, plan_epoch
     from higgs_ds.data.shard_index import ShardIndex
     from higgs_ds.distributed import deepspeed_config, dist_env, init_distributed
-    from higgs_ds.models.boson_v2 import token_sums
+    from higgs_ds.models import backend_for
     from higgs_ds.training.loss import combine
 
     cfg = load_config(None, overrides(fx, shards, WORK / "bare"))
     device = init_distributed(dist_env(), 600)
     torch.manual_seed(0)
-    model = apply_lora(load_model(cfg.model, torch.bfloat16), cfg.lora)
-    reader = BatchReader(ShardIndex.load(shards), load_tokenizer(cfg.model), make_collator(model.config))
+    backend = backend_for(cfg.model.backend)
+    model = apply_lora(backend.load(cfg.model, torch.bfloat16), cfg.lora, backend.lora_presets)
+    reader = BatchReader(ShardIndex.load(shards), load_tokenizer(cfg.model),
+                         backend.make_collator(model.config, cfg.model, cfg.data))
     plan = plan_epoch(reader.index.rows, 0, 0, PlanSettings(world=1, micro=4))
     batches = [reader.collate(b) for b in plan.batches[0]]
     stream = stream_batches(reader, cfg.data.seed, 0, PlanSettings(world=1, micro=4), DataPosition(), 1) if fed \
@@ -103,8 +104,7 @@ def bare_loop(fx: Path, shards: Path, fed: bool = False) -> dict:
     for k in range(STEPS):
         t0 = time.perf_counter()
         batch = next(stream)[1] if fed else batches[k % len(batches)]
-        x = batch_to_inputs(batch, device)
-        s = token_sums(engine(**x), x["label_audio_ids"])
+        s = backend.heads(engine, backend.to_device(batch, device)).sums
         engine.backward(combine(s, float(s.text_tokens), float(s.audio_tokens), 1.0, 1.0))
         engine.step()
         times.append(time.perf_counter() - t0)

@@ -5,8 +5,8 @@ small data the smoke run trains on (the fixture text tokenizer and a shard set b
     python -m bench.wheelhouse --out wheelhouse --python-version 3.12   # the lent GPU machines' Python
 
 The wheels' dependency closure is read from the venv's installed metadata, less torch, torchaudio and what they
-bring themselves. librosa goes in without its numba/scipy/scikit-learn closure: boson's collator imports it at the
-top but training never calls it. Listening and scoring (resemblyzer, speechmos, onnxruntime, the audio tokenizer's
+bring themselves. Training reads its token ids from the shards: neither boson's collator nor its ChatML dataset
+(pandas, librosa) is imported. Listening and scoring (resemblyzer, speechmos, onnxruntime, the audio tokenizer's
 codec stack) are left out: they do not fit in the size limit and the check does not listen.
 """
 
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata as md
+
+from packaging.requirements import Requirement
 import json
 import re
 import shutil
@@ -22,9 +24,8 @@ import sys
 from pathlib import Path
 
 ROOTS = ["transformers", "peft", "deepspeed", "webdataset", "submitit", "boson-multimodal", "pyyaml", "numpy",
-         "omegaconf", "dacite", "pandas", "loguru", "soundfile", "tqdm", "huggingface-hub", "safetensors",
-         "tokenizers"]
-WITHOUT_DEPS = ["librosa", "lazy-loader"]  # imported at the top of boson's collator, never called in training
+         "omegaconf", "dacite", "loguru", "soundfile", "tqdm", "huggingface-hub", "safetensors", "tokenizers"]
+WITHOUT_DEPS: list[str] = []  # installed without their own dependencies
 TORCH_SIDE = {"torch", "torchaudio", "filelock", "typing-extensions", "sympy", "networkx", "jinja2", "fsspec",
               "setuptools", "mpmath", "markupsafe", "triton"}
 NOT_ON_LINUX = {"colorama", "win32-setctime", "aiocontextvars", "dataclasses"}
@@ -50,7 +51,8 @@ def closure() -> dict[str, str]:
         pins[name] = dist.version
         if name == "boson-multimodal":
             continue  # its own pins would replace torch; what it imports is among ROOTS
-        stack += [re.split(r"[ ;<>=!~\[(]", r, maxsplit=1)[0] for r in dist.requires or [] if "extra ==" not in r]
+        stack += [req.name for req in map(Requirement, dist.requires or [])
+                   if req.marker is None or req.marker.evaluate({"extra": ""})]  # what this Python installs
     for name in WITHOUT_DEPS:
         pins[name] = md.distribution(name).version
     return pins

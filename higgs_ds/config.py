@@ -32,9 +32,9 @@ class ModelConfig:
     path: str = "bosonai/higgs-audio-v2-generation-3B-base"  # local dir or hub id[@revision] (hub.py pins the default)
     tokenizer: str | None = None  # defaults to `path`
     activation_checkpointing: bool = False
-    # boson: boson_multimodal's HiggsAudioModel (transformers < 4.48); native: transformers' own
-    # HiggsAudioV2ForConditionalGeneration (transformers >= 5.3), heads only where labels are
-    backend: str = "boson"
+    # native: transformers' own HiggsAudioV2ForConditionalGeneration, heads only where labels are; boson:
+    # boson_multimodal's HiggsAudioModel (imports under transformers < 4.48 only: the tests' oracle venv)
+    backend: str = "native"
     # written by the run, not read: "native" when `path` is in the transformers-native layout (trained through its
     # boson-layout copy, hub.py), else "boson"
     layout: str | None = None

@@ -49,9 +49,9 @@ def main(argv: list[str] | None = None) -> int:
     run([Path(sys.executable).parent / "deepspeed", "--num_gpus", args.ranks, "higgs_ds/train.py", "--deepspeed",
          "ds_configs/zero2.json", "--config", "configs/demo.yaml", *overrides], env=env)
 
-    step("5/6 export: the adapter (peft) and a merged bf16 model, in boson's layout and the transformers-native one")
+    step("5/6 export: the adapter (peft) and a merged bf16 model, in the transformers-native layout and boson's")
     run(CLI + ["export", "--checkpoint", run_dir, "--out", out / "merged", "--merge"], env=env)
-    run(CLI + ["export", "--checkpoint", run_dir, "--out", out / "merged-native", "--merge", "--layout", "native"],
+    run(CLI + ["export", "--checkpoint", run_dir, "--out", out / "merged-boson", "--merge", "--layout", "boson"],
         env=env)
 
     step("6/6 listen: one sentence in speaker spk0's voice, with the trained adapter and with the base model")
@@ -65,7 +65,11 @@ def make_inputs(out: Path, fixtures: Path, env: dict) -> None:
 
     step("1/6 tiny random Higgs-Audio stack (model, text tokenizer, audio tokenizer), built locally")
     if not fixtures_current(fixtures):
+        import shutil
+
         run(CLI + ["fixtures", "--out", fixtures], env=env)
+        for stale in ("shards", "code-cache", "run"):  # made with the fixtures of an older version
+            shutil.rmtree(out / stale, ignore_errors=True)
     else:
         print(f"reusing {fixtures}")
 
@@ -125,9 +129,9 @@ def print_summary(out: Path, run_dir: Path, scores: dict, target: dict, seconds:
   eval loss    {' -> '.join(f"{e['loss']:.3f}@{e['step']}" for e in evals)}
   shards       {out / 'shards/train'}   (index.json, rejects.jsonl)
   run          {run_dir}   (config.yaml, metrics.jsonl, tensorboard/, checkpoints/)
-  adapter      {run_dir / 'adapter'}   (PeftModel.from_pretrained(HiggsAudioModel, ...))
-  merged       {out / 'merged'}   (HiggsAudioModel.from_pretrained(..., torch_dtype=torch.bfloat16))
-  native       {out / 'merged-native'}   (transformers >= 5.3: HiggsAudioV2ForConditionalGeneration; vLLM-Omni)
+  adapter      {run_dir / 'adapter'}   (PeftModel.from_pretrained(HiggsAudioV2ForConditionalGeneration, ...))
+  merged       {out / 'merged'}   (transformers >= 5.3: HiggsAudioV2ForConditionalGeneration; vLLM-Omni)
+  boson        {out / 'merged-boson'}   (boson_multimodal: HiggsAudioModel.from_pretrained; its serve engine)
   report       {run_dir / 'report.html'}   (curves, listening scores, audio players)
   best         {run_dir / 'best'}   (eval.select: {json.loads((run_dir / 'best.json').read_text())['select']})
   resume       re-run the same deepspeed command with steps=N: resume=auto continues from the latest checkpoint

@@ -14,7 +14,7 @@ SPECIAL_TOKENS = [
 TEXT_VOCAB = 512
 HUBERT_REPO = "bosonai/hubert_base"
 HUBERT_COMMIT = "0" * 40
-FIXTURES_VERSION = 3  # bump when what build_fixtures writes changes
+FIXTURES_VERSION = 5  # bump when what build_fixtures writes changes
 
 _CORPUS = """system user assistant Generate audio following instruction. The quick brown fox jumps over the lazy dog.
 Speak in the voice of the reference speaker. She sells sea shells by the sea shore. Hello world, this is a test.
@@ -48,30 +48,61 @@ def build_text_tokenizer(out: Path):
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>",
                                    pad_token="<|pad|>")
     fast.save_pretrained(out)
+    from higgs_ds.checkpoints.layouts import fix_tokenizer_config
+
+    fix_tokenizer_config(out)  # readable by transformers 4.x too (the oracle venv)
     return fast
 
 
-def build_model(out: Path, tokenizer, seed: int = 0):
-    import torch
-    from boson_multimodal.model.higgs_audio import HiggsAudioConfig, HiggsAudioModel
-
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+def tiny_arch(ids: dict[str, int]) -> dict:
+    """The tiny model's config in boson_multimodal's terms (HiggsAudioConfig), special token ids from IDS."""
     text_config = dict(model_type="llama", vocab_size=TEXT_VOCAB, hidden_size=64, intermediate_size=128,
                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                        max_position_embeddings=4096, bos_token_id=ids["<|begin_of_text|>"],
                        eos_token_id=ids["<|end_of_text|>"], pad_token_id=ids["<|end_of_text|>"])
-    config = HiggsAudioConfig(
+    return dict(
         text_config=text_config, audio_adapter_type="dual_ffn_fast_forward", audio_ffn_hidden_size=64,
         audio_ffn_intermediate_size=128, audio_dual_ffn_layers=[0, 1], use_delay_pattern=True, skip_audio_tower=True,
         encode_whisper_embed=False, encode_audio_in_tokens=True, audio_num_codebooks=8, audio_codebook_size=1024,
         audio_stream_bos_id=1024, audio_stream_eos_id=1025, audio_in_token_idx=ids["<|AUDIO|>"],
         audio_out_token_idx=ids["<|AUDIO_OUT|>"], pad_token_id=ids["<|end_of_text|>"],
         audio_out_bos_token_id=ids["<|audio_out_bos|>"], audio_eos_token_id=ids["<|audio_eos|>"],
-    )
+        torch_dtype="float32")
+
+
+def build_model(out: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """The tiny model with seeded random weights (transformers' HiggsAudioV2ForConditionalGeneration and its own
+    init), written in boson_multimodal's layout, as the pinned hub revision holds Boson's model."""
+    import torch
+
+    from higgs_ds.checkpoints.native import native_config, special_token_ids
+
+    ids = _ids(tokenizer_dir)
+    native = native_config(tiny_arch(ids), special_token_ids(tokenizer_dir))
     torch.manual_seed(seed)
-    model = HiggsAudioModel(config)
-    model.save_pretrained(out, safe_serialization=True)
-    return model
+    model = _native_model(native)
+    _save_boson(model, native, tokenizer_dir, out)
+    return out
+
+
+def _ids(tokenizer_dir: Path) -> dict[str, int]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+
+
+def _native_model(native: dict, device: str = "cpu"):
+    from transformers import HiggsAudioV2Config, HiggsAudioV2ForConditionalGeneration
+
+    return HiggsAudioV2ForConditionalGeneration(HiggsAudioV2Config.from_dict(native), use_text_head=True).to(device)
+
+
+def _save_boson(model, native: dict, tokenizer_dir: Path, out: Path) -> None:
+    from higgs_ds.checkpoints.native import save_boson_state
+
+    save_boson_state({k: v.detach().contiguous() for k, v in model.state_dict().items()}, native,
+                     Path(tokenizer_dir), Path(out))
 
 
 V2_ARCH = dict(  # Higgs-Audio v2 generation 3B base, 5.77B: Llama-3.2-3B backbone, a DualFFN audio path in 28 layers
@@ -88,21 +119,27 @@ V2_ARCH = dict(  # Higgs-Audio v2 generation 3B base, 5.77B: Llama-3.2-3B backbo
     audio_out_bos_token_id=128013, audio_eos_token_id=128012)
 
 
-def random_model(arch: dict, device: str = "cpu", seed: int = 0):
-    """A HiggsAudioModel of ARCH in bf16 with seeded random weights: uniform with the standard deviation of the
-    model's own init (transformers' normal_ init takes minutes at 5.77B on a CPU, a uniform one seconds)."""
-    import torch
-    from boson_multimodal.model.higgs_audio import HiggsAudioConfig, HiggsAudioModel
-    try:  # transformers >= 5 moved it
-        from transformers.initialization import no_init_weights
-    except ImportError:
-        from transformers.modeling_utils import no_init_weights
+LLAMA3_AUDIO_DELAY_ID, LLAMA3_EOT_ID = 128014, 128009  # <|reserved_special_token_6|>, <|eot_id|>
 
-    config = HiggsAudioConfig(**json.loads(json.dumps(arch)))
+
+def random_model(arch: dict, device: str = "cpu", seed: int = 0, ids: dict[str, int] | None = None):
+    """transformers' HiggsAudioV2ForConditionalGeneration (text head included) for ARCH (a boson_multimodal config)
+    in bf16 with seeded random weights: uniform with the standard deviation of the model's own init (transformers'
+    normal_ init takes minutes at 5.77B on a CPU, a uniform one seconds). Returns (model, its native config)."""
+    import torch
+    from transformers.initialization import no_init_weights
+
+    from higgs_ds.checkpoints.native import AUDIO_DELAY_TOKEN, AUDIO_EOS_TOKEN, AUDIO_IN_TOKEN, EOT_TOKEN, \
+        native_config
+
+    # the text tokenizer's ids the native config names; by default those of Boson's (Llama 3's) tokenizer
+    ids = ids or {AUDIO_IN_TOKEN: arch["audio_in_token_idx"], AUDIO_EOS_TOKEN: arch["audio_eos_token_id"],
+                  AUDIO_DELAY_TOKEN: LLAMA3_AUDIO_DELAY_ID, EOT_TOKEN: LLAMA3_EOT_ID}
+    native = native_config(json.loads(json.dumps(arch)), ids)
     torch.set_default_dtype(torch.bfloat16)  # built directly in bf16: an fp32 copy of 5.77B would need 23 GB
     try:
         with no_init_weights(), torch.device(device):
-            model = HiggsAudioModel(config)
+            model = _native_model(native, device)
     finally:
         torch.set_default_dtype(torch.float32)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -110,31 +147,32 @@ def random_model(arch: dict, device: str = "cpu", seed: int = 0):
     with torch.no_grad():
         for p in model.parameters():
             p.uniform_(-bound, bound, generator=gen) if p.dim() > 1 else p.fill_(1.0)  # 1-D: RMSNorm scales
-    return model
+    return model, native
 
 
-def build_full_size_model(out: Path, tokenizer_dir: Path, seed: int = 0, max_shard_size: str = "5GB") -> Path:
-    """The v2 architecture at its real size (5.77B, bf16, random weights) in the layout the hub serves at the pinned
-    revision: config.json, model-0000N-of-0000M.safetensors + index, and the text tokenizer's files. Special token
-    ids come from TOKENIZER_DIR, so shards built with that tokenizer train on it. About 11.5 GB on disk."""
-    import shutil
+def build_full_size_model(out: Path, tokenizer_dir: Path, seed: int = 0, layout: str = "native") -> Path:
+    """The v2 architecture at its real size (5.77B, bf16, random weights) in LAYOUT: "native" as the hub serves it
+    at `main` (config.json, model-0000N-of-0000M.safetensors + index, generation_config.json), or "boson" as at the
+    pinned boson revision; with the text tokenizer's files. Special token ids come from TOKENIZER_DIR, so shards
+    built with that tokenizer train on it. About 11.5 GB on disk."""
+    from higgs_ds.checkpoints.native import special_token_ids
 
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    ids = _ids(tokenizer_dir)
     arch = json.loads(json.dumps(V2_ARCH))
     arch.update(audio_in_token_idx=ids["<|AUDIO|>"], audio_out_token_idx=ids["<|AUDIO_OUT|>"],
                 pad_token_id=ids["<|end_of_text|>"], audio_out_bos_token_id=ids["<|audio_out_bos|>"],
-                audio_eos_token_id=ids["<|audio_eos|>"])
+                audio_eos_token_id=ids["<|audio_eos|>"], torch_dtype="bfloat16")
     arch["text_config"].update(bos_token_id=ids["<|begin_of_text|>"], eos_token_id=ids["<|end_of_text|>"],
                                pad_token_id=ids["<|end_of_text|>"])
-    model = random_model(arch, seed=seed)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True, max_shard_size=max_shard_size)
-    del model
-    for f in Path(tokenizer_dir).iterdir():
-        shutil.copy(f, out / f.name)
+    model, native = random_model(arch, seed=seed, ids=special_token_ids(tokenizer_dir))
+    if layout == "boson":
+        _save_boson(model, native, tokenizer_dir, out)
+        return out
+    from higgs_ds.checkpoints.native import copy_tokenizer, write_native_config
+
+    model.save_pretrained(out, safe_serialization=True, max_shard_size="5GB")
+    write_native_config(out, {**native, "dtype": "bfloat16"})
+    copy_tokenizer(Path(tokenizer_dir), out)
     return out
 
 
@@ -249,8 +287,8 @@ def build_fixtures(out: str | Path, seed: int = 0) -> Path:
     if Path(os.environ.get("HF_HOME", "")).resolve() != home.resolve():
         raise RuntimeError(f"set HF_HOME={home} (and HF_HUB_OFFLINE=1) before building fixtures into {out}")
     build_semantic_model(home, seed)
-    tokenizer = build_text_tokenizer(out / "tokenizer")
-    build_model(out / "model", tokenizer, seed)
+    build_text_tokenizer(out / "tokenizer")
+    build_model(out / "model", out / "tokenizer", seed)
     build_audio_tokenizer(out / "audio_tokenizer", seed)
     (out / "FIXTURES.json").write_text(json.dumps({"version": FIXTURES_VERSION, "seed": seed,
                                                    "env": offline_env(out)}, indent=2))

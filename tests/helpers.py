@@ -17,32 +17,37 @@ os.environ.update({**offline_env(FIXTURES), "TOKENIZERS_PARALLELISM": "false"})
 os.environ.setdefault("HIGGS_DS_CACHE", str(REPO / ".cache" / "higgs-ds"))  # converted checkpoints: not in ~
 
 CLI = [sys.executable, "-m", "higgs_ds.cli"]
-# transformers 5.x + peft without boson_multimodal's model (`make native-venv`); native_side.py runs there
-NATIVE_PY = REPO / ".venv-native" / "bin" / "python"
+# the product venv (transformers 5: the native classes); native_side.py runs there, also for the oracle tests
+NATIVE_PY = REPO / ".venv" / "bin" / "python"
 NATIVE_SIDE = REPO / "tests" / "checkpoints" / "native" / "native_side.py"
+# the oracle venv: boson_multimodal's model under transformers 4.46 (`make boson-venv`); tests marked `oracle` run in it
+BOSON_PY = REPO / ".venv-boson" / "bin" / "python"
 
 
-def run_cli(*args, check=True, env=None, timeout=600):
-    """Run `higgs-ds ARGS` in a subprocess; returns the CompletedProcess (stdout/stderr as text)."""
-    proc = subprocess.run(CLI + [str(a) for a in args], capture_output=True, text=True, cwd=REPO,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+def run_cli(*args, check=True, env=None, timeout=600, python=None):
+    """Run `higgs-ds ARGS` in a subprocess (in the venv of PYTHON, default this session's); returns the
+    CompletedProcess (stdout/stderr as text)."""
+    cli = CLI if python is None else [str(python), "-m", "higgs_ds.cli"]
+    env = {**os.environ, **(env or {}), **({"PYTHONPATH": str(REPO)} if python is not None else {})}
+    proc = subprocess.run(cli + [str(a) for a in args], capture_output=True, text=True, cwd=REPO, env=env,
+                          timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"higgs-ds {' '.join(map(str, args))} exited {proc.returncode}\n"
                              f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}")
     return proc
 
 
-def require_native_venv() -> None:
+def require_boson_venv() -> None:
     import pytest
 
-    if not NATIVE_PY.is_file():
+    if not BOSON_PY.is_file():
         if os.environ.get("CI"):
-            pytest.fail(f"{NATIVE_PY} is missing: `make native-venv` builds it (make test does)")
-        pytest.skip(f"{NATIVE_PY} is missing: `make native-venv` builds it")
+            pytest.fail(f"{BOSON_PY} is missing: `make boson-venv` builds it (make test does)")
+        pytest.skip(f"{BOSON_PY} is missing: `make boson-venv` builds it")
 
 
 def native(*args, timeout=600) -> str:
-    """Run a native_side.py command in .venv-native (transformers 5, no boson_multimodal)."""
+    """Run a native_side.py command in the product venv (transformers 5), from any test session."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([str(NATIVE_PY), str(NATIVE_SIDE), *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
@@ -69,7 +74,7 @@ def train_overrides(fixtures_dir, shards, run_dir, **kv) -> list[str]:
 def launch_training(launcher: str, nproc: int, overrides: list[str], ds_config="ds_configs/zero2.json",
                     timeout=900, check=True, extra_env=None, python=None):
     """Run higgs_ds/train.py as the user would: `deepspeed`, `torchrun`, or N plain processes with srun's env; in
-    the venv of PYTHON (default this one's; .venv-native for the native backend)."""
+    the venv of PYTHON (default this one's; BOSON_PY for the boson backend from the product session)."""
     port = free_port()
     env = {**os.environ, "MASTER_PORT": str(port), **(extra_env or {})}
     if python is not None:  # a venv layered over this one by a .pth file does not see our editable install
@@ -77,11 +82,13 @@ def launch_training(launcher: str, nproc: int, overrides: list[str], ds_config="
     script = ["higgs_ds/train.py", "--deepspeed", ds_config, *overrides]
     python = str(python or sys.executable)
     venv_bin = Path(python).parent
-    if launcher == "deepspeed":
-        cmd = [str(venv_bin / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(port), *script]
+    if launcher == "deepspeed":  # a layered venv (the oracle's) has the launchers of the venv below it only
+        cmd = [str(venv_bin / "deepspeed") if (venv_bin / "deepspeed").exists() else python, *(
+            [] if (venv_bin / "deepspeed").exists() else ["-m", "deepspeed.launcher.runner"]), "--num_gpus", str(nproc), "--master_port", str(port), *script]
         procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
     elif launcher == "torchrun":
-        cmd = [str(venv_bin / "torchrun"), "--nproc_per_node", str(nproc), "--master_port", str(port), *script]
+        cmd = [*([str(venv_bin / "torchrun")] if (venv_bin / "torchrun").exists() else
+                 [python, "-m", "torch.distributed.run"]), "--nproc_per_node", str(nproc), "--master_port", str(port), *script]
         procs = [subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)]
     elif launcher == "srun-env":  # what srun gives each task: SLURM_PROCID/NTASKS/LOCALID, no RANK
         procs = []

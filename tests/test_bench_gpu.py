@@ -12,15 +12,16 @@ from tests.helpers import REPO, free_port
 
 
 def test_v2_architecture_has_the_published_parameter_counts():
-    from boson_multimodal.model.higgs_audio import HiggsAudioConfig, HiggsAudioModel
+    from transformers import HiggsAudioV2Config, HiggsAudioV2ForConditionalGeneration
 
-    from higgs_ds.fixtures import V2_ARCH
+    from higgs_ds.checkpoints.native import native_config
+    from higgs_ds.fixtures import LLAMA3_AUDIO_DELAY_ID, V2_ARCH
 
+    native = native_config(json.loads(json.dumps(V2_ARCH)), {"<|reserved_special_token_6|>": LLAMA3_AUDIO_DELAY_ID})
     with torch.device("meta"):
-        model = HiggsAudioModel(HiggsAudioConfig(**json.loads(json.dumps(V2_ARCH))))
+        model = HiggsAudioV2ForConditionalGeneration(HiggsAudioV2Config.from_dict(native), use_text_head=True)
     total = sum(p.numel() for p in model.parameters())
-    audio = sum(p.numel() for n, p in model.named_parameters()
-                if "audio_" in n and "text_lm_head" not in n)  # the text head sits in audio_decoder_proj
+    audio = sum(p.numel() for n, p in model.named_parameters() if "audio_" in n)
     assert total / 1e9 == pytest.approx(5.77, abs=0.01)
     assert audio / 1e9 == pytest.approx(2.16, abs=0.01) and (total - audio) / 1e9 == pytest.approx(3.61, abs=0.01)
 

@@ -3,7 +3,10 @@
 import math
 
 import numpy as np
+import pytest
 import torch
+
+pytestmark = pytest.mark.oracle  # boson_multimodal's model: runs in .venv-boson
 
 
 def test_fixtures_load_through_boson_loaders(fixtures_dir):

@@ -35,9 +35,9 @@ def add_commands(sub) -> None:
     p.add_argument("--merge", action="store_true", help="fold the adapter into the base weights (bf16)")
     p.add_argument("--base", default=None, help="base model directory or hub id[@revision], either layout "
                                                 "(default: the run's model.path as resolved)")
-    p.add_argument("--layout", choices=("boson", "native"), default="boson",
-                   help="boson: for boson_multimodal (HiggsAudioModel, its serve engine); native: for transformers "
-                        ">= 5.3 (HiggsAudioV2ForConditionalGeneration) and vLLM-Omni")
+    p.add_argument("--layout", choices=("native", "boson"), default="native",
+                   help="native: for transformers >= 5.3 (HiggsAudioV2ForConditionalGeneration) and vLLM-Omni; "
+                        "boson: for boson_multimodal (HiggsAudioModel, its serve engine)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("convert", help="a model or audio tokenizer written in the other layout")

@@ -1,18 +1,21 @@
-"""Exports of a run's checkpoint: its peft adapter, or a merged bf16 model, in boson_multimodal's layout (what
-HiggsAudioModel and its serve engine load) or in the transformers-native one (HiggsAudioV2ForConditionalGeneration:
-transformers 5.x, vLLM-Omni)."""
+"""Exports of a run's checkpoint: its peft adapter, or a merged bf16 model, in the transformers-native layout
+(HiggsAudioV2ForConditionalGeneration: transformers 5.x, vLLM-Omni) or in boson_multimodal's (what HiggsAudioModel
+and its serve engine load). Merging runs on the native model; boson's layout is written by renaming."""
 
 from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 
 from higgs_ds.checkpoints.checkpoint_dir import Checkpoint
 
-from higgs_ds.checkpoints.hub import MODEL_REPO, PINNED_REVISIONS, resolve, resolve_audio_tokenizer
+from higgs_ds.checkpoints.hub import MODEL_REPO, PINNED_REVISIONS, locate, resolve, resolve_audio_tokenizer
+from higgs_ds.checkpoints.native import copy_tokenizer, save_boson_state
+from higgs_ds.checkpoints.native_adapters import boson_adapter, native_adapter
 from higgs_ds.checkpoints.saving import run_config_of, step_dir
 
 log = logging.getLogger(__name__)
@@ -29,9 +32,10 @@ def native_base_of(base: Checkpoint) -> tuple[str, str | None] | None:
     return None
 
 
-def export(ckpt: str | Path, out: str | Path, merge: bool, base: str | None = None, layout: str = "boson") -> Path:
+def export(ckpt: str | Path, out: str | Path, merge: bool, base: str | None = None, layout: str = "native") -> Path:
     """The adapter of checkpoint CKPT copied to OUT, or (MERGE) a full bf16 model with the adapter folded into the
-    base weights; in LAYOUT ("boson" or "native")."""
+    base weights; in LAYOUT ("native" or "boson"). Runs trained on the boson backend (boson's module names) are
+    exported too: their adapter is renamed first."""
     from higgs_ds.config import ModelConfig
 
     if layout not in LAYOUTS:
@@ -40,54 +44,37 @@ def export(ckpt: str | Path, out: str | Path, merge: bool, base: str | None = No
     adapter = ckpt / "adapter"
     run_model = run_config_of(ckpt)["model"]
     model_cfg = ModelConfig(path=base or run_model["path"], tokenizer=None if base else run_model["tokenizer"])
-    if run_model.get("backend") == "native":
-        return export_native_run(ckpt, model_cfg, out, merge, layout)
-    if merge:
-        return export_merged(adapter, model_cfg, out, layout)
-    if layout == "boson":
-        shutil.copytree(adapter, out, dirs_exist_ok=True)
-        log.info(f"adapter of {ckpt} -> {out} (load: PeftModel.from_pretrained(HiggsAudioModel.from_pretrained("
+    boson_names = (run_model.get("backend") or "boson") == "boson"
+    if not merge:
+        if layout == "boson" and boson_names:
+            shutil.copytree(adapter, out, dirs_exist_ok=True)
+        elif layout == "boson":
+            boson_adapter(adapter, out, model_cfg.path, None)
+        elif boson_names:
+            return export_native_adapter(adapter, locate(model_cfg.path, "model"), out)
+        else:
+            shutil.copytree(adapter, out, dirs_exist_ok=True)
+        cls = "HiggsAudioModel" if layout == "boson" else "HiggsAudioV2ForConditionalGeneration"
+        log.info(f"adapter of {ckpt} -> {out} (load: PeftModel.from_pretrained({cls}.from_pretrained("
                  f"{model_cfg.path!r}), {str(out)!r}))")
         return out
-    return export_native_adapter(adapter, resolve(model_cfg.path, "model"), out)
+    if boson_names:
+        with tempfile.TemporaryDirectory() as tmp:
+            native_adapter(adapter, Path(tmp), model_cfg.path, None)
+            return export_merged(Path(tmp), model_cfg, out, layout)
+    return export_merged(adapter, model_cfg, out, layout)
 
 
-def export_native_run(ckpt: Path, model_cfg, out: Path, merge: bool, layout: str) -> Path:
-    """Exports of a run trained on the native backend: its adapter is in the native module names already."""
-    from higgs_ds.checkpoints.hub import resolve_native_model
-    from higgs_ds.checkpoints.native import copy_tokenizer
-
-    if layout != "native":
-        raise ValueError(f"{ckpt} was trained on the native backend: export it with --layout native (for boson's "
-                         f"layout, `higgs-ds convert --to boson` the merged native export)")
-    adapter = ckpt / "adapter"
-    if not merge:
-        shutil.copytree(adapter, out, dirs_exist_ok=True)
-        log.info(f"adapter of {ckpt} -> {out} (load: PeftModel.from_pretrained(HiggsAudioV2ForConditionalGeneration"
-                 f".from_pretrained({model_cfg.path!r}), {str(out)!r}))")
-        return out
-    from peft import PeftModel
-    from transformers import HiggsAudioV2ForConditionalGeneration
-
-    base = resolve_native_model(model_cfg.path, model_cfg.tokenizer)
-    model = HiggsAudioV2ForConditionalGeneration.from_pretrained(str(base.path), use_text_head=True, dtype="auto")
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().to(torch.bfloat16)
-    merged.save_pretrained(str(out), safe_serialization=True)
-    copy_tokenizer(base.path, out)
-    log.info(f"merged {adapter} into {model_cfg.path} -> {out} (bf16, transformers-native layout; load with "
-             f"HiggsAudioV2ForConditionalGeneration.from_pretrained, or serve it with vLLM-Omni)")
-    return out
-
-
-def export_native_adapter(adapter: Path, base: Checkpoint, out: Path) -> Path:
-    from higgs_ds.checkpoints.native import native_adapter
-
-    native = native_base_of(base)
+def export_native_adapter(adapter: Path, base: tuple[Checkpoint, str], out: Path) -> Path:
+    """A boson-named adapter for the native model, naming the native checkpoint that holds its base's weights."""
+    checkpoint, layout = base
+    native = (checkpoint.repo_id or str(checkpoint.path), checkpoint.commit) if layout == "native" else \
+        native_base_of(checkpoint)
     if native is None:
-        native = (base.spec, None)
-        log.warning(f"the base {base.spec} is in boson_multimodal's layout and has no native copy that higgs-ds "
+        native = (checkpoint.spec, None)
+        log.warning(f"the base {checkpoint.spec} is in boson_multimodal's layout and has no native copy that higgs-ds "
                     f"knows of: the adapter names it as its base. Write one with `higgs-ds convert --to native "
-                    f"{base.spec} DIR` and load the adapter onto DIR")
+                    f"{checkpoint.spec} DIR` and load the adapter onto DIR")
     name, revision = native
     native_adapter(adapter, out, name, revision)
     at = f"{name}@{revision}" if revision else name
@@ -97,27 +84,27 @@ def export_native_adapter(adapter: Path, base: Checkpoint, out: Path) -> Path:
 
 
 def export_merged(adapter: Path, model_cfg, out: Path, layout: str) -> Path:
+    """The native base model with the (native-named) ADAPTER merged, in bf16, written in LAYOUT."""
     from peft import PeftModel
+    from transformers import HiggsAudioV2ForConditionalGeneration
 
-    from higgs_ds.checkpoints.model import load_model, load_tokenizer
+    from higgs_ds.checkpoints.hub import resolve_native_model
 
+    base = resolve_native_model(model_cfg.path, model_cfg.tokenizer)
     # in the dtype it is stored in (bf16 for hub checkpoints: a 5.77B fp32 copy would not fit in 24 GB); peft adds
     # the fp32 LoRA delta in fp32 before rounding, so this equals an fp32 merge rounded once
-    model = load_model(model_cfg, "auto")
+    model = HiggsAudioV2ForConditionalGeneration.from_pretrained(str(base.path), use_text_head=True, dtype="auto")
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().to(torch.bfloat16)
-    if layout == "boson":
+    if layout == "native":
         merged.save_pretrained(str(out), safe_serialization=True)
-        load_tokenizer(model_cfg).save_pretrained(str(out))
-        log.info(f"merged {adapter} into {model_cfg.path} -> {out} (bf16; load with HiggsAudioModel.from_pretrained)")
+        copy_tokenizer(base.path, out)
+        log.info(f"merged {adapter} into {model_cfg.path} -> {out} (bf16, transformers-native layout; load with "
+                 f"HiggsAudioV2ForConditionalGeneration.from_pretrained, or serve it with vLLM-Omni)")
         return out
-    from higgs_ds.checkpoints.native import save_native_state
-
-    boson_config = merged.config.to_dict()
-    boson_config["torch_dtype"] = "bfloat16"
-    tokenizer = resolve(model_cfg.tokenizer or model_cfg.path, "text_tokenizer")
-    save_native_state(merged.state_dict(), boson_config, tokenizer.path, out)
-    log.info(f"merged {adapter} into {model_cfg.path} -> {out} (bf16, transformers-native layout; load with "
-             f"HiggsAudioV2ForConditionalGeneration.from_pretrained, or serve it with vLLM-Omni)")
+    native = {**merged.config.to_dict(), "dtype": "bfloat16"}
+    save_boson_state({k: v.contiguous() for k, v in merged.state_dict().items()}, native, base.path, out)
+    log.info(f"merged {adapter} into {model_cfg.path} -> {out} (bf16, boson_multimodal's layout; load with "
+             f"HiggsAudioModel.from_pretrained, or serve it with boson's serve engine)")
     return out
 
 

@@ -8,8 +8,8 @@ import re
 
 import torch
 
-from higgs_ds.checkpoints.hub import resolve
-from higgs_ds.config import LoraConfig, ModelConfig
+from higgs_ds.checkpoints.hub import locate, resolve
+from higgs_ds.config import ConfigError, LoraConfig, ModelConfig
 
 LORA_PRESETS = {
     # attention of every decoder layer + the DualFFN audio path
@@ -22,10 +22,10 @@ LORA_PRESETS = {
 
 def resolve_model(cfg: ModelConfig) -> ModelConfig:
     """CFG with the model and text tokenizer named as resolved (`REPO@COMMIT` or a directory), downloading hub
-    checkpoints and checking their layout on the way: what a run records to be reproducible."""
-    model = resolve(cfg.path, "model")
-    tokenizer = resolve(cfg.tokenizer or cfg.path, "text_tokenizer")
-    return dataclasses.replace(cfg, path=model.spec, tokenizer=tokenizer.spec, layout=model.layout)
+    checkpoints and checking their layout on the way (nothing converted): what a run records to be reproducible."""
+    model, layout = locate(cfg.path, "model")
+    tokenizer, _ = locate(cfg.tokenizer or cfg.path, "text_tokenizer")
+    return dataclasses.replace(cfg, path=model.spec, tokenizer=tokenizer.spec, layout=layout)
 
 
 def load_model(cfg: ModelConfig, dtype: torch.dtype | str = torch.float32):
@@ -45,7 +45,7 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype | str = torch.float32):
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(resolve(cfg.tokenizer or cfg.path, "text_tokenizer").path))
+    return AutoTokenizer.from_pretrained(str(locate(cfg.tokenizer or cfg.path, "text_tokenizer")[0].path))
 
 
 def enable_activation_checkpointing(model) -> None:
@@ -80,9 +80,13 @@ def apply_lora(model, cfg: LoraConfig, presets: dict[str, list[str]] = LORA_PRES
 
     targets = lora_targets(cfg, presets)
     names = [n for n, _ in model.named_modules()]
-    for t in targets:
-        if not any(n == t or n.endswith("." + t) for n in names):
-            raise ValueError(f"lora target {t!r} matches no module of the model (e.g. {names[5]!r})")
+    for key, wanted in (("lora.targets", targets), ("lora.modules_to_save", cfg.modules_to_save)):
+        for t in wanted:
+            if not any(n == t or n.endswith("." + t) for n in names):
+                near = [n for n in names if n.endswith(t.rsplit(".", 1)[-1])][:1] or names[5:6]
+                raise ConfigError(f"{key}: {t!r} matches no module of the model (it has e.g. {near[0]!r}; the "
+                                 f"native model names its heads text_lm_head and audio_lm_head, without "
+                                 f"audio_decoder_proj.)")
     pattern = r"^(.*\.)?(" + "|".join(re.escape(t) for t in targets) + r")$"
     peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=pattern,
                               modules_to_save=cfg.modules_to_save or None, bias="none")

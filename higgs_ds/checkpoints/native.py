@@ -124,6 +124,10 @@ def native_config(boson: dict, ids: dict[str, int], where: str = "config.json") 
     out = {"architectures": [NATIVE_ARCHITECTURE], "model_type": NATIVE_MODEL_TYPE}
     out.update({k: text[k] for k in TEXT_CONFIG_KEYS if k in text})
     out.setdefault("head_dim", text["hidden_size"] // text["num_attention_heads"])
+    # what boson's model (LlamaConfig) uses for a key its config.json leaves out, where the native class's default
+    # differs: written out, so both classes compute the same
+    out.setdefault("rms_norm_eps", 1e-6)
+    out.setdefault("num_key_value_heads", text["num_attention_heads"])
     out.update(rope_parameters=rope, pad_token_id=boson.get("pad_token_id", text.get("pad_token_id")),
                bos_token_id=text.get("bos_token_id"), eos_token_id=ids.get(EOT_TOKEN, text.get("eos_token_id")),
                num_codebooks=boson["audio_num_codebooks"], codebook_size=boson["audio_codebook_size"] + 2,
@@ -147,6 +151,9 @@ def boson_config(native: dict, ids: dict[str, int], where: str = "config.json") 
             "bos_token_id": native.get("bos_token_id"), "eos_token_id": native.get("eos_token_id"),
             "pad_token_id": native.get("pad_token_id")}
     text.setdefault("head_dim", native["hidden_size"] // native["num_attention_heads"])
+    # the native class's defaults where LlamaConfig's differ (HiggsAudioV2Config)
+    text.setdefault("rms_norm_eps", 1e-5)
+    text.setdefault("num_key_value_heads", 8)
     layers = native["num_hidden_layers"]
     return {"architectures": ["HiggsAudioModel"], "model_type": "higgs_audio", "text_config": text,
             "audio_adapter_type": "dual_ffn_fast_forward", "audio_ffn_hidden_size": native["hidden_size"],
@@ -255,14 +262,28 @@ def copy_tokenizer(src: Path, out: Path) -> None:
             shutil.copy(src / name, out / name)
 
 
-def check_against_boson_model(config: dict, shapes: dict[str, list[int]], where: str) -> None:
-    """Every weight boson's HiggsAudioModel of CONFIG has is there with its shape, and nothing else (the model is
-    built on the meta device: no memory, no init)."""
-    from boson_multimodal.model.higgs_audio import HiggsAudioConfig, HiggsAudioModel
+def boson_model_shapes(native: dict) -> dict[str, list[int]]:
+    """Every weight of boson's HiggsAudioModel for the native config NATIVE, by boson name, with its shape: read off
+    transformers' HiggsAudioV2ForConditionalGeneration (text head included) built on the meta device, which holds
+    the same weights under other names (tests/checkpoints/native/ proves the two models equal). Under
+    transformers < 5.3 (the tests' oracle venv), off boson's own class."""
+    try:
+        from transformers import HiggsAudioV2Config, HiggsAudioV2ForConditionalGeneration
+    except ImportError:
+        from boson_multimodal.model.higgs_audio import HiggsAudioConfig, HiggsAudioModel
 
+        with torch.device("meta"):
+            model = HiggsAudioModel(HiggsAudioConfig(**boson_config(native, {AUDIO_IN_TOKEN: 0, AUDIO_EOS_TOKEN: 0})))
+        return {k: list(v.shape) for k, v in model.state_dict().items() if not k.endswith(_BOSON_DROPPED)}
     with torch.device("meta"):
-        model = HiggsAudioModel(HiggsAudioConfig(**json.loads(json.dumps(config))))
-    want = {k: list(v.shape) for k, v in model.state_dict().items() if not k.endswith(_BOSON_DROPPED)}
+        model = HiggsAudioV2ForConditionalGeneration(HiggsAudioV2Config.from_dict(native), use_text_head=True)
+    return {boson_key(k): list(v.shape) for k, v in model.state_dict().items()}
+
+
+def check_against_boson_model(native: dict, shapes: dict[str, list[int]], where: str) -> None:
+    """Every weight boson's HiggsAudioModel of the native config NATIVE has is there with its shape, and nothing
+    else (no memory, no init)."""
+    want = boson_model_shapes(native)
     missing = sorted(set(want) - set(shapes))
     if missing:
         raise CheckpointError(f"{where}: no weight for {native_key(missing[0])!r} ({len(missing)} of the model's "
@@ -294,7 +315,7 @@ def native_to_boson(src: Path, out: Path) -> None:
     for k in keys:
         names[boson_key(k)] = k
     shapes = {b: weights.meta(n)[0] for b, n in names.items()}
-    check_against_boson_model(boson, shapes, str(src))
+    check_against_boson_model(native, shapes, str(src))
     out.mkdir(parents=True, exist_ok=True)
     write_weights(out, sorted(names), lambda b: _nbytes(weights, names[b]), lambda b: weights.get(names[b]))
     (out / "config.json").write_text(json.dumps(boson, indent=2))
@@ -351,6 +372,19 @@ def write_native_config(out: Path, native: dict) -> None:
     (out / "generation_config.json").write_text(json.dumps(native_generation_config(native), indent=2))
 
 
+def save_boson_state(state: dict[str, torch.Tensor], native: dict, tokenizer_dir: Path, out: Path) -> None:
+    """A native model's state dict (native config NATIVE, text head included) written as a boson_multimodal model
+    directory: weights under boson's names, boson's config.json, the text tokenizer's files."""
+    boson = boson_config(native, special_token_ids(tokenizer_dir))
+    names = {boson_key(k): k for k in state}
+    check_against_boson_model(native, {b: list(state[n].shape) for b, n in names.items()}, str(out))
+    out.mkdir(parents=True, exist_ok=True)
+    write_weights(out, sorted(names), lambda b: state[names[b]].numel() * state[names[b]].element_size(),
+                  lambda b: state[names[b]])
+    (out / "config.json").write_text(json.dumps(boson, indent=2))
+    copy_tokenizer(tokenizer_dir, out)
+
+
 def save_native_state(state: dict[str, torch.Tensor], boson: dict, tokenizer_dir: Path, out: Path) -> None:
     """A boson model's state dict (e.g. merged with an adapter) written as a native model directory."""
     native = native_config(boson, special_token_ids(tokenizer_dir))
@@ -364,46 +398,3 @@ def save_native_state(state: dict[str, torch.Tensor], boson: dict, tokenizer_dir
     write_weights(out, list(parts), lambda n: sum(state[p].numel() * state[p].element_size() for p in parts[n]), get)
     write_native_config(out, {**native, "dtype": str(next(iter(state.values())).dtype).removeprefix("torch.")})
     copy_tokenizer(tokenizer_dir, out)
-
-
-# ---- adapters ----
-
-_PEFT_PREFIX = "base_model.model."
-
-
-def native_adapter_key(key: str) -> str:
-    """A boson peft adapter's tensor name on the native model (`base_model.model.layers.0...lora_A.weight` ->
-    `base_model.model.model.layers.0...lora_A.weight`)."""
-    if not key.startswith(_PEFT_PREFIX):
-        raise CheckpointError(f"adapter weight {key!r} does not start with {_PEFT_PREFIX!r}")
-    return _PEFT_PREFIX + native_key(key[len(_PEFT_PREFIX):])
-
-
-def _native_module_names(value):
-    """target_modules / modules_to_save on the native model: the module-name suffixes are the same except the heads,
-    which lose boson's `audio_decoder_proj.`."""
-    if value is None:
-        return None
-    if isinstance(value, str):  # a regex, as model.apply_lora writes it
-        return value.replace(re.escape("audio_decoder_proj."), "").replace("audio_decoder_proj.", "")
-    return [v.removeprefix("audio_decoder_proj.") for v in value]
-
-
-def native_adapter(src: Path, out: Path, base: str, revision: str | None) -> None:
-    """The peft adapter in SRC (trained on boson's HiggsAudioModel) for HiggsAudioV2ForConditionalGeneration in OUT,
-    naming BASE (a native checkpoint) at REVISION as its base model."""
-    from safetensors.torch import load_file, save_file
-
-    src, out = Path(src), Path(out)
-    config = read_json(src / "adapter_config.json")
-    weights = src / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise CheckpointError(f"{src}: no adapter_model.safetensors")
-    state = load_file(str(weights))
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({native_adapter_key(k): v for k, v in state.items()}, str(out / "adapter_model.safetensors"),
-              metadata={"format": "pt"})
-    config.update(base_model_name_or_path=base, revision=revision,
-                  target_modules=_native_module_names(config.get("target_modules")),
-                  modules_to_save=_native_module_names(config.get("modules_to_save")))
-    (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))

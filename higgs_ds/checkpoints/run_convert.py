@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from higgs_ds.checkpoints.checkpoint_dir import CheckpointError
-from higgs_ds.checkpoints.native import native_adapter, native_adapter_key
+from higgs_ds.checkpoints.native_adapters import native_adapter, native_adapter_key
 from higgs_ds.checkpoints.saving import CONVERTED, MANIFEST, TRAINABLE_STATE, file_manifest, saved_world
 from higgs_ds.files import atomic_write
 

@@ -9,6 +9,7 @@ Training checks them against each other on the first samples of its data (`check
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -192,15 +193,11 @@ def delayed_segments(codes: np.ndarray, start: np.ndarray, frames: np.ndarray, t
     return ids, seg_start.astype(np.int64), labels
 
 
-BATCH_FIELDS = ("input_ids", "attention_mask", "audio_features", "audio_feature_attention_mask", "audio_out_ids",
-                "audio_out_ids_start", "audio_out_ids_start_group_loc", "audio_in_ids", "audio_in_ids_start",
-                "label_ids", "label_audio_ids", "reward")
-
-
 def batch_differences(a, b) -> list[str]:
-    """Fields of two HiggsAudioBatchInputs that differ (type, dtype, shape or values); [] when identical."""
+    """Fields of two batches (dataclasses: NativeBatch, HiggsAudioBatchInput) that differ (type, dtype, shape or
+    values); [] when identical."""
     diffs = []
-    for name in BATCH_FIELDS:
+    for name in (f.name for f in dataclasses.fields(a)):
         x, y = getattr(a, name), getattr(b, name)
         if x is None or y is None:
             if x is not y:

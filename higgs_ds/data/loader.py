@@ -8,6 +8,7 @@ import math
 import os
 import signal
 import threading
+import traceback
 from queue import Empty, Full, Queue
 from dataclasses import dataclass, field
 
@@ -287,6 +288,10 @@ def _from_workers(reader: BatchReader, seed: int, rank: int, settings: PlanSetti
                 if not asked and not put((NEXT_EPOCH, None)):
                     return
         except BaseException as e:  # handed to the training loop, which raises it
+            # ...without the loader's iterator: the traceback's frames hold it (and so its workers, which block
+            # SIGTERM) alive, and an uncaught error would leave the process waiting for them at exit
+            traceback.clear_frames(e.__traceback__)
+            batches = None  # noqa: F841
             out.put((None, e))
 
     epoch = start.epoch

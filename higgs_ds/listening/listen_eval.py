@@ -48,7 +48,7 @@ def shards_audio_tokenizer(cfg: TrainConfig) -> tuple[str, str | None]:
     return settings["audio_tokenizer"], settings.get("semantic_model")
 
 
-def check_listening(cfg: TrainConfig, model_config: dict) -> None:
+def check_listening(cfg: TrainConfig, num_codebooks: int) -> None:
     """Before any process group: the prompts read, the audio tokenizer and the scoring models resolve, and the
     audio tokenizer makes the codes the model reads."""
     from higgs_ds.checkpoints.hub import resolve
@@ -59,9 +59,9 @@ def check_listening(cfg: TrainConfig, model_config: dict) -> None:
     eval_prompts(cfg, warn=False)
     spec = ev.audio_tokenizer or shards_audio_tokenizer(cfg)[0]
     audio_tokenizer = json.loads((resolve(spec, "audio_tokenizer").path / "config.json").read_text())
-    if audio_tokenizer["n_q"] != model_config["audio_num_codebooks"]:
+    if audio_tokenizer["n_q"] != num_codebooks:
         raise ConfigError(f"eval.audio_tokenizer: {spec} makes {audio_tokenizer['n_q']} codebooks a frame, the model "
-                          f"reads {model_config['audio_num_codebooks']}")
+                          f"reads {num_codebooks}")
     for kind, name in (("asr_model", ev.asr_model), ("speaker_model", ev.speaker_model)):
         if name:
             resolve(name, kind)

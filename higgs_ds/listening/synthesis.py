@@ -278,7 +278,7 @@ class ModelSource:
     adapter: str | None = None  # a peft adapter directory (RUN/adapter, a checkpoint's adapter/)
     checkpoint: str | None = None  # a run directory (its latest), RUN/best, or a checkpoint step directory
     tokenizer: str | None = None  # text tokenizer (default: the model's, or the run's)
-    backend: str | None = None  # boson or native (default: the run's, else boson); models.backend_for
+    backend: str | None = None  # native or boson (default: the run's, else native); models.backend_for
 
     def resolved(self) -> "ModelSource":
         from higgs_ds.checkpoints.saving import run_config_of, step_dir
@@ -309,13 +309,13 @@ def load_model_for_generation(source: ModelSource, device: str, dtype: str = "au
     source = source.resolved()
     torch_dtype = {"auto": "auto", "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
     mcfg = ModelConfig(path=source.model, tokenizer=source.tokenizer)
-    model = backend_for(source.backend or "boson").load(mcfg, torch_dtype)
+    model = backend_for(source.backend or "native").load(mcfg, torch_dtype)
     tokenizer = load_tokenizer(mcfg)
     if source.adapter is not None:
         apply_adapter(model, source.adapter, source.model)
     model.to(device).eval()
     return model, tokenizer, {"model": source.model, "adapter": source.adapter, "checkpoint": source.checkpoint,
-                              "backend": source.backend or "boson",
+                              "backend": source.backend or "native",
                               "dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
 
 

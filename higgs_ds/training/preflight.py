@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from higgs_ds.checkpoints.hub import resolve
+from higgs_ds.checkpoints.hub import locate
 from higgs_ds.checkpoints.model import load_tokenizer
 from higgs_ds.config import ConfigError, TrainConfig
 from higgs_ds.data.shard_index import ShardIndex
@@ -16,8 +16,14 @@ def check_model_fits_data(cfg: TrainConfig) -> None:
     """The shard sets and the text tokenizer were made for this model (codebooks per frame, codebook size, text
     vocabulary). Checked on config files before any process group exists: a mismatch is one message here, not a
     shape error or a device-side assert inside the model."""
-    model_config = json.loads((resolve(cfg.model.path, "model").path / "config.json").read_text())
-    codebooks, codebook_size = model_config["audio_num_codebooks"], model_config["audio_codebook_size"]
+    checkpoint, layout = locate(cfg.model.path, "model")
+    model_config = json.loads((checkpoint.path / "config.json").read_text())
+    if layout == "native":  # its codebook_size counts the stream bos and eos
+        codebooks, codebook_size = model_config["num_codebooks"], model_config["codebook_size"] - 2
+        vocab = model_config["vocab_size"]
+    else:
+        codebooks, codebook_size = model_config["audio_num_codebooks"], model_config["audio_codebook_size"]
+        vocab = model_config["text_config"]["vocab_size"]
     sets = [("data.train", p.strip()) for p in cfg.data.train.split(",") if p.strip()]
     for key, root in sets + ([("data.val", cfg.data.val)] if cfg.data.val else []):
         built = ShardIndex.load(root).meta["settings"]
@@ -29,8 +35,8 @@ def check_model_fits_data(cfg: TrainConfig) -> None:
             raise ConfigError(f"{key}: {root} holds codes up to {built.get('codebook_size', 1024) - 1} (build.json "
                               f"codebook_size), but the model {cfg.model.path} has audio_codebook_size "
                               f"{codebook_size}")
-    check_listening(cfg, model_config)
-    vocab, tokens = model_config["text_config"]["vocab_size"], len(load_tokenizer(cfg.model))
+    check_listening(cfg, codebooks)
+    tokens = len(load_tokenizer(cfg.model))
     if tokens > vocab:
         raise ConfigError(f"model.tokenizer: {cfg.model.tokenizer or cfg.model.path} has {tokens} tokens, more than "
                           f"the {vocab} of the model's text vocabulary ({cfg.model.path}); use the model's own "

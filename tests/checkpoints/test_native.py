@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 from higgs_ds.checkpoints.checkpoint_dir import Checkpoint, CheckpointError
 
 from higgs_ds.checkpoints.hub import MODEL_REPO, PINNED_REVISIONS, resolve
-from higgs_ds.checkpoints.native import boson_to_native, native_adapter, native_config, special_token_ids
+from higgs_ds.checkpoints.native import boson_to_native, native_config, special_token_ids
+from higgs_ds.checkpoints.native_adapters import native_adapter
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ import pytest
 from higgs_ds.data.collate import BatchCollator, BosonCollator, CollatorSettings, Sample, batch_differences, \
     check_collator, make_collator
 
+pytestmark = pytest.mark.oracle  # boson_multimodal's model: runs in .venv-boson
+
 
 @pytest.fixture(scope="module")
 def setup(shards, fixtures_dir):

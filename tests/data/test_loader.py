@@ -9,18 +9,22 @@ from higgs_ds.data.plan import PlanSettings
 
 @pytest.fixture(scope="module")
 def reader(shards, fixtures_dir):
-    from higgs_ds.checkpoints.model import load_model, load_tokenizer
-    from higgs_ds.config import ModelConfig
-    from higgs_ds.data.collate import make_collator
+    from transformers import HiggsAudioV2Config
+
+    from higgs_ds.checkpoints.hub import resolve_native_model
+    from higgs_ds.checkpoints.model import load_tokenizer
+    from higgs_ds.config import DataConfig, ModelConfig
     from higgs_ds.data.loader import BatchReader
     from higgs_ds.data.shard_index import ShardIndex
+    from higgs_ds.models.higgs_v2.backend import make_collator
 
     mcfg = ModelConfig(path=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"))
-    return BatchReader(ShardIndex.load(shards), load_tokenizer(mcfg), make_collator(load_model(mcfg).config))
+    config = HiggsAudioV2Config.from_pretrained(resolve_native_model(mcfg.path, mcfg.tokenizer).path)
+    return BatchReader(ShardIndex.load(shards), load_tokenizer(mcfg), make_collator(config, mcfg, DataConfig()))
 
 
 def _keys(batch):
-    return batch.input_ids[batch.attention_mask.bool()].sum().item(), tuple(batch.audio_out_ids.shape)
+    return batch.input_ids[batch.attention_mask.bool()].sum().item(), tuple(batch.audio_input_ids.shape)
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
@@ -64,7 +68,7 @@ def test_batches_from_workers_equal_the_batches_read_in_process(reader):
     batch = in_process[0][1]
     tensors = [v for v in vars(batch).values() if isinstance(v, torch.Tensor)]
     packed = PackedBatch.pack(batch)
-    assert len(tensors) == len(packed.fields) == 10 and len(packed.flat) == len({t.dtype for t in tensors}) == 2
+    assert len(tensors) == len(packed.fields) == 9 and len(packed.flat) == len({t.dtype for t in tensors}) == 2
     assert batch_differences(packed.unpack(), batch) == []
 
 
@@ -88,7 +92,7 @@ def test_corrupt_samples_are_skipped_counted_and_bounded(shards, reader, tmp_pat
     assert batch.input_ids.shape[0] == 2 and bad.bad == 1 and skipped == 1
     assert "skipped corrupt sample" in caplog.text and "shard-000000.tar sample s000000001" in caplog.text
     only_bad, skipped = bad.load(np.array([2]))  # nothing readable: a stand-in that trains nothing keeps ranks in step
-    assert (only_bad.label_ids == -100).all() and (only_bad.label_audio_ids == -100).all() and skipped == 1
+    assert only_bad.text_label_count == only_bad.audio_label_count == 0 and skipped == 1
     with pytest.raises(ShardError, match=r"3 corrupt samples \(data.max_skipped_samples=2\).*shard-000000.tar sample"):
         bad.collate(np.array([1]))
 
@@ -270,3 +274,27 @@ def test_epoch_loaders_start_on_the_training_thread_while_it_draws_random_number
     assert [p.epoch for p in positions] == [e for e in range(12) for _ in range(3)]  # 12 samples: 3 batches of 4
     assert len(set(made_on)) == 1 and made_on[0] != "higgs-ds-prefetch" and len(made_on) >= 12
     assert positions[0].batch == 1 and positions[-1].batch == 3
+
+
+def test_an_error_in_a_worker_leaves_no_worker_behind(reader):
+    """An unexpected error in a loader worker reaches the training thread, and the workers go with it even while
+    the error is still alive (as it is when it ends the process uncaught: workers block SIGTERM, and the process
+    would wait for them at exit forever)."""
+    import multiprocessing
+    import time
+
+    from higgs_ds.data.loader import BatchReader, DataPosition, stream_batches
+
+    broken = BatchReader(reader.index, reader.tokenizer, reader.collator)
+
+    def load(rows):
+        raise RuntimeError("sample code failed")
+
+    broken.load = load  # forked into the worker as it is
+    stream = stream_batches(broken, 0, 0, PlanSettings(world=1, micro=1), DataPosition(), num_workers=1)
+    with pytest.raises(RuntimeError, match="sample code failed") as err:
+        next(stream)
+    deadline = time.time() + 20
+    while multiprocessing.active_children() and time.time() < deadline:
+        time.sleep(0.1)
+    assert not multiprocessing.active_children() and err.value is not None

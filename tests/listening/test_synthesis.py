@@ -9,7 +9,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from tests.helpers import run_cli
+from tests.helpers import NATIVE_PY, run_cli
+
+pytestmark = pytest.mark.oracle  # boson_multimodal's model: runs in .venv-boson
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +20,7 @@ def synth(fixtures_dir):
     from higgs_ds.listening.synthesis import ModelSource, Synthesizer, load_model_for_generation
 
     model, tokenizer, _ = load_model_for_generation(
-        ModelSource(model=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer")), "cpu")
+        ModelSource(model=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"), backend="boson"), "cpu")
     return Synthesizer(model, tokenizer, load_audio_tokenizer(str(fixtures_dir / "audio_tokenizer"), "cpu"))
 
 
@@ -84,7 +86,7 @@ def test_an_adapter_changes_the_output_and_a_mismatched_one_is_refused(synth, fi
 
     adapter = random_adapter(fixtures_dir / "model", tmp_path / "adapter")
     source = ModelSource(model=str(fixtures_dir / "model"), adapter=str(adapter),
-                         tokenizer=str(fixtures_dir / "tokenizer"))
+                         tokenizer=str(fixtures_dir / "tokenizer"), backend="boson")
     model, tokenizer, loaded = load_model_for_generation(source, "cpu")
     assert loaded["adapter"] == str(adapter) and any("lora_A" in n for n, _ in model.named_parameters())
     adapted = Synthesizer(model, tokenizer, synth.audio_tokenizer)
@@ -104,7 +106,7 @@ def test_an_adapter_changes_the_output_and_a_mismatched_one_is_refused(synth, fi
     HiggsAudioModel(HiggsAudioConfig(**config)).save_pretrained(other)
     with pytest.raises(ValueError, match=f"adapter {adapter} .* does not fit the model {other}"):
         load_model_for_generation(ModelSource(model=str(other), adapter=str(adapter),
-                                              tokenizer=str(fixtures_dir / "tokenizer")), "cpu")
+                                              tokenizer=str(fixtures_dir / "tokenizer"), backend="boson"), "cpu")
 
 
 def test_prompt_problems_name_the_prompt(synth, speech, tmp_path):
@@ -134,7 +136,7 @@ def test_synthesize_cli_single_and_batch(fixtures_dir, speech, tmp_path):
              fixtures_dir / "audio_tokenizer", "--max-new-tokens", 30, "--quiet"]
     out = tmp_path / "one.wav"
     run_cli("synthesize", *model, "--ref-audio", wavs[0], "--ref-text", utts[0]["text"], "--text", "Hello world.",
-            "--out", out)
+            "--out", out, python=NATIVE_PY)
     report = json.loads(out.with_suffix(".json").read_text())
     audio, sr = sf.read(out)
     assert sr == 24000 and len(audio) / sr == pytest.approx(report["rows"][0]["seconds"], abs=1e-3)
@@ -153,7 +155,7 @@ def test_synthesize_cli_single_and_batch(fixtures_dir, speech, tmp_path):
                          "target_audio": str(wavs[5])})]
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(lines) + "\n")
-    proc = run_cli("synthesize", *model, "--prompts", prompts, "--out", tmp_path / "batch", check=False)
+    proc = run_cli("synthesize", *model, "--prompts", prompts, "--out", tmp_path / "batch", check=False, python=NATIVE_PY)
     assert proc.returncode == 1
     report = json.loads((tmp_path / "batch" / "synthesis.json").read_text())
     assert report["generated"] == 2 and report["failed"] == 5 and report["rejected_lines"] == 3
@@ -165,10 +167,10 @@ def test_synthesize_cli_single_and_batch(fixtures_dir, speech, tmp_path):
     assert f"{prompts}:5: reference clip: audio file {tmp_path / 'broken.wav'} does not decode" in errors
     assert f"{prompts}:6: 'text' must be a non-empty string" in errors
     first = (tmp_path / "batch" / "good1.wav").read_bytes()
-    run_cli("synthesize", *model, "--prompts", prompts, "--out", tmp_path / "again", check=False)
+    run_cli("synthesize", *model, "--prompts", prompts, "--out", tmp_path / "again", check=False, python=NATIVE_PY)
     assert (tmp_path / "again" / "good1.wav").read_bytes() == first
 
-    proc = run_cli("score", tmp_path / "batch", "--quiet", check=False)
+    proc = run_cli("score", tmp_path / "batch", "--quiet", check=False, python=NATIVE_PY)
     scores = json.loads((tmp_path / "batch" / "scores.json").read_text())
     assert proc.returncode == 1 and scores["failed"] == 2  # the two prompts whose reference did not decode
     good = {r["id"]: r for r in scores["prompts"] if "generated" in r}
@@ -210,7 +212,7 @@ def test_a_failure_inside_boson_generate_fails_that_prompt_only(fixtures_dir, sy
                                     synthesize_prompts)
 
     model, tokenizer, _ = load_model_for_generation(
-        ModelSource(model=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer")), "cpu")
+        ModelSource(model=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"), backend="boson"), "cpu")
     with torch.no_grad():  # the text head always answers <|AUDIO_OUT|>
         model.audio_decoder_proj.text_lm_head.weight[model.config.audio_out_token_idx] = 5.0
     broken = Synthesizer(model, tokenizer, synth.audio_tokenizer)

@@ -8,6 +8,8 @@ from higgs_ds.checkpoints.model import batch_to_inputs
 from higgs_ds.models.boson_v2 import token_sums
 from higgs_ds.training.loss import TokenSums, combine
 
+pytestmark = pytest.mark.oracle  # boson_multimodal's model: runs in .venv-boson
+
 
 def test_loss_matches_an_independent_per_sample_computation(tiny_model):
     """Per-token CE over the batch, computed here sample by sample with plain loops over positions and codebooks."""

@@ -46,7 +46,7 @@ def make_collator(config, model_cfg: ModelConfig, data_cfg) -> NativeCollator:
 
 
 def sizes(batch: NativeBatch) -> tuple[int, int]:
-    return int(batch.attention_mask.sum()), batch.audio_frames
+    return int(batch.attention_mask.numpy().sum()), batch.audio_frames  # host numbers of the host batch
 
 
 BACKEND = ModelBackend(

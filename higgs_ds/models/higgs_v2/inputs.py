@@ -49,7 +49,7 @@ class NativeBatch:
 
     @property
     def audio_frames(self) -> int:
-        return int(self.audio_input_ids_mask.sum())
+        return int(np.count_nonzero(self.audio_input_ids_mask.numpy()))
 
 
 class NativeCollator:

@@ -31,5 +31,5 @@ def load_native_model(path: str | Path, dtype: torch.dtype = torch.float32, acti
         raise CheckpointError(f"{path}: the weights do not match HiggsAudioV2ForConditionalGeneration of its "
                               f"config.json ({problems})")
     if activation_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model

@@ -11,14 +11,9 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import NATIVE_PY, launch_training, native, read_run, require_native_venv, run_cli, train_overrides
+from tests.helpers import NATIVE_PY, launch_training, native, read_run, run_cli, train_overrides
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def native_venv():
-    require_native_venv()
+pytestmark = [pytest.mark.slow, pytest.mark.oracle]  # .venv-boson
 
 
 def native_inputs(batch: dict, outputs, audio_token_id: int) -> dict:
@@ -148,7 +143,7 @@ def test_a_native_checkpoint_trains_and_its_native_exports_load_and_match(native
 
     run = tmp_path / "run"
     overrides = train_overrides(fixtures_dir, shards, run, steps=4, precision="fp32",
-                                **{"model.path": native_model, "model.tokenizer": "none"})
+                                **{"model.path": native_model, "model.tokenizer": "none", "model.backend": "boson"})
     _, out = launch_training("torchrun", 2, overrides)
     rows, _, _ = read_run(run)
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[-1]["loss"] < rows[0]["loss"]
@@ -160,12 +155,13 @@ def test_a_native_checkpoint_trains_and_its_native_exports_load_and_match(native
     spoken = tmp_path / "listen" / "hello.wav"
     run_cli("synthesize", "--model", native_model, "--adapter", run / "adapter", "--audio-tokenizer",
             fixtures_dir / "audio_tokenizer", "--ref-audio", speech / utt["audio"], "--ref-text", utt["text"],
-            "--text", "Hello world.", "--max-new-tokens", 12, "--device", "cpu", "--quiet", "--out", spoken)
+            "--text", "Hello world.", "--max-new-tokens", 12, "--device", "cpu", "--quiet", "--out", spoken,
+            "--backend", "boson")
     assert json.loads(spoken.with_suffix(".json").read_text())["generated"] == 1 and spoken.is_file()
 
     # adapter in the native layout, on HiggsAudioV2ForConditionalGeneration, against ours on the converted model
     adapter = tmp_path / "adapter-native"
-    run_cli("export", "--checkpoint", run, "--out", adapter, "--layout", "native")
+    run_cli("export", "--checkpoint", run, "--out", adapter, "--layout", "native", python=NATIVE_PY)
     exported = json.loads((adapter / "adapter_config.json").read_text())
     assert exported["base_model_name_or_path"] == str(native_model)
     ours_model = PeftModel.from_pretrained(load_model(ModelConfig(path=str(native_model))), str(run / "adapter"))
@@ -176,8 +172,8 @@ def test_a_native_checkpoint_trains_and_its_native_exports_load_and_match(native
 
     # merged, native layout, alone: its bf16 weights are boson's merged export's, renamed
     merged_native, merged_boson = tmp_path / "merged-native", tmp_path / "merged-boson"
-    run_cli("export", "--checkpoint", run, "--out", merged_native, "--merge", "--layout", "native")
-    run_cli("export", "--checkpoint", run, "--out", merged_boson, "--merge")
+    run_cli("export", "--checkpoint", run, "--out", merged_native, "--merge", "--layout", "native", python=NATIVE_PY)
+    run_cli("export", "--checkpoint", run, "--out", merged_boson, "--merge", "--layout", "boson", python=NATIVE_PY)
     config = json.loads((merged_native / "config.json").read_text())
     assert config["model_type"] == "higgs_audio_v2" and config["dtype"] == "bfloat16"
     assert (merged_native / "generation_config.json").is_file() and (merged_native / "tokenizer.json").is_file()
@@ -205,7 +201,8 @@ def test_one_optimizer_step_of_the_native_class_equals_ours(fixtures_dir, reader
     """Our loss (loss.py) on the native model's logits for one of our collated batches, backward, AdamW: the same
     loss, LoRA gradients and updated LoRA weights as the same step on boson's HiggsAudioModel."""
     from higgs_ds.checkpoints.model import apply_lora, load_model
-    from higgs_ds.checkpoints.native import boson_to_native, native_adapter, native_adapter_key
+    from higgs_ds.checkpoints.native import boson_to_native
+    from higgs_ds.checkpoints.native_adapters import native_adapter, native_adapter_key
     from higgs_ds.config import LoraConfig, ModelConfig
     from higgs_ds.models.boson_v2 import token_sums
     from higgs_ds.training.loss import combine

