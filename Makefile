@@ -67,12 +67,12 @@ test-wheelhouse: $(TEST_WHEELHOUSE)/wheelhouse.json
 
 # two sessions: the product venv, then the oracle tests (boson_multimodal's model in its venv, ours beside it)
 test: venv boson-venv deps lint test-wheelhouse
-	$(VENV)/bin/pytest -q -rs -m "not oracle" $(PYTEST_ARGS) tests
-	$(BOSON_VENV)/bin/python -m pytest -q -rs -m oracle $(PYTEST_ARGS) tests
+	status=0; $(VENV)/bin/pytest -q -rs -m "not oracle" $(PYTEST_ARGS) tests || status=1; \
+	$(BOSON_VENV)/bin/python -m pytest -q -rs -m oracle $(PYTEST_ARGS) tests || status=1; exit $$status
 
 test-fast: venv boson-venv deps test-wheelhouse
-	$(VENV)/bin/pytest -q -rs -m "not slow and not slurm and not oracle" $(PYTEST_ARGS) tests
-	$(BOSON_VENV)/bin/python -m pytest -q -rs -m "oracle and not slow" $(PYTEST_ARGS) tests
+	status=0; $(VENV)/bin/pytest -q -rs -m "not slow and not slurm and not oracle" $(PYTEST_ARGS) tests || status=1; \
+	$(BOSON_VENV)/bin/python -m pytest -q -rs -m "oracle and not slow" $(PYTEST_ARGS) tests || status=1; exit $$status
 
 demo: venv deps
 	$(PY) -m higgs_ds.demo --out $(DEMO)

@@ -77,8 +77,7 @@ def launch_training(launcher: str, nproc: int, overrides: list[str], ds_config="
     the venv of PYTHON (default this one's; BOSON_PY for the boson backend from the product session)."""
     port = free_port()
     env = {**os.environ, "MASTER_PORT": str(port), **(extra_env or {})}
-    if python is not None:  # a venv layered over this one by a .pth file does not see our editable install
-        env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = str(REPO)  # the oracle venv, layered by a .pth file, does not see our editable install
     script = ["higgs_ds/train.py", "--deepspeed", ds_config, *overrides]
     python = str(python or sys.executable)
     venv_bin = Path(python).parent

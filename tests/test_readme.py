@@ -86,7 +86,9 @@ def test_the_first_page_runs_as_written_on_the_demo_fixtures(fixtures_dir, speec
     assert (run / "best" / "adapter" / "adapter_config.json").is_file() and (run / "report.html").is_file()
     scores = json.loads((work / "listen" / "voices" / "scores.json").read_text())
     assert scores["prompts"] and not scores["failed"]
-    assert (work / "export" / "voices-native" / "config.json").is_file()
+    native = json.loads((work / "export" / "voices" / "config.json").read_text())
+    boson = json.loads((work / "export" / "voices-boson" / "config.json").read_text())
+    assert (native["model_type"], boson["model_type"]) == ("higgs_audio_v2", "higgs_audio")
     assert any((work / "export" / "voices").glob("*.safetensors"))
 
 

@@ -96,7 +96,7 @@ def export_merged(adapter: Path, model_cfg, out: Path, layout: str) -> Path:
     model = HiggsAudioV2ForConditionalGeneration.from_pretrained(str(base.path), use_text_head=True, dtype="auto")
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().to(torch.bfloat16)
     if layout == "native":
-        merged.save_pretrained(str(out), safe_serialization=True)
+        merged.save_pretrained(str(out), safe_serialization=True, max_shard_size="5GB")  # the hub's shard size
         copy_tokenizer(base.path, out)
         log.info(f"merged {adapter} into {model_cfg.path} -> {out} (bf16, transformers-native layout; load with "
                  f"HiggsAudioV2ForConditionalGeneration.from_pretrained, or serve it with vLLM-Omni)")

@@ -45,7 +45,8 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype | str = torch.float32):
 def load_tokenizer(cfg: ModelConfig):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(locate(cfg.tokenizer or cfg.path, "text_tokenizer")[0].path))
+    # a native tokenizer's copy with its config readable by transformers 4.x too (the oracle venv): files only
+    return AutoTokenizer.from_pretrained(str(resolve(cfg.tokenizer or cfg.path, "text_tokenizer").path))
 
 
 def enable_activation_checkpointing(model) -> None:
