@@ -82,13 +82,10 @@ def flops_per_token(model, seq_len: int) -> float:
 def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_gb: float | None) -> dict:
     import deepspeed
 
-    from types import SimpleNamespace
-
     from higgs_ds.checkpoints.model import apply_lora
-    from higgs_ds.checkpoints.native import boson_config
     from higgs_ds.config import LoraConfig
-    from higgs_ds.data.collate import CollatorSettings
     from higgs_ds.distributed import deepspeed_config
+    from higgs_ds.models.higgs_v2.backend import settings_from_ids
     from higgs_ds.models.higgs_v2.heads import forward
     from higgs_ds.models.higgs_v2.inputs import NativeCollator
     from higgs_ds.models.higgs_v2.model import LORA_PRESETS
@@ -110,8 +107,8 @@ def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_g
     ds = deepspeed_config(os.path.join(os.path.dirname(__file__), "..", "ds_configs", "zero2.json"), batch, 1, 1,
                           "bf16", 1.0)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
-    settings = CollatorSettings.from_config(SimpleNamespace(**boson_config(native, ids or {
-        "<|AUDIO|>": arch["audio_in_token_idx"], "<|audio_eos|>": arch["audio_eos_token_id"]})))
+    settings = settings_from_ids(native, ids or {"<|AUDIO|>": arch["audio_in_token_idx"],
+                                                 "<|audio_eos|>": arch["audio_eos_token_id"]})
     inputs = synthetic_batch(arch, seq_len, batch, NativeCollator(settings, native["audio_token_id"])).to(args.device)
     result = {"seq_len": seq_len, "micro_batch": batch, "activation_checkpointing": checkpointing,
               "memory_cap_gb": memory_gb}

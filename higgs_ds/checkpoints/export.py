@@ -16,7 +16,7 @@ from higgs_ds.checkpoints.checkpoint_dir import Checkpoint
 from higgs_ds.checkpoints.hub import MODEL_REPO, PINNED_REVISIONS, locate, resolve, resolve_audio_tokenizer
 from higgs_ds.checkpoints.native import copy_tokenizer, save_boson_state
 from higgs_ds.checkpoints.native_adapters import boson_adapter, native_adapter
-from higgs_ds.checkpoints.saving import run_config_of, step_dir
+from higgs_ds.checkpoints.saving import run_config_of, step_dir, trained_backend
 
 log = logging.getLogger(__name__)
 LAYOUTS = ("boson", "native")
@@ -42,9 +42,10 @@ def export(ckpt: str | Path, out: str | Path, merge: bool, base: str | None = No
         raise ValueError(f"--layout {layout!r}: choose one of {', '.join(LAYOUTS)}")
     ckpt, out = step_dir(ckpt), Path(out)
     adapter = ckpt / "adapter"
-    run_model = run_config_of(ckpt)["model"]
+    run_config = run_config_of(ckpt)
+    run_model = run_config["model"]
     model_cfg = ModelConfig(path=base or run_model["path"], tokenizer=None if base else run_model["tokenizer"])
-    boson_names = (run_model.get("backend") or "boson") == "boson"
+    boson_names = trained_backend(run_config) == "boson"
     if not merge:
         if layout == "boson" and boson_names:
             shutil.copytree(adapter, out, dirs_exist_ok=True)

@@ -21,15 +21,12 @@ import torch
 
 from higgs_ds.checkpoints.checkpoint_dir import CheckpointError
 from higgs_ds.checkpoints.native_adapters import native_adapter, native_adapter_key
-from higgs_ds.checkpoints.saving import CONVERTED, MANIFEST, TRAINABLE_STATE, file_manifest, saved_world
+from higgs_ds.checkpoints.saving import (CONVERTED, MANIFEST, TRAINABLE_STATE, file_manifest, saved_world,
+                                         trained_backend)
 from higgs_ds.files import atomic_write
 
 log = logging.getLogger(__name__)
 MODEL_STATES = "mp_rank_00_model_states.pt"
-
-
-def run_backend(config: dict) -> str:
-    return config.get("model", {}).get("backend") or "boson"
 
 
 def convert_run(run_dir: str | Path) -> list[Path]:
@@ -47,7 +44,7 @@ def convert_run(run_dir: str | Path) -> list[Path]:
         if (step / CONVERTED).is_file() or not (step / MODEL_STATES).is_file():
             continue
         states = torch.load(step / MODEL_STATES, map_location="cpu", weights_only=False)
-        if run_backend(states.get("config", {})) != "boson":
+        if trained_backend(states.get("config", {})) != "boson":
             continue
         _convert_checkpoint(step, states, root.parent / "checkpoints-boson" / step.name)
         done.append(step)

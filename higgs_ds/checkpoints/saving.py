@@ -289,6 +289,12 @@ def client_state_of(ckpt: Path) -> dict:
     return torch.load(states[0], map_location="cpu", weights_only=False)
 
 
+def trained_backend(config: dict) -> str:
+    """The model backend a run's CONFIG (a checkpoint's, as run_config_of gives it) trained on; runs from before
+    backends existed trained on boson's model."""
+    return config.get("model", {}).get("backend") or "boson"
+
+
 def run_config_of(ckpt: Path) -> dict:
     """The training config a checkpoint was written with (from its client state)."""
     return client_state_of(ckpt)["config"]

@@ -281,7 +281,7 @@ class ModelSource:
     backend: str | None = None  # native or boson (default: the run's, else native); models.backend_for
 
     def resolved(self) -> "ModelSource":
-        from higgs_ds.checkpoints.saving import run_config_of, step_dir
+        from higgs_ds.checkpoints.saving import run_config_of, step_dir, trained_backend
 
         if self.checkpoint is None:
             if self.model is None:
@@ -291,10 +291,11 @@ class ModelSource:
         if self.adapter is not None:
             raise ValueError("--checkpoint brings its own adapter; pass --adapter only with --model")
         ckpt = step_dir(self.checkpoint)
-        run_model = run_config_of(ckpt)["model"]
+        run_config = run_config_of(ckpt)
+        run_model = run_config["model"]
         return ModelSource(model=self.model or run_model["path"], adapter=str(ckpt / "adapter"),
                            checkpoint=str(ckpt), tokenizer=self.tokenizer or run_model["tokenizer"],
-                           backend=self.backend or run_model.get("backend") or "boson")
+                           backend=self.backend or trained_backend(run_config))
 
 
 def load_model_for_generation(source: ModelSource, device: str, dtype: str = "auto"):

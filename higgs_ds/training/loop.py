@@ -149,7 +149,7 @@ def restore(engine, optimizer, cfg: TrainConfig, plan_key: dict) -> tuple[TrainS
 
 def client_backend(ckpt: Path) -> str:
     """The model backend checkpoint CKPT was trained on (checkpoints from before backends existed: boson)."""
-    return saving.run_config_of(ckpt).get("model", {}).get("backend") or "boson"
+    return saving.trained_backend(saving.run_config_of(ckpt))
 
 
 def train_step(engine, backend: ModelBackend, stream, state: TrainState, cfg: TrainConfig, device,

@@ -31,14 +31,18 @@ def collator_settings(config, model_cfg: ModelConfig) -> CollatorSettings:
     """The settings our samples were tokenized under, read from the native config and the text tokenizer (the ids
     of <|AUDIO|> and <|audio_eos|> live in the tokenizer only)."""
     tokenizer_dir = resolve(model_cfg.tokenizer or model_cfg.path, "text_tokenizer").path
-    boson = boson_config(config.to_dict(), special_token_ids(tokenizer_dir), "the model's config")
-    return CollatorSettings.from_config(SimpleNamespace(**boson))
+    return settings_from_ids(config.to_dict(), special_token_ids(tokenizer_dir))
+
+
+def settings_from_ids(native: dict, ids: dict[str, int]) -> CollatorSettings:
+    """The collator settings of the native config NATIVE, with IDS the text tokenizer's ids of its audio tokens."""
+    return CollatorSettings.from_config(SimpleNamespace(**boson_config(native, ids, "the model's config")))
 
 
 def settings_for_tokenizer(config, tokenizer) -> CollatorSettings:
     """collator_settings with the text tokenizer already loaded (generation)."""
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in (AUDIO_IN_TOKEN, AUDIO_EOS_TOKEN, AUDIO_DELAY_TOKEN)}
-    return CollatorSettings.from_config(SimpleNamespace(**boson_config(config.to_dict(), ids, "the model's config")))
+    return settings_from_ids(config.to_dict(), ids)
 
 
 def make_collator(config, model_cfg: ModelConfig, data_cfg) -> NativeCollator:
