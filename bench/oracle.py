@@ -34,7 +34,7 @@ def oracle(*args) -> dict | None:
 
 def collate(samples_path: str) -> dict:
     """Seconds (best of 3) for boson's HiggsAudioSampleCollator on the pickled (settings, batches of samples)."""
-    from higgs_ds.data.collate import BosonCollator
+    from tests.oracle.boson_v2 import BosonCollator
 
     settings, batches = pickle.loads(Path(samples_path).read_bytes())
     collator = BosonCollator(settings)

@@ -32,8 +32,8 @@ class ModelConfig:
     path: str = "bosonai/higgs-audio-v2-generation-3B-base"  # local dir or hub id[@revision] (hub.py pins the default)
     tokenizer: str | None = None  # defaults to `path`
     activation_checkpointing: bool = False
-    # native: transformers' own HiggsAudioV2ForConditionalGeneration, heads only where labels are; boson:
-    # boson_multimodal's HiggsAudioModel (imports under transformers < 4.48 only: the tests' oracle venv)
+    # native: transformers' own HiggsAudioV2ForConditionalGeneration, heads only where labels are; or
+    # package.module:NAME, a ModelBackend defined outside higgs_ds (the tests' boson_multimodal oracle)
     backend: str = "native"
     # written by the run, not read: "native" when `path` is in the transformers-native layout (trained through its
     # boson-layout copy, hub.py), else "boson"
@@ -64,8 +64,6 @@ class DataConfig:
     speaker_cap: int = 0  # at most this many samples per speaker per epoch (0 = no cap)
     speaker_temperature: float = 1.0  # t < 1 subsamples speakers to counts ~ n_s ** t (1 = as is)
     max_skipped_samples: int = 100  # unreadable samples the run skips (logged, counted over all ranks) before it stops
-    # boson backend: fast = higgs-ds BatchCollator | boson = HiggsAudioSampleCollator (same batches, slower)
-    collator: str = "fast"
 
 
 @dataclass
@@ -185,12 +183,10 @@ def _check_training(cfg: "TrainConfig") -> None:
     need(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
     need(cfg.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
     need(cfg.optim.warmup_steps >= 0, "optim.warmup_steps", "must be >= 0")
-    need(cfg.data.collator in ("fast", "boson"), "data.collator",
-         f"must be fast or boson, got {cfg.data.collator!r}")
-    need(cfg.model.backend in ("boson", "native"), "model.backend",
-         f"must be boson or native, got {cfg.model.backend!r}")
-    need(cfg.model.backend == "boson" or cfg.data.collator == "fast", "data.collator",
-         "boson (boson_multimodal's collator) feeds the boson backend only; the native backend has its own")
+    need(cfg.model.backend == "native" or ":" in cfg.model.backend, "model.backend",
+         f"must be native (or package.module:NAME, a backend defined outside higgs_ds), got {cfg.model.backend!r}"
+         + ("; boson_multimodal's model is no longer a backend: `higgs-ds convert-run RUN` converts a run trained on "
+            "it" if cfg.model.backend == "boson" else ""))
     need(cfg.optim.schedule in ("cosine", "linear", "constant"), "optim.schedule",
          f"must be cosine, linear or constant, got {cfg.optim.schedule!r}")
     need(0 <= cfg.optim.min_lr_ratio <= 1, "optim.min_lr_ratio", "must be in [0, 1]")

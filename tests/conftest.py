@@ -68,11 +68,11 @@ def native_model(fixtures_dir, shards):
 def tiny_model(fixtures_dir, shards):
     """(model config, the tiny fp32 model on boson_multimodal's class, a reader over the session's shards), fresh
     for each test module: the oracle tests' (transformers 4.46)."""
-    from higgs_ds.checkpoints.model import load_model, load_tokenizer
+    from higgs_ds.checkpoints.model import load_tokenizer
     from higgs_ds.config import ModelConfig
-    from higgs_ds.data.collate import make_collator
     from higgs_ds.data.loader import BatchReader
     from higgs_ds.data.shard_index import ShardIndex
+    from tests.oracle.boson_v2 import load_model, make_collator
 
     mcfg = ModelConfig(path=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"))
     model = load_model(mcfg)

@@ -22,6 +22,7 @@ NATIVE_PY = REPO / ".venv" / "bin" / "python"
 NATIVE_SIDE = REPO / "tests" / "checkpoints" / "native" / "native_side.py"
 # the oracle venv: boson_multimodal's model under transformers 4.46 (`make boson-venv`); tests marked `oracle` run in it
 BOSON_PY = REPO / ".venv-boson" / "bin" / "python"
+BOSON_BACKEND = "tests.oracle.boson_v2:BACKEND"  # model.backend / synthesize --backend of boson's HiggsAudioModel
 
 
 def run_cli(*args, check=True, env=None, timeout=600, python=None):

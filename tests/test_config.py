@@ -32,8 +32,10 @@ def test_overrides_merge_over_yaml(tmp_path, base):
     ("steps=ten", "steps: must be an integer"),
     ("steps=2.5", "steps: must be an integer"),
     ("precision=fp16", "precision: must be bf16 or fp32"),
-    ("data.collator=torch", "data.collator: must be fast or boson, got 'torch'"),
-    ("model.backend=torch", "model.backend: must be boson or native, got 'torch'"),
+    ("data.collator=fast", "unknown config key 'data.collator'"),
+    ("model.backend=torch", "model.backend: must be native (or package.module:NAME, a backend defined outside "
+                            "higgs_ds), got 'torch'"),
+    ("model.backend=boson", "boson_multimodal's model is no longer a backend: `higgs-ds convert-run RUN`"),
     ("lora.preset=everything", "lora.preset: must be attention_audio_ffn, heads or custom"),
     ("data.train=/nonexistent", "data.train: /nonexistent has no index.json"),
     ("model.path=/nonexistent/model", "model.path: /nonexistent/model has no config.json"),
@@ -48,11 +50,6 @@ def test_bad_values_name_the_key(base, override, message):
     with pytest.raises(ConfigError) as err:
         load_config(None, base + [override])
     assert message in str(err.value)
-
-
-def test_the_boson_collator_feeds_the_boson_backend_only(base):
-    with pytest.raises(ConfigError, match="data.collator: boson .* feeds the boson backend only"):
-        load_config(None, base + ["model.backend=native", "data.collator=boson"])
 
 
 def test_bad_yaml_names_the_key(tmp_path, base):

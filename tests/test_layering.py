@@ -83,3 +83,18 @@ def test_every_package_is_installed():
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     packages = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "higgs_ds").rglob("__init__.py")}
     assert packages <= listed, packages - listed
+
+
+def test_no_module_imports_boson_multimodals_model_collator_or_serve_engine():
+    """Those import only under transformers < 4.48; the product uses boson_multimodal for its audio tokenizer,
+    ChatML helpers and data types alone (its model is the tests' oracle, tests/oracle/)."""
+    allowed = ("boson_multimodal.audio_processing", "boson_multimodal.dataset.chatml_dataset",
+               "boson_multimodal.data_types")
+    found = []
+    for module, path in modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            found += [f"{module} imports {n}" for n in names
+                      if n.startswith("boson_multimodal") and not n.startswith(allowed)]
+    assert not found, "\n".join(found)

@@ -50,7 +50,8 @@ def add_commands(sub) -> None:
                    help="audio tokenizer to native: its HuBERT (default: the one its config names)")
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("convert-run", help="a run trained on the boson backend, converted in place to resume on the "
-                                           "native one (the originals kept in RUN/checkpoints-boson)")
+    p = sub.add_parser("convert-run", help="a run trained on boson_multimodal's model (an earlier version), converted in "
+                                           "place to resume on the native one (the originals kept in "
+                                           "RUN/checkpoints-boson)")
     p.add_argument("run", help="the run directory")
     p.set_defaults(func=cmd_convert_run)

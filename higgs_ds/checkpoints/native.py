@@ -265,16 +265,9 @@ def copy_tokenizer(src: Path, out: Path) -> None:
 def boson_model_shapes(native: dict) -> dict[str, list[int]]:
     """Every weight of boson's HiggsAudioModel for the native config NATIVE, by boson name, with its shape: read off
     transformers' HiggsAudioV2ForConditionalGeneration (text head included) built on the meta device, which holds
-    the same weights under other names (tests/checkpoints/native/ proves the two models equal). Under
-    transformers < 5.3 (the tests' oracle venv), off boson's own class."""
-    try:
-        from transformers import HiggsAudioV2Config, HiggsAudioV2ForConditionalGeneration
-    except ImportError:
-        from boson_multimodal.model.higgs_audio import HiggsAudioConfig, HiggsAudioModel
+    the same weights under other names (tests/checkpoints/native/ proves the two models equal)."""
+    from transformers import HiggsAudioV2Config, HiggsAudioV2ForConditionalGeneration
 
-        with torch.device("meta"):
-            model = HiggsAudioModel(HiggsAudioConfig(**boson_config(native, {AUDIO_IN_TOKEN: 0, AUDIO_EOS_TOKEN: 0})))
-        return {k: list(v.shape) for k, v in model.state_dict().items() if not k.endswith(_BOSON_DROPPED)}
     with torch.device("meta"):
         model = HiggsAudioV2ForConditionalGeneration(HiggsAudioV2Config.from_dict(native), use_text_head=True)
     return {boson_key(k): list(v.shape) for k, v in model.state_dict().items()}

@@ -80,7 +80,7 @@ def _rename(names):
 def _convert_checkpoint(step: Path, states: dict, keep: Path) -> None:
     if not (step / TRAINABLE_STATE).is_file():
         raise CheckpointError(f"{step} has no {TRAINABLE_STATE} (written by an older higgs-ds): its Adam state "
-                              f"cannot be carried over by name; resume it on the boson backend, or start over")
+                              f"cannot be carried over by name; start the run over (its adapter exports as it is)")
     world = saved_world(step)
     tmp = step.with_name(f".{step.name}.native")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -141,9 +141,9 @@ def add_commands(sub) -> None:
     p.add_argument("--adapter", default=None, help="a peft adapter (RUN/adapter) applied to --model")
     p.add_argument("--checkpoint", default=None, help="a run directory (latest), RUN/best or a checkpoint step dir")
     p.add_argument("--text-tokenizer", default=None, help="default: the model's (or the run's)")
-    p.add_argument("--backend", choices=("native", "boson"), default=None,
-                   help="the model class to generate with: transformers' own (native) or boson_multimodal's (boson; "
-                        "transformers < 4.48 only); default: the run's with --checkpoint, else native")
+    p.add_argument("--backend", default=None,
+                   help="native (transformers' class; the default) or package.module:NAME, a backend defined "
+                        "outside higgs_ds")
     p.add_argument("--audio-tokenizer", default=None,
                    help="directory or hub id[@revision] (default with --checkpoint: the run's shards' build.json)")
     p.add_argument("--semantic-model", default=None, help="the audio tokenizer's semantic model (see shards build)")

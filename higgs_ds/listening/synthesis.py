@@ -1,9 +1,7 @@
-"""Speech from a model and a voice prompt. For boson_multimodal's HiggsAudioModel, through its own generation: the
-inputs its serve engine builds (prepare_chatml_sample, its collator, static KV caches), then HiggsAudioModel.generate,
-then its decode (Synthesizer). For transformers' HiggsAudioV2ForConditionalGeneration, the same prompt through
-transformers' generate (NativeSynthesizer, models/higgs_v2/generation.py). `synthesizer_for` picks by the model's
-config. Used by `higgs-ds synthesize` and by the listening evaluation during training (with the weights being
-trained)."""
+"""Speech from a model and a voice prompt: for transformers' HiggsAudioV2ForConditionalGeneration, the prompt boson's
+serve engine builds, through transformers' generate (NativeSynthesizer, models/higgs_v2/generation.py).
+`synthesizer_for` picks by the model's config. Used by `higgs-ds synthesize` and by the listening evaluation during
+training (with the weights being trained)."""
 
 from __future__ import annotations
 
@@ -65,41 +63,26 @@ class Synthesis:
 
 
 class Synthesizer:
-    """Generates one prompt at a time (boson's generate takes batch size 1) with a model already in memory: a base
-    model, one with a peft adapter applied in place, a merged one, or the model being trained."""
+    """Generates one prompt at a time with a model already in memory: a base model, one with a peft adapter applied
+    in place, a merged one, or the model being trained. What every model class shares: the prompt's ChatML ids and
+    its references' codes, checked against the context; `inputs` and `_generate` are the class's own."""
 
-    def __init__(self, model, tokenizer, audio_tokenizer, kv_cache_lengths=(1024, 4096, 8192)):
-        from copy import deepcopy
+    generator = ""
+    context_limit: int
+    num_codebooks: int
+    codebook_size: int
 
+    def __init__(self, model, tokenizer, audio_tokenizer):
         import torch
-        from boson_multimodal.data_collator.higgs_audio_collator import HiggsAudioSampleCollator
-        from transformers.cache_utils import StaticCache
 
         self.model, self.tokenizer, self.audio_tokenizer = model, tokenizer, audio_tokenizer
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
-        config = model.config
-        model.set_audio_special_tokens(tokenizer)
-        self.context_limit = min(max(kv_cache_lengths), config.text_config.max_position_embeddings)
-        cache_config = deepcopy(config.text_config)  # the dual-FFN layers keep their own caches, as in the engine
-        cache_config.num_hidden_layers = config.text_config.num_hidden_layers + len(config.audio_dual_ffn_layers or [])
-        self.kv_caches = {n: StaticCache(config=cache_config, max_batch_size=1, max_cache_len=n, device=self.device,
-                                         dtype=self.dtype)
-                          for n in sorted(kv_cache_lengths) if n <= self.context_limit}
-        self.collator = HiggsAudioSampleCollator(  # the serve engine's settings
-            whisper_processor=None, encode_whisper_embed=config.encode_whisper_embed,
-            audio_in_token_id=config.audio_in_token_idx, audio_out_token_id=config.audio_out_token_idx,
-            audio_stream_bos_id=config.audio_stream_bos_id, audio_stream_eos_id=config.audio_stream_eos_id,
-            pad_token_id=config.pad_token_id, return_audio_in_tokens=False,
-            use_delay_pattern=config.use_delay_pattern, audio_num_codebooks=config.audio_num_codebooks, round_to=1)
-        self.num_codebooks, self.codebook_size = config.audio_num_codebooks, config.audio_codebook_size
         self._torch = torch
 
     @property
     def sample_rate(self) -> int:
         return int(self.audio_tokenizer.sampling_rate)
-
-    generator = "boson_multimodal"
 
     def reference_codes(self, ref: Reference, prompt: Prompt):
         """Codes of a reference: stored ones as they are, a file encoded as the serve engine encodes it."""
@@ -147,21 +130,12 @@ class Synthesizer:
                                  f"{self.context_limit}: use a shorter reference or fewer new tokens")
         return ids, codes
 
-    def inputs(self, prompt: Prompt, cfg: SynthesisConfig) -> dict:
-        """What HiggsAudioServeEngine._prepare_inputs builds, with stored reference codes used as they are."""
-        from dataclasses import asdict
+    def inputs(self, prompt: Prompt, cfg: SynthesisConfig):
+        raise NotImplementedError
 
-        from boson_multimodal.dataset.chatml_dataset import ChatMLDatasetSample
-
-        torch = self._torch
-        ids, codes = self.prompt_ids_and_codes(prompt, cfg)
-        starts = np.cumsum([0] + [c.shape[1] for c in codes])[:-1]
-        sample = ChatMLDatasetSample(
-            input_ids=torch.LongTensor(ids), label_ids=None, audio_ids_concat=torch.cat(codes, dim=1),
-            audio_ids_start=torch.tensor(starts, dtype=torch.long), audio_waveforms_concat=None,
-            audio_waveforms_start=None, audio_sample_rate=None, audio_speaker_indices=None)
-        batch = asdict(self.collator([sample]))
-        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    def _generate(self, inputs, cfg: SynthesisConfig) -> tuple[str, list, list]:
+        """(text generated besides the audio, waveforms, codes of each audio segment)."""
+        raise NotImplementedError
 
     def generate(self, prompt: Prompt, cfg: SynthesisConfig) -> Synthesis:
         inputs = self.inputs(prompt, cfg)
@@ -170,7 +144,7 @@ class Synthesizer:
         t0 = time.perf_counter()
         try:
             text, waves, segments = self._generate(inputs, cfg)
-        except Exception as e:  # boson's generate fails on some token sequences (<|AUDIO_OUT|> sampled as text)
+        except Exception as e:  # a generate can fail on token sequences it never expects (text sampled as audio)
             raise SynthesisError(f"{prompt.source}: generation failed inside {self.generator} "
                                  f"({type(e).__name__}: {str(e)[:300]})") from e
         finally:
@@ -181,30 +155,6 @@ class Synthesizer:
         return Synthesis(prompt, np.concatenate(waves).astype(np.float32), self.sample_rate,
                          np.concatenate(segments, axis=1), seconds, text)
 
-    def _generate(self, inputs: dict, cfg: SynthesisConfig):
-        """HiggsAudioModel.generate with the serve engine's arguments, then its decode of every audio segment:
-        (text generated besides the audio, waveforms, codes of each segment)."""
-        from boson_multimodal.model.higgs_audio.utils import revert_delay_pattern
-
-        for cache in self.kv_caches.values():
-            cache.reset()
-        with self._torch.no_grad():
-            text_ids, audio_out = self.model.generate(
-                **inputs, max_new_tokens=cfg.max_new_tokens, use_cache=True,
-                stop_strings=["<|end_of_text|>", "<|eot_id|>"], tokenizer=self.tokenizer,
-                do_sample=cfg.temperature > 0, temperature=cfg.temperature if cfg.temperature > 0 else None,
-                top_k=cfg.top_k, top_p=cfg.top_p, past_key_values_buckets=self.kv_caches,
-                ras_win_len=cfg.ras_win_len or None, ras_win_max_num_repeat=cfg.ras_win_max_num_repeat,
-                seed=cfg.seed)
-            waves, segments = [], []
-            for out in audio_out:
-                codes = revert_delay_pattern(out).clip(0, self.codebook_size - 1)[:, 1:-1]
-                if codes.shape[1] > 0:
-                    waves.append(self.audio_tokenizer.decode(codes.unsqueeze(0))[0, 0])
-                    segments.append(codes.cpu().numpy().astype(np.int16))
-        text = self.tokenizer.decode(text_ids[0, inputs["input_ids"].shape[1]:].tolist(), skip_special_tokens=True)
-        return text, waves, segments
-
 
 class NativeSynthesizer(Synthesizer):
     """The same prompts and references through HiggsAudioV2ForConditionalGeneration and transformers' generate
@@ -213,19 +163,14 @@ class NativeSynthesizer(Synthesizer):
     generator = "transformers' generate"
 
     def __init__(self, model, tokenizer, audio_tokenizer):
-        import torch
-
         from higgs_ds.models.higgs_v2.backend import settings_for_tokenizer
 
-        self.model, self.tokenizer, self.audio_tokenizer = model, tokenizer, audio_tokenizer
-        param = next(model.parameters())
-        self.device, self.dtype = param.device, param.dtype
+        super().__init__(model, tokenizer, audio_tokenizer)
         config = model.config
         self.context_limit = config.max_position_embeddings
         self.num_codebooks, self.codebook_size = config.num_codebooks, config.codebook_size - 2
         self.eos, self.audio_token_id = config.audio_stream_eos_id, config.audio_token_id
         self.settings = settings_for_tokenizer(config, tokenizer)
-        self._torch = torch
 
     def inputs(self, prompt: Prompt, cfg: SynthesisConfig):
         from higgs_ds.models.higgs_v2.generation import prompt_inputs
@@ -251,11 +196,17 @@ class NativeSynthesizer(Synthesizer):
         return "", [wave], [codes.astype(np.int16)]
 
 
+# by the model config's model_type; a backend defined outside higgs_ds (models.backend_for) adds its own here
+SYNTHESIZERS: dict[str, type[Synthesizer]] = {"higgs_audio_v2": NativeSynthesizer}
+
+
 def synthesizer_for(model, tokenizer, audio_tokenizer) -> Synthesizer:
     """The synthesizer for MODEL's class, told apart by its config's model_type."""
-    if getattr(model.config, "model_type", None) == "higgs_audio_v2":
-        return NativeSynthesizer(model, tokenizer, audio_tokenizer)
-    return Synthesizer(model, tokenizer, audio_tokenizer)
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in SYNTHESIZERS:
+        raise SynthesisError(f"no synthesizer for a model of model_type {model_type!r} (known: "
+                             f"{', '.join(SYNTHESIZERS)})")
+    return SYNTHESIZERS[model_type](model, tokenizer, audio_tokenizer)
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int) -> None:

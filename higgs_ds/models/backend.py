@@ -35,7 +35,6 @@ class ModelBackend:
     label_counts: Callable[[Any], tuple[int, int]]  # host batch -> (text labels, audio labels)
     sizes: Callable[[Any], tuple[int, int]]  # host batch -> (sequence positions run, audio frames)
     num_codebooks: Callable[[Any], int]  # model config -> codebooks
-    check_collator: Callable[..., None] | None = None  # (collator, samples, where): at run start, against a reference
 
 
 def codebook_hits(out: HeadOutputs, ks: tuple[int, ...]) -> torch.Tensor:

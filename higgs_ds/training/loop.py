@@ -109,9 +109,6 @@ def build(cfg: TrainConfig, de, ds_config_path: str):
     torch.manual_seed(cfg.seed * 1000 + de.rank + 1)  # dropout differs per rank from here on
     collator = backend.make_collator(model.config, cfg.model, cfg.data)
     train_reader = BatchReader(load_train_index(cfg.data.train), tokenizer, collator)
-    if backend.check_collator is not None:
-        backend.check_collator(collator, train_reader.samples(np.arange(min(8, len(train_reader.index)))),
-                               cfg.data.train)
     val_reader = BatchReader(ShardIndex.load(cfg.data.val), tokenizer, collator, cfg.data.max_skipped_samples) \
         if cfg.data.val else None
     optimizer = torch.optim.AdamW(trainable, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
@@ -123,18 +120,18 @@ def build(cfg: TrainConfig, de, ds_config_path: str):
     return engine, optimizer, train_reader, val_reader, backend
 
 
-def restore(engine, optimizer, cfg: TrainConfig, plan_key: dict) -> tuple[TrainState, bool]:
+def restore(engine, optimizer, cfg: TrainConfig, plan_key: dict, backend: ModelBackend) -> tuple[TrainState, bool]:
     """The state to continue from: the checkpoint `cfg.resume` names (weights, optimizer, RNG restored into the
     engine), or a fresh start. Returns (state, whether a checkpoint was loaded)."""
     ckpt = saving.find_resume(Path(cfg.run_dir), cfg.resume)
     if ckpt is None:
         return TrainState(), False
-    trained_on = client_backend(ckpt)
-    if trained_on != cfg.model.backend:
-        convert = f"; or convert the run once with `higgs-ds convert-run {cfg.run_dir}` and resume it on the " \
-                  f"native backend" if trained_on == "boson" else ""
+    trained_on = saving.trained_backend(saving.run_config_of(ckpt))
+    if trained_on != backend.name:
+        fix = f"convert the run once with `higgs-ds convert-run {cfg.run_dir}`, then resume it" \
+            if trained_on == "boson" else f"resume it with model.backend={trained_on}"
         raise ConfigError(f"model.backend: {ckpt} was trained on the {trained_on} backend, whose module names its "
-                          f"weights and optimizer state carry; resume it with model.backend={trained_on}{convert}")
+                          f"weights and optimizer state carry; {fix}")
     client = saving.load(engine, ckpt)
     state = TrainState(client["step"], DataPosition(**client["data"]), engine.skipped_steps,
                        client.get("skipped_samples", 0), Best(**client.get("best", {})))
@@ -145,11 +142,6 @@ def restore(engine, optimizer, cfg: TrainConfig, plan_key: dict) -> tuple[TrainS
     state.data = resumed_position(state.data, client.get("plan") or {}, plan_key)
     log.info(f"resumed from {ckpt} at step {state.step} (epoch {state.data.epoch}, batch {state.data.batch})")
     return state, True
-
-
-def client_backend(ckpt: Path) -> str:
-    """The model backend checkpoint CKPT was trained on (checkpoints from before backends existed: boson)."""
-    return saving.trained_backend(saving.run_config_of(ckpt))
 
 
 def train_step(engine, backend: ModelBackend, stream, state: TrainState, cfg: TrainConfig, device,
@@ -281,7 +273,7 @@ def start(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float) -> tuple
                               device) if cfg.eval.synth_every else None
     plan = PlanSettings.from_config(cfg.data, de.world, cfg.grad_accum, train_reader.collator.settings.clip_overhead)
     plan_key = plan.resume_key(cfg.data.seed, cfg.data.train)
-    state, resumed = restore(engine, optimizer, cfg, plan_key)
+    state, resumed = restore(engine, optimizer, cfg, plan_key, backend)
     stream = stream_batches(train_reader, cfg.data.seed, de.rank, plan, state.data, cfg.data.num_workers)
     metrics = Metrics(Path(cfg.run_dir), cfg.steps, de.is_main, cfg.progress_bar,
                       resumed_at=state.step if resumed else None)

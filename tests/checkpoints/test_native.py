@@ -101,6 +101,26 @@ def test_sharded_writes_reload_to_the_same_tensors(fixtures_dir, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_boson_to_native_to_boson_is_bit_exact(fixtures_dir, tmp_path):
+    """The weights are renamed, never touched: the fixture comes back byte-identical, and transformers loads the
+    native directory strictly (no missing, unexpected or mismatched key)."""
+    from transformers import HiggsAudioV2ForConditionalGeneration
+
+    from higgs_ds.checkpoints.native import native_to_boson
+
+    boson_to_native(fixtures_dir / "model", tmp_path / "native", fixtures_dir / "tokenizer")
+    model, info = HiggsAudioV2ForConditionalGeneration.from_pretrained(tmp_path / "native", use_text_head=True,
+                                                                        output_loading_info=True)
+    assert not any(info.values()), info
+    resaved = tmp_path / "resaved"
+    model.save_pretrained(resaved)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (resaved / name).write_bytes((tmp_path / "native" / name).read_bytes())
+    native_to_boson(resaved, tmp_path / "boson")
+    a, b = load_file(fixtures_dir / "model" / "model.safetensors"), load_file(tmp_path / "boson" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"audio_dual_ffn_layers": [0]}, "audio_dual_ffn_layers [0] (native: every one of the 2 layers"),
     ({"audio_ffn_intermediate_size": 96}, "audio_ffn_intermediate_size 96 (native: the text FFN's"),

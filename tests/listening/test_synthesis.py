@@ -9,7 +9,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from tests.helpers import NATIVE_PY, run_cli
+from tests.helpers import BOSON_BACKEND, NATIVE_PY, run_cli
+from tests.oracle.boson_synthesis import BosonSynthesizer
 
 pytestmark = pytest.mark.oracle  # boson_multimodal's model: runs in .venv-boson
 
@@ -17,11 +18,12 @@ pytestmark = pytest.mark.oracle  # boson_multimodal's model: runs in .venv-boson
 @pytest.fixture(scope="module")
 def synth(fixtures_dir):
     from higgs_ds.data.codec import load_audio_tokenizer
-    from higgs_ds.listening.synthesis import ModelSource, Synthesizer, load_model_for_generation
+    from higgs_ds.listening.synthesis import ModelSource, load_model_for_generation
 
     model, tokenizer, _ = load_model_for_generation(
-        ModelSource(model=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"), backend="boson"), "cpu")
-    return Synthesizer(model, tokenizer, load_audio_tokenizer(str(fixtures_dir / "audio_tokenizer"), "cpu"))
+        ModelSource(model=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"),
+                    backend=BOSON_BACKEND), "cpu")
+    return BosonSynthesizer(model, tokenizer, load_audio_tokenizer(str(fixtures_dir / "audio_tokenizer"), "cpu"))
 
 
 def cloning_prompt(speech, text="Hello world, this is a test."):
@@ -82,14 +84,14 @@ def random_adapter(model_dir, out, seed=0):
 
 
 def test_an_adapter_changes_the_output_and_a_mismatched_one_is_refused(synth, fixtures_dir, speech, tmp_path):
-    from higgs_ds.listening.synthesis import ModelSource, SynthesisConfig, Synthesizer, load_model_for_generation
+    from higgs_ds.listening.synthesis import ModelSource, SynthesisConfig, load_model_for_generation
 
     adapter = random_adapter(fixtures_dir / "model", tmp_path / "adapter")
     source = ModelSource(model=str(fixtures_dir / "model"), adapter=str(adapter),
-                         tokenizer=str(fixtures_dir / "tokenizer"), backend="boson")
+                         tokenizer=str(fixtures_dir / "tokenizer"), backend=BOSON_BACKEND)
     model, tokenizer, loaded = load_model_for_generation(source, "cpu")
     assert loaded["adapter"] == str(adapter) and any("lora_A" in n for n, _ in model.named_parameters())
-    adapted = Synthesizer(model, tokenizer, synth.audio_tokenizer)
+    adapted = BosonSynthesizer(model, tokenizer, synth.audio_tokenizer)
     cfg = SynthesisConfig(max_new_tokens=30, temperature=0.0)
     a, b = adapted.generate(cloning_prompt(speech), cfg), synth.generate(cloning_prompt(speech), cfg)
     assert a.audio.shape != b.audio.shape or not np.allclose(a.audio, b.audio)
@@ -106,12 +108,12 @@ def test_an_adapter_changes_the_output_and_a_mismatched_one_is_refused(synth, fi
     HiggsAudioModel(HiggsAudioConfig(**config)).save_pretrained(other)
     with pytest.raises(ValueError, match=f"adapter {adapter} .* does not fit the model {other}"):
         load_model_for_generation(ModelSource(model=str(other), adapter=str(adapter),
-                                              tokenizer=str(fixtures_dir / "tokenizer"), backend="boson"), "cpu")
+                                              tokenizer=str(fixtures_dir / "tokenizer"), backend=BOSON_BACKEND), "cpu")
 
 
 def test_prompt_problems_name_the_prompt(synth, speech, tmp_path):
     from higgs_ds.listening.prompts import Prompt, Reference
-    from higgs_ds.listening.synthesis import SynthesisConfig, SynthesisError, Synthesizer
+    from higgs_ds.listening.synthesis import SynthesisConfig, SynthesisError
 
     cfg = SynthesisConfig(max_new_tokens=200)
     ref = cloning_prompt(speech).refs[0]
@@ -121,7 +123,7 @@ def test_prompt_problems_name_the_prompt(synth, speech, tmp_path):
     broken.write_bytes(b"RIFF\x00\x00\x00\x00WAVEfmt garbage")
     with pytest.raises(SynthesisError, match=f"bad: reference clip: audio file {broken} does not decode"):
         synth.generate(Prompt("x", "bad", "Hello.", [Reference("a", str(broken))]), cfg)
-    short = Synthesizer(synth.model, synth.tokenizer, synth.audio_tokenizer, kv_cache_lengths=(256,))
+    short = BosonSynthesizer(synth.model, synth.tokenizer, synth.audio_tokenizer, kv_cache_lengths=(256,))
     with pytest.raises(SynthesisError, match=r"bad: the prompt takes \d+ positions \(references 3\.4 s\); with "
                                              r"max_new_tokens 200 that is over the model's context of 256"):
         short.generate(Prompt("x", "bad", "Hello.", [ref]), cfg)
@@ -208,14 +210,15 @@ def test_the_time_budget_reports_prompts_not_reached(synth, speech, tmp_path):
 def test_a_failure_inside_boson_generate_fails_that_prompt_only(fixtures_dir, synth, speech, tmp_path):
     """boson's generate raises when <|AUDIO_OUT|> is sampled as text (seen in a 240-step run's listening
     evaluation): that prompt is a failure naming the error, the prompts after it are still generated."""
-    from higgs_ds.listening.synthesis import (ModelSource, SynthesisConfig, Synthesizer, load_model_for_generation,
+    from higgs_ds.listening.synthesis import (ModelSource, SynthesisConfig, load_model_for_generation,
                                     synthesize_prompts)
 
     model, tokenizer, _ = load_model_for_generation(
-        ModelSource(model=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"), backend="boson"), "cpu")
+        ModelSource(model=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"),
+                    backend=BOSON_BACKEND), "cpu")
     with torch.no_grad():  # the text head always answers <|AUDIO_OUT|>
         model.audio_decoder_proj.text_lm_head.weight[model.config.audio_out_token_idx] = 5.0
-    broken = Synthesizer(model, tokenizer, synth.audio_tokenizer)
+    broken = BosonSynthesizer(model, tokenizer, synth.audio_tokenizer)
     second = cloning_prompt(speech, "Second.")
     second.id = "p1"
     rows = synthesize_prompts(broken, [cloning_prompt(speech), second], SynthesisConfig(max_new_tokens=20,

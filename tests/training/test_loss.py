@@ -4,8 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from higgs_ds.checkpoints.model import batch_to_inputs
-from higgs_ds.models.boson_v2 import token_sums
+from tests.oracle.boson_v2 import batch_to_inputs, token_sums
 from higgs_ds.training.loss import TokenSums, combine
 
 pytestmark = pytest.mark.oracle  # boson_multimodal's model: runs in .venv-boson

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from higgs_ds.data.collate import IGNORE
-from higgs_ds.models.boson_v2 import label_counts, sizes
+from higgs_ds.models.higgs_v2.backend import BACKEND
 from higgs_ds.training.loss import TokenSums
 from higgs_ds.training.stats import StepStats, step_label_counts
 
@@ -16,9 +16,10 @@ def micro_batch(text_sum, audio_sums, text_n, audio_ns, mask_len, frames_in, fra
     sums = TokenSums(torch.tensor(float(text_sum)), torch.tensor(float(sum(audio_sums))),
                      torch.tensor(audio_sums, dtype=torch.float32), torch.tensor(text_n),
                      torch.tensor(sum(audio_ns)), torch.tensor(audio_ns, dtype=torch.long))
-    batch = SimpleNamespace(attention_mask=torch.ones(1, mask_len), audio_in_ids=torch.zeros(8, frames_in),
-                            audio_out_ids=torch.zeros(8, frames_out))
-    return sums, sizes(batch)
+    # the native batch: one position a frame, the frames counted apart
+    frames = frames_in + frames_out
+    batch = SimpleNamespace(attention_mask=torch.ones(1, mask_len + frames), audio_frames=frames)
+    return sums, BACKEND.sizes(batch)
 
 
 def test_sums_losses_and_reduction_over_micro_batches():
@@ -58,9 +59,12 @@ def test_sums_are_float64_of_each_float32_value_as_the_host_arithmetic_was():
 
 
 def test_label_counts_come_from_the_host_batches():
-    labels = torch.tensor([[IGNORE, 5, 6, IGNORE]])
-    audio = torch.tensor([[IGNORE, 1, 2], [IGNORE, IGNORE, 3]])
-    batches = [SimpleNamespace(label_ids=labels, label_audio_ids=audio),
-               SimpleNamespace(label_ids=labels, label_audio_ids=None)]
-    local, total = step_label_counts([label_counts(b) for b in batches], "cpu")
+    from higgs_ds.models.higgs_v2.inputs import NativeBatch
+
+    empty = torch.zeros(0, dtype=torch.long)
+    batches = [NativeBatch(*[empty] * 6, text_targets=torch.tensor([5, 6]), audio_positions=empty,
+                           audio_targets=torch.tensor([[1, IGNORE], [2, 3]])),
+               NativeBatch(*[empty] * 6, text_targets=torch.tensor([5, 6]), audio_positions=empty,
+                           audio_targets=torch.zeros(0, 2, dtype=torch.long))]
+    local, total = step_label_counts([BACKEND.label_counts(b) for b in batches], "cpu")
     assert local.dtype == torch.float64 and local.tolist() == total.tolist() == [4.0, 3.0]

@@ -74,6 +74,11 @@ def build_model(args):
     model = HiggsAudioV2ForConditionalGeneration(config, use_text_head=True)
     model.save_pretrained(args.out)
     tok.save_pretrained(args.out)
+    # its boson-layout copy into the shared cache: the converter reads the shapes off transformers' class, so the
+    # oracle venv (transformers 4.46) finds the copy made here
+    from higgs_ds.checkpoints.hub import resolve
+
+    resolve(str(args.out), "model")
     print(json.dumps({"parameters": sum(p.numel() for p in model.parameters())}))
 
 
@@ -99,7 +104,7 @@ def logits(args):
 def step(args):
     """One optimizer step as higgs_ds/train.py takes it: per-token means of the text and audio CE (loss.py) from
     the native model's logits, backward, AdamW on the LoRA weights."""
-    from higgs_ds.models.boson_v2 import token_sums
+    from tests.oracle.boson_v2 import token_sums
     from higgs_ds.training.loss import combine
 
     model = load(args.model, args.adapter, trainable=True).train()

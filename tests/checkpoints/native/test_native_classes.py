@@ -5,13 +5,12 @@ them, one optimizer step of the native class equals ours, and the two audio toke
 measured against each other."""
 
 import json
-import subprocess
 
 import pytest
 import torch
 import yaml
 
-from tests.helpers import NATIVE_PY, launch_training, native, read_run, run_cli, train_overrides
+from tests.helpers import BOSON_BACKEND, NATIVE_PY, launch_training, native, read_run, run_cli, train_overrides
 
 pytestmark = [pytest.mark.slow, pytest.mark.oracle]  # .venv-boson
 
@@ -45,18 +44,18 @@ def native_inputs(batch: dict, outputs, audio_token_id: int) -> dict:
 
 @pytest.fixture(scope="module")
 def reader(fixtures_dir, shards):
-    from higgs_ds.checkpoints.model import load_model, load_tokenizer
+    from higgs_ds.checkpoints.model import load_tokenizer
     from higgs_ds.config import ModelConfig
-    from higgs_ds.data.collate import make_collator
     from higgs_ds.data.loader import BatchReader
     from higgs_ds.data.shard_index import ShardIndex
+    from tests.oracle.boson_v2 import load_model, make_collator
 
     mcfg = ModelConfig(path=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"))
     return BatchReader(ShardIndex.load(shards), load_tokenizer(mcfg), make_collator(load_model(mcfg).config))
 
 
 def boson_outputs(model, reader, rows=(0, 1, 2)):
-    from higgs_ds.checkpoints.model import batch_to_inputs
+    from tests.oracle.boson_v2 import batch_to_inputs
 
     batch = batch_to_inputs(reader.collate(list(rows)), "cpu")
     with torch.no_grad():
@@ -81,7 +80,8 @@ def assert_same_logits(ours, theirs, atol):
 @pytest.fixture(scope="module")
 def native_model(fixtures_dir, tmp_path_factory):
     """A tiny HiggsAudioV2ForConditionalGeneration and its text tokenizer, written by transformers' own classes
-    (Llama-3-style RoPE scaling, rms_norm_eps 1e-5: values the boson fixture does not use)."""
+    (Llama-3-style RoPE scaling, rms_norm_eps 1e-5: values the boson fixture does not use), and its boson-layout copy
+    in the cache, converted there too."""
     out = tmp_path_factory.mktemp("native") / "model"
     native("build-model", "--tokenizer", fixtures_dir / "tokenizer", "--out", out, "--seed", 3)
     assert json.loads((out / "config.json").read_text())["model_type"] == "higgs_audio_v2"
@@ -92,9 +92,9 @@ def test_a_native_checkpoint_converts_exactly_and_round_trips_bit_for_bit(native
     from safetensors.torch import load_file
 
     from higgs_ds.checkpoints.hub import resolve
-    from higgs_ds.checkpoints.model import load_model
     from higgs_ds.checkpoints.native import boson_to_native
     from higgs_ds.config import ModelConfig
+    from tests.oracle.boson_v2 import load_model
 
     checkpoint = resolve(str(native_model), "model")
     assert checkpoint.converted and checkpoint.spec == str(native_model)
@@ -112,38 +112,18 @@ def test_a_native_checkpoint_converts_exactly_and_round_trips_bit_for_bit(native
     assert original.keys() == again.keys() and all(torch.equal(original[k], again[k]) for k in original)
 
 
-def test_boson_to_native_to_boson_is_bit_exact(fixtures_dir, tmp_path):
-    """The weights are renamed, never touched: the fixture comes back byte-identical, and transformers 5 loads the
-    native directory strictly (no missing, unexpected or mismatched key)."""
-    from safetensors.torch import load_file
-
-    from higgs_ds.checkpoints.native import boson_to_native, native_to_boson
-
-    boson_to_native(fixtures_dir / "model", tmp_path / "native", fixtures_dir / "tokenizer")
-    resaved = tmp_path / "resaved"
-    code = ("import sys; from transformers import HiggsAudioV2ForConditionalGeneration as M;"
-            "m, info = M.from_pretrained(sys.argv[1], use_text_head=True, output_loading_info=True);"
-            "assert not any(info.values()), info; m.save_pretrained(sys.argv[2])")
-    subprocess.run([str(NATIVE_PY), "-c", code, tmp_path / "native", resaved], check=True, capture_output=True,
-                   timeout=300)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        (resaved / name).write_bytes((tmp_path / "native" / name).read_bytes())
-    native_to_boson(resaved, tmp_path / "boson")
-    a, b = load_file(fixtures_dir / "model" / "model.safetensors"), load_file(tmp_path / "boson" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
 def test_a_native_checkpoint_trains_and_its_native_exports_load_and_match(native_model, fixtures_dir, shards,
                                                                          speech, reader, tmp_path):
     from boson_multimodal.model.higgs_audio import HiggsAudioModel
     from peft import PeftModel
 
-    from higgs_ds.checkpoints.model import load_model
+    from tests.oracle.boson_v2 import load_model
     from higgs_ds.config import ModelConfig
 
     run = tmp_path / "run"
     overrides = train_overrides(fixtures_dir, shards, run, steps=4, precision="fp32",
-                                **{"model.path": native_model, "model.tokenizer": "none", "model.backend": "boson"})
+                                **{"model.path": native_model, "model.tokenizer": "none",
+                                   "model.backend": BOSON_BACKEND})
     _, out = launch_training("torchrun", 2, overrides)
     rows, _, _ = read_run(run)
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and rows[-1]["loss"] < rows[0]["loss"]
@@ -156,7 +136,7 @@ def test_a_native_checkpoint_trains_and_its_native_exports_load_and_match(native
     run_cli("synthesize", "--model", native_model, "--adapter", run / "adapter", "--audio-tokenizer",
             fixtures_dir / "audio_tokenizer", "--ref-audio", speech / utt["audio"], "--ref-text", utt["text"],
             "--text", "Hello world.", "--max-new-tokens", 12, "--device", "cpu", "--quiet", "--out", spoken,
-            "--backend", "boson")
+            "--backend", BOSON_BACKEND)
     assert json.loads(spoken.with_suffix(".json").read_text())["generated"] == 1 and spoken.is_file()
 
     # adapter in the native layout, on HiggsAudioV2ForConditionalGeneration, against ours on the converted model
@@ -200,16 +180,16 @@ def test_a_native_checkpoint_trains_and_its_native_exports_load_and_match(native
 def test_one_optimizer_step_of_the_native_class_equals_ours(fixtures_dir, reader, tmp_path):
     """Our loss (loss.py) on the native model's logits for one of our collated batches, backward, AdamW: the same
     loss, LoRA gradients and updated LoRA weights as the same step on boson's HiggsAudioModel."""
-    from higgs_ds.checkpoints.model import apply_lora, load_model
+    from higgs_ds.checkpoints.model import apply_lora
     from higgs_ds.checkpoints.native import boson_to_native
     from higgs_ds.checkpoints.native_adapters import native_adapter, native_adapter_key
     from higgs_ds.config import LoraConfig, ModelConfig
-    from higgs_ds.models.boson_v2 import token_sums
     from higgs_ds.training.loss import combine
+    from tests.oracle.boson_v2 import LORA_PRESETS, load_model, token_sums
 
     torch.manual_seed(0)  # LoRA A's init draws from the global RNG, which earlier tests have moved
     model = apply_lora(load_model(ModelConfig(path=str(fixtures_dir / "model"))),
-                       LoraConfig(rank=4, alpha=8, dropout=0.0))
+                       LoraConfig(rank=4, alpha=8, dropout=0.0), LORA_PRESETS)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -219,7 +199,7 @@ def test_one_optimizer_step_of_the_native_class_equals_ours(fixtures_dir, reader
     native_adapter(tmp_path / "adapter", tmp_path / "adapter-native", str(tmp_path / "native"), None)
     boson_to_native(fixtures_dir / "model", tmp_path / "native", fixtures_dir / "tokenizer")
 
-    from higgs_ds.checkpoints.model import batch_to_inputs
+    from tests.oracle.boson_v2 import batch_to_inputs
 
     batch = batch_to_inputs(reader.collate([0, 1, 2]), "cpu")
     model.train()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from higgs_ds.checkpoints.model import batch_to_inputs
+from tests.oracle.boson_v2 import batch_to_inputs
 from higgs_ds.data.collate import IGNORE
 from higgs_ds.models.higgs_v2.inputs import NativeCollator
 

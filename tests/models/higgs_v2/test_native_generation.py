@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import native
+from tests.helpers import BOSON_BACKEND, native
+from tests.oracle.boson_synthesis import BosonSynthesizer
 
 pytestmark = [pytest.mark.slow, pytest.mark.oracle]  # .venv-boson
 
@@ -23,12 +24,13 @@ def test_greedy_codes_equal_boson_generation(fixtures_dir, speech, tmp_path, ref
     from higgs_ds.data.codec import load_audio_tokenizer
     from higgs_ds.data.collate import CollatorSettings
     from higgs_ds.listening.prompts import Prompt, Reference
-    from higgs_ds.listening.synthesis import (ASSISTANT_POSTFIX, ModelSource, SynthesisConfig, Synthesizer,
+    from higgs_ds.listening.synthesis import (ASSISTANT_POSTFIX, ModelSource, SynthesisConfig,
                                               load_model_for_generation)
 
     model, tokenizer, _ = load_model_for_generation(
-        ModelSource(model=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"), backend="boson"), "cpu")
-    synth = Synthesizer(model, tokenizer, load_audio_tokenizer(str(fixtures_dir / "audio_tokenizer"), "cpu"))
+        ModelSource(model=str(fixtures_dir / "model"), tokenizer=str(fixtures_dir / "tokenizer"),
+                    backend=BOSON_BACKEND), "cpu")
+    synth = BosonSynthesizer(model, tokenizer, load_audio_tokenizer(str(fixtures_dir / "audio_tokenizer"), "cpu"))
     ref = json.loads((speech / "utterances.jsonl").read_text().splitlines()[ref_line])
     prompt = Prompt("p0", "test", text, [Reference(ref["text"], str(speech / ref["audio"]))])
     ours = synth.generate(prompt, SynthesisConfig(max_new_tokens=budget, temperature=0.0, ras_win_len=0))

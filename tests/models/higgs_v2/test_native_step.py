@@ -17,10 +17,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.oracle]  # .venv-boson
 def converted(fixtures_dir, tmp_path_factory):
     """The fixture model in the native layout, and a LoRA (non-zero B, so A's gradients are not trivially zero)
     saved for boson's model and converted for the native one: (boson peft model, native model dir, native adapter)."""
-    from higgs_ds.checkpoints.model import apply_lora, load_model
+    from higgs_ds.checkpoints.model import apply_lora
     from higgs_ds.checkpoints.native import boson_to_native
     from higgs_ds.checkpoints.native_adapters import native_adapter
     from higgs_ds.config import LoraConfig, ModelConfig
+    from tests.oracle.boson_v2 import LORA_PRESETS, load_model
 
     out = tmp_path_factory.mktemp("native-step")
     torch.manual_seed(0)  # LoRA A's init draws from the global RNG, which earlier tests have moved
@@ -28,7 +29,7 @@ def converted(fixtures_dir, tmp_path_factory):
                        LoraConfig(preset="custom", targets=["self_attn.q_proj", "self_attn.v_proj",
                                                             "audio_mlp.up_proj", "audio_decoder_proj.text_lm_head",
                                                             "audio_decoder_proj.audio_lm_head"],
-                                  rank=4, alpha=8, dropout=0.0))
+                                  rank=4, alpha=8, dropout=0.0), LORA_PRESETS)
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -44,9 +45,9 @@ def converted(fixtures_dir, tmp_path_factory):
 def test_one_step_on_the_native_path_equals_boson_model(converted, tiny_model, rows, tmp_path):
     import dataclasses
 
-    from higgs_ds.checkpoints.model import batch_to_inputs
+    from tests.oracle.boson_v2 import batch_to_inputs
     from higgs_ds.checkpoints.native_adapters import native_adapter_key
-    from higgs_ds.models.boson_v2 import token_sums
+    from tests.oracle.boson_v2 import token_sums
     from higgs_ds.training.loss import combine
 
     model, native_dir, native_adapter_dir = converted

@@ -11,13 +11,14 @@ import math
 import numpy as np
 import pytest
 
-from tests.helpers import BOSON_PY, launch_training, read_run, require_boson_venv, run_cli, train_overrides
+from tests.helpers import (BOSON_BACKEND, BOSON_PY, launch_training, read_run, require_boson_venv, run_cli,
+                           train_overrides)
 
 pytestmark = pytest.mark.slow
 
 
 def _run(fixtures_dir, shards, run, backend, steps=6, **kv):
-    python = BOSON_PY if backend == "boson" else None
+    python = BOSON_PY if backend == BOSON_BACKEND else None
     return launch_training("srun-env", 2, train_overrides(
         fixtures_dir, shards, run, precision="fp32", steps=steps, eval_every=3,
         **{"model.backend": backend, **kv}), python=python, check=False)
@@ -38,7 +39,7 @@ LISTEN = {"eval.synth_every": 6, "eval.num_prompts": 2, "eval.max_new_tokens": 2
 def boson_run(fixtures_dir, shards, tmp_path_factory):
     require_boson_venv()
     run = tmp_path_factory.mktemp("boson") / "run"
-    rc, out = _run(fixtures_dir, shards, run, "boson")
+    rc, out = _run(fixtures_dir, shards, run, BOSON_BACKEND)
     assert rc == 0, out[-4000:]
     return run
 
@@ -74,7 +75,7 @@ def test_a_native_run_resumes_exactly_and_a_boson_checkpoint_is_refused(native_r
     run = tmp_path / "resumed"
     rc, out = _run(fixtures_dir, shards, run, "native", steps=3, save_every=3)
     assert rc == 0, out[-4000:]
-    rc, out = _run(fixtures_dir, shards, run, "boson", steps=6)
+    rc, out = _run(fixtures_dir, shards, run, BOSON_BACKEND, steps=6)
     assert rc == 2 and f"model.backend: {run / 'checkpoints' / 'step00000003'} was trained on the native backend" \
         in out and "resume it with model.backend=native" in out, out[-3000:]
     rc, out = _run(fixtures_dir, shards, run, "native", steps=6)
@@ -95,7 +96,7 @@ def test_synthesize_gives_the_codes_of_boson_generation(fixtures_dir, speech, tm
             "--ref-text", ref["text"], "--text", "One two three.", "--temperature", "0", "--ras-win-len", "0",
             "--max-new-tokens", "80", "--quiet", "--dtype", "fp32"]
     run_cli(*args, "--out", tmp_path / "native.wav")
-    run_cli(*args, "--backend", "boson", "--out", tmp_path / "boson.wav", python=BOSON_PY)
+    run_cli(*args, "--backend", BOSON_BACKEND, "--out", tmp_path / "boson.wav", python=BOSON_PY)
     boson, native = np.load(tmp_path / "boson.codes.npy"), np.load(tmp_path / "native.codes.npy")
     width = min(boson.shape[1], native.shape[1])
     differ = np.flatnonzero((boson[:, :width] != native[:, :width]).any(0))
@@ -144,10 +145,10 @@ def test_a_boson_run_converted_in_place_resumes_on_the_native_backend(boson_run,
     """3 steps on the boson backend, `higgs-ds convert-run`, 3 more on the native one == 6 on the boson backend:
     the adapter, the weights and the Adam moments carry over under their native names."""
     run = tmp_path / "run"
-    rc, out = _run(fixtures_dir, shards, run, "boson", steps=3, save_every=3)
+    rc, out = _run(fixtures_dir, shards, run, BOSON_BACKEND, steps=3, save_every=3)
     assert rc == 0, out[-4000:]
     rc, out = _run(fixtures_dir, shards, run, "native", steps=6)
-    assert rc == 2 and f"or convert the run once with `higgs-ds convert-run {run}`" in out, out[-3000:]
+    assert rc == 2 and f"convert the run once with `higgs-ds convert-run {run}`, then resume it" in out, out[-3000:]
     converted = json.loads(run_cli("convert-run", run).stdout)
     assert converted["converted"] == [str(run / "checkpoints" / "step00000003")]
     assert (run / "checkpoints-boson" / "step00000003" / "adapter").is_dir()  # the originals are kept
