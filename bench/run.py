@@ -1,27 +1,40 @@
-"""`make bench`: every CPU benchmark, one table. Figures are ratios against baselines measured in the same run."""
+"""`make bench`: every CPU benchmark, each section's table printed as it finishes, with its time. Figures are ratios
+against baselines measured in the same run."""
 
 from __future__ import annotations
 
+import os
 import platform
+import sys
 import time
 
 from bench import corpora, loader, shards, synth, train
-from bench.common import WORK
+from bench.common import WORK, table
+
+
+def bf16_matrix_units() -> bool:
+    """Whether the CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX); without, torch emulates bf16 and the
+    tiny model's bf16 steps cost several times their fp32 time."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)  # a piped `make bench | tee` shows each section as it lands
     WORK.mkdir(parents=True, exist_ok=True)
+    native = bf16_matrix_units()
+    print(f"higgs-ds benchmarks on {platform.machine()}, {os.cpu_count()} cores, bf16 matrix units: "
+          f"{'yes' if native else 'no (bf16 emulated: the training section runs several times slower)'}")
     t0 = time.time()
-    sections = [("corpus import", corpora.main()), ("shard build", shards.main()), ("loader", loader.main()),
-                ("training", train.main()), ("synthesis and listening", synth.main())]
-    import os
-
-    print(f"\nhiggs-ds benchmarks on {platform.machine()}, {os.cpu_count()} cores, {time.time() - t0:.0f} s")
-    for title, rows in sections:
-        print(f"\n== {title}")
-        w = max(len(r[0]) for r in rows)
-        for name, value, note in rows:
-            print(f"  {name:<{w}}  {value:>14}  {note}")
+    for title, section in (("corpus import", corpora.main), ("shard build", shards.main), ("loader", loader.main),
+                           ("training", train.main), ("synthesis and listening", synth.main)):
+        start = time.time()
+        rows = section()
+        table(f"{title} ({time.time() - start:.0f} s)", rows)
+    print(f"\nall sections: {time.time() - t0:.0f} s")
 
 
 if __name__ == "__main__":

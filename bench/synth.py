@@ -106,10 +106,8 @@ def eval_share(fx: Path) -> list[tuple[str, str, str]]:
 
 def main() -> list[tuple[str, str, str]]:
     fx = fixtures()
-    rows = real_time_factor(fx, speech()) + eval_share(fx)
-    table("synthesis and listening", rows)
-    return rows
+    return real_time_factor(fx, speech()) + eval_share(fx)
 
 
 if __name__ == "__main__":
-    main()
+    table("synthesis and listening", main())

@@ -86,9 +86,6 @@ def check_layout(path: Path, kind: str, where: str) -> str:
                               f"but {path} holds no *.safetensors weights")
     if kind == "model" and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise CheckpointError(f"model {where}: no weights (*.safetensors) in {path}")
-    if kind == "model" and layout == "native" and not (path / "tokenizer.json").is_file():
-        raise CheckpointError(f"model {where}: no tokenizer.json in {path}; a native checkpoint is converted with "
-                              f"the ids of its text tokenizer's audio tokens (the hub's checkpoints ship it)")
     return layout
 
 

@@ -4,11 +4,9 @@ these into the model's own batches)."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 IGNORE = -100  # label of positions that are not trained
 
@@ -81,19 +79,3 @@ def delayed_segments(codes: np.ndarray, start: np.ndarray, frames: np.ndarray, t
         labels[rows, (seg_start + 1 + frames)[None, :] + delay] = s.audio_stream_eos_id
         labels[:, ~np.repeat(trained, seg_len)] = IGNORE
     return ids, seg_start.astype(np.int64), labels
-
-
-def batch_differences(a, b) -> list[str]:
-    """Fields of two batches (dataclasses: NativeBatch, HiggsAudioBatchInput) that differ (type, dtype, shape or
-    values); [] when identical."""
-    diffs = []
-    for name in (f.name for f in dataclasses.fields(a)):
-        x, y = getattr(a, name), getattr(b, name)
-        if x is None or y is None:
-            if x is not y:
-                diffs.append(f"{name}: {type(x).__name__} vs {type(y).__name__}")
-        elif x.dtype != y.dtype or x.shape != y.shape:
-            diffs.append(f"{name}: {x.dtype}{tuple(x.shape)} vs {y.dtype}{tuple(y.shape)}")
-        elif not torch.equal(x, y):
-            diffs.append(f"{name}: values differ")
-    return diffs

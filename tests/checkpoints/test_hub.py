@@ -14,6 +14,7 @@ import yaml
 
 from tests.helpers import REPO, launch_training, read_run, run_cli, train_overrides
 from higgs_ds.checkpoints import hub
+from higgs_ds.checkpoints.native import boson_to_native
 from higgs_ds.fixtures import hf_cache_snapshot, semantic_model_dir
 
 MODEL_PIN = "10840182ca4ad5d9d9113b60b9bb3c1ef1ba3f84"
@@ -155,11 +156,24 @@ def test_checkpoints_in_neither_layout_get_one_clear_message(tmp_path, fixtures_
 
     native_model = write_native_model(tmp_path / "native-model")  # config and weights, no text tokenizer
     # two ranks as srun starts them (torchrun and deepspeed add their own launcher traceback to any failure)
-    rc, out = launch_training("srun-env", 2, train_overrides(fixtures_dir, shards, tmp_path / "run",
-                                                             **{"model.path": native_model}), check=False)
+    rc, out = launch_training("srun-env", 2, train_overrides(fixtures_dir, shards, tmp_path / "run", **{
+        "model.path": native_model, "model.tokenizer": "none"}), check=False)
     assert rc == 2 and "Traceback" not in out
-    assert out.count(f"model {native_model}: no tokenizer.json in {native_model}") == 1  # rank 0
+    message = f"text tokenizer {native_model}: no tokenizer.json or tokenizer_config.json in {native_model}"
+    assert out.count(message) == 1, out[-3000:]  # rank 0
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_native_model_without_its_text_tokenizer_trains_with_the_one_given(fixtures_dir, shards, tmp_path):
+    """The audio token ids come from model.tokenizer: the model directory need not hold one."""
+    model = tmp_path / "native"
+    boson_to_native(fixtures_dir / "model", model, fixtures_dir / "tokenizer")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (model / name).unlink(missing_ok=True)
+    run = tmp_path / "run"
+    launch_training("srun-env", 1, train_overrides(fixtures_dir, shards, run, steps=2, **{"model.path": model}))
+    rows, _, _ = read_run(run)
+    assert [r["step"] for r in rows] == [1, 2] and all(r["text_tokens"] > 0 and r["audio_tokens"] > 0 for r in rows)
 
 
 def stage_hub_cache(home, fixtures_dir):

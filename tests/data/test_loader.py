@@ -1,8 +1,11 @@
 """The loader over real shards: multi-worker batches and exact resume, corrupt samples, fsspec URLs, mixed sets,
 open-file bounds."""
 
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
 
 from higgs_ds.data.plan import PlanSettings
 
@@ -52,9 +55,6 @@ def test_batches_from_workers_equal_the_batches_read_in_process(reader):
     on the training thread (dtype, shape and values; None fields stay None)."""
     import itertools
 
-    import torch
-
-    from higgs_ds.data.collate import batch_differences
     from higgs_ds.data.loader import DataPosition, PackedBatch, stream_batches
 
     s = PlanSettings(world=1, micro=2)
@@ -298,3 +298,18 @@ def test_an_error_in_a_worker_leaves_no_worker_behind(reader):
     while multiprocessing.active_children() and time.time() < deadline:
         time.sleep(0.1)
     assert not multiprocessing.active_children() and err.value is not None
+
+
+def batch_differences(a, b) -> list[str]:
+    """Fields of two batches (dataclasses) that differ (type, dtype, shape or values); [] when identical."""
+    diffs = []
+    for name in (f.name for f in dataclasses.fields(a)):
+        x, y = getattr(a, name), getattr(b, name)
+        if x is None or y is None:
+            if x is not y:
+                diffs.append(f"{name}: {type(x).__name__} vs {type(y).__name__}")
+        elif x.dtype != y.dtype or x.shape != y.shape:
+            diffs.append(f"{name}: {x.dtype}{tuple(x.shape)} vs {y.dtype}{tuple(y.shape)}")
+        elif not torch.equal(x, y):
+            diffs.append(f"{name}: values differ")
+    return diffs
