@@ -7,11 +7,11 @@ utilisation, peak memory, and the largest micro-batch that fits in 24 GB and in 
 
 Every case runs in a fresh process; one that fails or runs out of memory is recorded as such and the rest go on.
 
-FLOPs counted per trained token (model FLOPs, recomputation not counted):
-    4 * P_active + 6 * P_lora + 6 * n_layers * L * d_model
-P_active = the weights a token passes through (attention, one FFN path of the DualFFN, the text head, and the audio
-head for audio tokens; embeddings excluded). Frozen weights need forward (2) and input-gradient (2) FLOPs, LoRA
-weights also weight-gradient (2); causal attention costs 2*L*d per layer forward, times 3 with backward.
+FLOPs (bench/flops.py, checked against torch's FlopCounterMode): every matrix product forward and backward of the
+step as it runs (a text position through the text FFN, an audio one through the audio FFN), attention counted
+causal over each sample's length, the heads at the positions with a label. MFU divides that by the step time.
+`head_flops_saved_per_token` is what the heads would add at every other position, as a step computed them before
+they ran only where labels are: the FLOPs that step wasted.
 """
 
 from __future__ import annotations
@@ -61,27 +61,10 @@ def synthetic_batch(config, seq_len: int, batch: int, collator):
     return collator(samples)
 
 
-def flops_per_token(model, seq_len: int) -> float:
-    cfg = model.config
-    d, layers = cfg.hidden_size, cfg.num_hidden_layers
-    total = frozen = lora = 0
-    for name, p in model.named_parameters():
-        n = p.numel()
-        if "lora_" in name:
-            lora += n
-        elif "embed_tokens" in name or "embed_audio_tokens" in name:
-            continue
-        elif ".audio_mlp." in name:
-            continue  # a token takes one FFN path; the audio FFN has the text FFN's size
-        else:
-            frozen += n
-        total += n
-    return 4 * frozen + 6 * lora + 6 * layers * seq_len * d
-
-
 def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_gb: float | None) -> dict:
     import deepspeed
 
+    from bench.flops import step_flops
     from higgs_ds.checkpoints.model import apply_lora
     from higgs_ds.config import LoraConfig
     from higgs_ds.distributed import deepspeed_config
@@ -102,7 +85,6 @@ def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_g
     if checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model = apply_lora(model, LoraConfig(rank=16, alpha=32, dropout=0.0), LORA_PRESETS)
-    fpt = flops_per_token(model, seq_len)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ds = deepspeed_config(os.path.join(os.path.dirname(__file__), "..", "ds_configs", "zero2.json"), batch, 1, 1,
                           "bf16", 1.0)
@@ -110,6 +92,9 @@ def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_g
     settings = settings_from_ids(native, ids or {"<|AUDIO|>": arch["audio_in_token_idx"],
                                                  "<|audio_eos|>": arch["audio_eos_token_id"]})
     inputs = synthetic_batch(arch, seq_len, batch, NativeCollator(settings, native["audio_token_id"])).to(args.device)
+    tokens = inputs.input_ids.numel()
+    fpt = step_flops(model, inputs).total / tokens
+    fpt_everywhere = step_flops(model, inputs, heads="every").total / tokens
     result = {"seq_len": seq_len, "micro_batch": batch, "activation_checkpointing": checkpointing,
               "memory_cap_gb": memory_gb}
     try:
@@ -126,8 +111,8 @@ def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_g
             if i >= args.warmup:
                 times.append(time.perf_counter() - t0)
         step = sorted(times)[len(times) // 2]
-        tokens = batch * seq_len
         result.update(ok=True, step_s=step, tokens_per_s=tokens / step, flops_per_token=fpt,
+                      head_flops_saved_per_token=fpt_everywhere - fpt,
                       mfu=tokens * fpt / step / (args.peak_tflops * 1e12) if cuda else None,
                       peak_memory_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else None)
     except torch.OutOfMemoryError:

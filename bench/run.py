@@ -8,7 +8,7 @@ import platform
 import sys
 import time
 
-from bench import corpora, loader, shards, synth, train
+from bench import corpora, flops, loader, shards, synth, train
 from bench.common import WORK, table
 
 
@@ -29,8 +29,9 @@ def main() -> None:
     print(f"higgs-ds benchmarks on {platform.machine()}, {os.cpu_count()} cores, bf16 matrix units: "
           f"{'yes' if native else 'no (bf16 emulated: the training section runs several times slower)'}")
     t0 = time.time()
-    for title, section in (("corpus import", corpora.main), ("shard build", shards.main), ("loader", loader.main),
-                           ("training", train.main), ("synthesis and listening", synth.main)):
+    for title, section in (("FLOPs of a training step", flops.main), ("corpus import", corpora.main),
+                           ("shard build", shards.main), ("loader", loader.main), ("training", train.main),
+                           ("synthesis and listening", synth.main)):
         start = time.time()
         rows = section()
         table(f"{title} ({time.time() - start:.0f} s)", rows)

@@ -1,6 +1,7 @@
 """Synthesis and listening figures on CPU: the real-time factor of our generation path (transformers' generate on
-the native model) against boson_multimodal's HiggsAudioServeEngine on the same prompts (in the oracle venv), and the share of training time the listening evaluation takes at the demo's settings (the same training
-without it is the baseline).
+the native model) against boson_multimodal's HiggsAudioServeEngine on the same prompts (in the oracle venv), and the
+share of training time the listening evaluation takes at the demo's settings (the same training without it is the
+baseline).
 
 Run: .venv/bin/python -m bench.synth
 """

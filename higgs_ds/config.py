@@ -35,8 +35,8 @@ class ModelConfig:
     # native: transformers' own HiggsAudioV2ForConditionalGeneration, heads only where labels are; or
     # package.module:NAME, a ModelBackend defined outside higgs_ds (the tests' boson_multimodal oracle)
     backend: str = "native"
-    # written by the run, not read: "native" when `path` is in the transformers-native layout (trained through its
-    # boson-layout copy, hub.py), else "boson"
+    # written by the run, not read: the layout `path` is in, "native" or "boson" (the native backend trains a
+    # boson-layout checkpoint through its native copy in the cache, hub.py)
     layout: str | None = None
 
 

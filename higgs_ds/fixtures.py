@@ -142,6 +142,8 @@ def random_model(arch: dict, device: str = "cpu", seed: int = 0, ids: dict[str, 
             model = _native_model(native, device)
     finally:
         torch.set_default_dtype(torch.float32)
+    if device == "meta":  # the architecture alone, no values (bench/flops.py counts its FLOPs)
+        return model, native
     gen = torch.Generator(device=device).manual_seed(seed)
     bound = 0.02 * 3 ** 0.5  # uniform(-b, b) has the std of the model's initializer_range, 0.02
     with torch.no_grad():
