@@ -14,6 +14,21 @@ FIXTURES = REPO / ".cache" / "test-fixtures"
 os.environ.update({**offline_env(FIXTURES), "TOKENIZERS_PARALLELISM": "false"})
 
 
+def bf16_matrix_units() -> bool:
+    """Whether the CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX); without, torch emulates bf16 and the
+    tiny model's bf16 steps cost several times their fp32 time."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+# the training benchmarks' precision: bf16 as on a GPU where the CPU has the units, else fp32 (the step times then
+# measure fp32 work; the ratios against the bare loop keep their meaning)
+PRECISION = os.environ.get("HIGGS_DS_BENCH_PRECISION") or ("bf16" if bf16_matrix_units() else "fp32")
+
+
 def fixtures() -> Path:
     return ensure_fixtures(FIXTURES)
 

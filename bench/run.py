@@ -9,17 +9,7 @@ import sys
 import time
 
 from bench import corpora, flops, loader, shards, synth, train
-from bench.common import WORK, table
-
-
-def bf16_matrix_units() -> bool:
-    """Whether the CPU multiplies bf16 matrices natively (AVX-512 BF16 or AMX); without, torch emulates bf16 and the
-    tiny model's bf16 steps cost several times their fp32 time."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+from bench.common import PRECISION, WORK, bf16_matrix_units, table
 
 
 def main() -> None:
@@ -27,7 +17,7 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     native = bf16_matrix_units()
     print(f"higgs-ds benchmarks on {platform.machine()}, {os.cpu_count()} cores, bf16 matrix units: "
-          f"{'yes' if native else 'no (bf16 emulated: the training section runs several times slower)'}")
+          f"{'yes' if native else 'no (torch would emulate bf16)'}; training and listening runs in {PRECISION}")
     t0 = time.time()
     for title, section in (("FLOPs of a training step", flops.main), ("corpus import", corpora.main),
                            ("shard build", shards.main), ("loader", loader.main), ("training", train.main),

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import REPO, WORK, fixtures, speech, table
+from bench.common import PRECISION, REPO, WORK, fixtures, speech, table
 
 FRAMES = 100  # per prompt: 4 s of audio at most
 
@@ -85,7 +85,8 @@ def eval_share(fx: Path) -> list[tuple[str, str, str]]:
         cmd = [Path(sys.executable).parent / "torchrun", "--nproc_per_node", "2", "--master_port", "29631",
                "higgs_ds/train.py", "--deepspeed", "ds_configs/zero2.json", "--config", "configs/demo.yaml",
                f"run_dir={run}", f"model.path={fx / 'model'}", f"model.tokenizer={fx / 'tokenizer'}",
-               f"data.train={train}", f"data.val={val}", f"eval.synth_every={synth}", "progress_bar=false"]
+               f"data.train={train}", f"data.val={val}", f"eval.synth_every={synth}", "progress_bar=false",
+               f"precision={PRECISION}"]
         t0 = time.perf_counter()
         subprocess.run([str(c) for c in cmd], cwd=REPO, env=os.environ, check=True, stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import REPO, WORK, fixtures, table
+from bench.common import PRECISION, REPO, WORK, fixtures, table
 
 STEPS = 200  # 800 samples: crosses two epoch boundaries of the 360-sample set
 ROUNDS = 3  # our loop and the bare one alternate: a shared machine's slow spells hit both, and each keeps its best
@@ -32,7 +32,7 @@ ROUNDS = 3  # our loop and the bare one alternate: a shared machine's slow spell
 def overrides(fx: Path, shards: Path, run: Path, **kv) -> list[str]:
     base = {"run_dir": run, "model.path": fx / "model", "model.tokenizer": fx / "tokenizer", "data.train": shards,
             "steps": STEPS, "log_every": 10, "data.seed": 0, "save_every": 0, "data.micro_batch_size": 4,
-            "lora.rank": 8, "optim.warmup_steps": 5, "progress_bar": False}
+            "lora.rank": 8, "optim.warmup_steps": 5, "progress_bar": False, "precision": PRECISION}
     base.update(kv)
     return [f"{k}={v}" for k, v in base.items()]
 
@@ -90,7 +90,8 @@ def bare_loop(fx: Path, shards: Path, fed: bool = False) -> dict:
     device = init_distributed(dist_env(), 600)
     torch.manual_seed(0)
     backend = backend_for(cfg.model.backend)
-    model = apply_lora(backend.load(cfg.model, torch.bfloat16), cfg.lora, backend.lora_presets)
+    dtype = torch.bfloat16 if PRECISION == "bf16" else torch.float32
+    model = apply_lora(backend.load(cfg.model, dtype), cfg.lora, backend.lora_presets)
     reader = BatchReader(ShardIndex.load(shards), load_tokenizer(cfg.model),
                          backend.make_collator(model.config, cfg.model, cfg.data))
     plan = plan_epoch(reader.index.rows, 0, 0, PlanSettings(world=1, micro=4))
@@ -98,7 +99,7 @@ def bare_loop(fx: Path, shards: Path, fed: bool = False) -> dict:
     stream = stream_batches(reader, cfg.data.seed, 0, PlanSettings(world=1, micro=4), DataPosition(), 1) if fed \
         else None
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    ds = deepspeed_config(str(REPO / "ds_configs/zero2.json"), 4, 1, 1, "bf16", 1.0)
+    ds = deepspeed_config(str(REPO / "ds_configs/zero2.json"), 4, 1, 1, PRECISION, 1.0)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
     times = []
     for k in range(STEPS):
@@ -145,7 +146,7 @@ def main() -> list[tuple[str, str, str]]:
         return " / ".join(f"{r[i]['step_s'] * 1000:.0f}:{r[j]['step_s'] * 1000:.0f}" for r in rounds)
 
     return [
-        ("tiny model step, CPU", f"{ours['step_s'] * 1000:.0f} ms", f"1 rank, micro-batch 4, bf16 ZeRO-2; "
+        ("tiny model step, CPU", f"{ours['step_s'] * 1000:.0f} ms", f"1 rank, micro-batch 4, {PRECISION} ZeRO-2; "
          f"{ours['tokens_per_s']:.0f} tokens/s"),
         ("our loop / bare loop", f"{ours['step_s'] / bare['step_s']:.2f}x", f"median step {ours['step_s'] * 1000:.0f}"
          f" vs {bare['step_s'] * 1000:.0f} ms, best of {ROUNDS} alternating rounds (ours:bare ms {spread(0, 1)}); "
