@@ -6,7 +6,6 @@ import copy
 
 import numpy as np
 import pytest
-import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from bench.flops import step_flops
