@@ -376,18 +376,3 @@ def save_boson_state(state: dict[str, torch.Tensor], native: dict, tokenizer_dir
                   lambda b: state[names[b]])
     (out / "config.json").write_text(json.dumps(boson, indent=2))
     copy_tokenizer(tokenizer_dir, out)
-
-
-def save_native_state(state: dict[str, torch.Tensor], boson: dict, tokenizer_dir: Path, out: Path) -> None:
-    """A boson model's state dict (e.g. merged with an adapter) written as a native model directory."""
-    native = native_config(boson, special_token_ids(tokenizer_dir))
-    parts = boson_state_to_native(state)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def get(name):
-        tensors = [state[p] for p in parts[name]]
-        return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=0)
-
-    write_weights(out, list(parts), lambda n: sum(state[p].numel() * state[p].element_size() for p in parts[n]), get)
-    write_native_config(out, {**native, "dtype": str(next(iter(state.values())).dtype).removeprefix("torch.")})
-    copy_tokenizer(tokenizer_dir, out)
