@@ -229,10 +229,10 @@ class ModelSource:
     adapter: str | None = None  # a peft adapter directory (RUN/adapter, a checkpoint's adapter/)
     checkpoint: str | None = None  # a run directory (its latest), RUN/best, or a checkpoint step directory
     tokenizer: str | None = None  # text tokenizer (default: the model's, or the run's)
-    backend: str | None = None  # native or boson (default: the run's, else native); models.backend_for
+    backend: str | None = None  # models.backend_for: native or package.module:NAME (default: the run's, else native)
 
     def resolved(self) -> "ModelSource":
-        from higgs_ds.checkpoints.saving import run_config_of, step_dir, trained_backend
+        from higgs_ds.checkpoints.saving import run_config_of, step_dir
 
         if self.checkpoint is None:
             if self.model is None:
@@ -242,11 +242,10 @@ class ModelSource:
         if self.adapter is not None:
             raise ValueError("--checkpoint brings its own adapter; pass --adapter only with --model")
         ckpt = step_dir(self.checkpoint)
-        run_config = run_config_of(ckpt)
-        run_model = run_config["model"]
+        run_model = run_config_of(ckpt)["model"]
         return ModelSource(model=self.model or run_model["path"], adapter=str(ckpt / "adapter"),
                            checkpoint=str(ckpt), tokenizer=self.tokenizer or run_model["tokenizer"],
-                           backend=self.backend or trained_backend(run_config))
+                           backend=self.backend or run_model.get("backend") or "boson")  # none: an earlier version's
 
 
 def load_model_for_generation(source: ModelSource, device: str, dtype: str = "auto"):
