@@ -114,18 +114,13 @@ def real_size(seq_len: int = 2048, micro_batch: int = 4, preset: str = "attentio
     `micro_batch` voice-cloning samples of `seq_len` positions as bench.gpu builds them."""
     from bench.gpu import synthetic_batch
     from higgs_ds.checkpoints.model import apply_lora
-    from higgs_ds.checkpoints.native import AUDIO_EOS_TOKEN, AUDIO_IN_TOKEN
     from higgs_ds.config import LoraConfig
     from higgs_ds.fixtures import V2_ARCH, random_model
-    from higgs_ds.models.higgs_v2.backend import settings_from_ids
-    from higgs_ds.models.higgs_v2.inputs import NativeCollator
     from higgs_ds.models.higgs_v2.model import LORA_PRESETS
 
     model, native = random_model(V2_ARCH, "meta")
     model = apply_lora(model, LoraConfig(preset=preset, rank=16, alpha=32, dropout=0.0), LORA_PRESETS)
-    settings = settings_from_ids(native, {AUDIO_IN_TOKEN: V2_ARCH["audio_in_token_idx"],
-                                          AUDIO_EOS_TOKEN: V2_ARCH["audio_eos_token_id"]})
-    return model, synthetic_batch(V2_ARCH, seq_len, micro_batch, NativeCollator(settings, native["audio_token_id"]))
+    return model, synthetic_batch(V2_ARCH, native, seq_len, micro_batch)
 
 
 def main() -> list[tuple[str, str, str]]:

@@ -39,12 +39,18 @@ TINY_IDS = {"<|AUDIO|>": 500, "<|audio_eos|>": 504, "<|reserved_special_token_6|
 RESULT = "RESULT "  # the prefix of the line a case process reports on
 
 
-def synthetic_batch(config, seq_len: int, batch: int, collator):
+def synthetic_batch(arch: dict, native: dict, seq_len: int, batch: int, ids: dict[str, int] | None = None):
     """Voice-cloning samples whose expanded length is `seq_len`: ~15% text, a reference clip (audio in) and a target
-    clip (audio out, trained) of equal length, collated into a model batch. CONFIG: the boson-style arch."""
+    clip (audio out, trained) of equal length, as the native collator batches them. ARCH: the boson-style arch,
+    NATIVE its native config, IDS the text tokenizer's audio token ids (default: ARCH's)."""
     from higgs_ds.data.collate import Sample
+    from higgs_ds.models.higgs_v2.backend import settings_from_ids
+    from higgs_ds.models.higgs_v2.inputs import NativeCollator
 
-    config = argparse.Namespace(**config)
+    settings = settings_from_ids(native, ids or {"<|AUDIO|>": arch["audio_in_token_idx"],
+                                                 "<|audio_eos|>": arch["audio_eos_token_id"]})
+    collator = NativeCollator(settings, native["audio_token_id"])
+    config = argparse.Namespace(**arch)
     vocab = config.text_config["vocab_size"]
     text = max(8, int(seq_len * 0.15))
     frames = max(2, (seq_len - text - 2 * 9) // 2)
@@ -68,9 +74,7 @@ def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_g
     from higgs_ds.checkpoints.model import apply_lora
     from higgs_ds.config import LoraConfig
     from higgs_ds.distributed import deepspeed_config
-    from higgs_ds.models.higgs_v2.backend import settings_from_ids
     from higgs_ds.models.higgs_v2.heads import forward
-    from higgs_ds.models.higgs_v2.inputs import NativeCollator
     from higgs_ds.models.higgs_v2.model import LORA_PRESETS
     from higgs_ds.training.loss import combine
 
@@ -89,9 +93,7 @@ def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_g
     ds = deepspeed_config(os.path.join(os.path.dirname(__file__), "..", "ds_configs", "zero2.json"), batch, 1, 1,
                           "bf16", 1.0)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
-    settings = settings_from_ids(native, ids or {"<|AUDIO|>": arch["audio_in_token_idx"],
-                                                 "<|audio_eos|>": arch["audio_eos_token_id"]})
-    inputs = synthetic_batch(arch, seq_len, batch, NativeCollator(settings, native["audio_token_id"])).to(args.device)
+    inputs = synthetic_batch(arch, native, seq_len, batch, ids).to(args.device)
     tokens = inputs.input_ids.numel()
     fpt = step_flops(model, inputs).total / tokens
     fpt_everywhere = step_flops(model, inputs, heads="every").total / tokens
