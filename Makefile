@@ -58,7 +58,7 @@ deps:
 lint: venv
 	$(PY) -m pyflakes higgs_ds launcher bench tests
 
-$(TEST_WHEELHOUSE)/wheelhouse.json: $(STAMP) bench/wheelhouse.py
+$(TEST_WHEELHOUSE)/wheelhouse.json: $(STAMP) bench/wheelhouse.py higgs_ds/fixtures.py  # its smoke data comes from the fixtures
 	$(MAKE) deps
 	$(PY) -m bench.wheelhouse --out $(TEST_WHEELHOUSE) \
 	  --python-version "$$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
