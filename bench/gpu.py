@@ -24,7 +24,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 
 from higgs_ds.fixtures import V2_ARCH, random_model
@@ -40,31 +39,16 @@ RESULT = "RESULT "  # the prefix of the line a case process reports on
 
 
 def synthetic_batch(arch: dict, native: dict, seq_len: int, batch: int, ids: dict[str, int] | None = None):
-    """Voice-cloning samples whose expanded length is `seq_len`: ~15% text, a reference clip (audio in) and a target
-    clip (audio out, trained) of equal length, as the native collator batches them. ARCH: the boson-style arch,
-    NATIVE its native config, IDS the text tokenizer's audio token ids (default: ARCH's)."""
-    from higgs_ds.data.collate import Sample
+    """`batch` voice-cloning samples of `seq_len` positions (inputs.voice_cloning_batch) as the native collator
+    batches them. ARCH: the boson-style arch, NATIVE its native config, IDS the text tokenizer's audio token ids
+    (default: ARCH's)."""
     from higgs_ds.models.higgs_v2.backend import settings_from_ids
-    from higgs_ds.models.higgs_v2.inputs import NativeCollator
+    from higgs_ds.models.higgs_v2.inputs import NativeCollator, voice_cloning_batch
 
     settings = settings_from_ids(native, ids or {"<|AUDIO|>": arch["audio_in_token_idx"],
                                                  "<|audio_eos|>": arch["audio_eos_token_id"]})
-    collator = NativeCollator(settings, native["audio_token_id"])
-    config = argparse.Namespace(**arch)
-    vocab = config.text_config["vocab_size"]
-    text = max(8, int(seq_len * 0.15))
-    frames = max(2, (seq_len - text - 2 * 9) // 2)
-    samples = []
-    rng = np.random.default_rng(0)
-    for _ in range(batch):
-        ids = rng.integers(0, min(vocab, 100000), text)
-        half = text // 2
-        input_ids = np.concatenate([ids[:half], [config.audio_in_token_idx], ids[half:-1],
-                                    [config.audio_out_token_idx], ids[-1:]]).astype(np.int64)
-        labels = input_ids.copy()
-        labels[: half + 1] = -100
-        samples.append(Sample(input_ids, labels, rng.integers(0, 1024, (8, 2 * frames)), np.array([frames, frames])))
-    return collator(samples)
+    return voice_cloning_batch(NativeCollator(settings, native["audio_token_id"]), native["vocab_size"], seq_len,
+                               batch)
 
 
 def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_gb: float | None) -> dict:
@@ -94,6 +78,7 @@ def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_g
                           "bf16", 1.0)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
     inputs = synthetic_batch(arch, native, seq_len, batch, ids).to(args.device)
+    traced = traced_peak(arch, native, ids, checkpointing, seq_len, batch, ds)
     tokens = inputs.input_ids.numel()
     fpt = step_flops(model, inputs).total / tokens
     fpt_everywhere = step_flops(model, inputs, heads="every").total / tokens
@@ -116,7 +101,8 @@ def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_g
         result.update(ok=True, step_s=step, tokens_per_s=tokens / step, flops_per_token=fpt,
                       head_flops_saved_per_token=fpt_everywhere - fpt,
                       mfu=tokens * fpt / step / (args.peak_tflops * 1e12) if cuda else None,
-                      peak_memory_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else None)
+                      peak_memory_gb=torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+                      traced_peak_gb=traced / 2**30)
     except torch.OutOfMemoryError:
         result.update(ok=False, error="out of memory")
     finally:
@@ -124,6 +110,19 @@ def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_g
         if cuda:
             torch.cuda.empty_cache()
     return result
+
+
+def traced_peak(arch, native, ids, checkpointing: bool, seq_len: int, batch: int, ds: dict) -> int:
+    """The memory model's peak for this case (higgs_ds/memory.py, traced on the CPU): beside the measured
+    max_memory_allocated, which counts the same tensors."""
+    from higgs_ds.config import LoraConfig
+    from higgs_ds.models.higgs_v2.backend import settings_from_ids
+    from higgs_ds.training.memory_plan import ModelShape, estimate
+
+    settings = settings_from_ids(native, ids or {"<|AUDIO|>": arch["audio_in_token_idx"],
+                                                 "<|audio_eos|>": arch["audio_eos_token_id"]})
+    shape = ModelShape(native, settings, LoraConfig(rank=16, alpha=32, dropout=0.0), ds)
+    return estimate(shape, checkpointing, batch, seq_len).total
 
 
 def run_isolated(args, case: dict) -> dict:

@@ -103,13 +103,14 @@ def table(result: dict) -> str:
                      f"losses {', '.join(f'{x:.3f}' for x in s['losses'])}")
     b = result.get("bench")
     if b:
-        lines.append(f"  {'seq':>5} {'ckpt':>5} {'batch':>5} {'tokens/s':>9} {'MFU':>6} {'peak GB':>8}")
+        lines.append(f"  {'seq':>5} {'ckpt':>5} {'batch':>5} {'tokens/s':>9} {'MFU':>6} {'peak GB':>8} {'traced':>7}")
         for c in b["cases"]:
             if c.get("ok"):
                 mfu = f"{c['mfu']:.1%}" if c.get("mfu") is not None else "-"
                 peak = f"{c['peak_memory_gb']:.1f}" if c.get("peak_memory_gb") is not None else "-"
+                traced = f"{c['traced_peak_gb']:.1f}" if c.get("traced_peak_gb") is not None else "-"
                 lines.append(f"  {c['seq_len']:>5} {'on' if c['activation_checkpointing'] else 'off':>5} "
-                             f"{c['micro_batch']:>5} {c['tokens_per_s']:>9.0f} {mfu:>6} {peak:>8}")
+                             f"{c['micro_batch']:>5} {c['tokens_per_s']:>9.0f} {mfu:>6} {peak:>8} {traced:>7}")
             else:
                 lines.append(f"  {c['seq_len']:>5} {'on' if c['activation_checkpointing'] else 'off':>5} "
                              f"{c['micro_batch']:>5}  failed: {c.get('error')}")

@@ -36,6 +36,32 @@ def cmd_sample_data(args) -> int:
     return 0
 
 
+def gib(text: str) -> float:
+    """A memory size: 24, 24GiB (both GiB) or 24GB (10^9 bytes)."""
+    t = text.strip().lower()
+    scale = 1e9 / 2**30 if t.endswith("gb") else 1.0
+    try:
+        return float(t.removesuffix("gib").removesuffix("gb")) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a memory size like 24GiB") from None
+
+
+def cmd_plan_memory(args) -> int:
+    from higgs_ds.config import load_config
+    from higgs_ds.training.memory_plan import budget_shape, check_fits, format_table, model_shape, table
+
+    cfg = load_config(args.config, args.overrides, need_data=False)
+    shape = model_shape(cfg, args.deepspeed)
+    print(f"one training step on one of {args.world} ranks: {cfg.model.path}, LoRA {cfg.lora.preset} rank "
+          f"{cfg.lora.rank}, bf16, ZeRO-2 ({args.deepspeed}); samples of up to "
+          f"{budget_shape(max(args.tokens))[1]} positions")
+    print(format_table(table(shape, args.tokens, args.world), args.gpu_memory))
+    if cfg.data.train and args.gpu_memory:
+        check_fits(cfg, shape, args.gpu_memory * 2**30, args.world)  # raises, naming what fits, if it does not
+        print(f"this run ({args.config}): its largest micro-batch fits {args.gpu_memory:g} GiB")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="higgs-ds", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -50,6 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speakers", type=int, default=3)
     p.add_argument("--utterances", type=int, default=4, help="utterances per speaker")
     p.set_defaults(func=cmd_sample_data)
+
+    p = sub.add_parser("plan-memory", help="the peak GPU memory of a training step by micro-batch token budget, "
+                                           "checkpointing on and off, traced on the CPU (no GPU needed)")
+    p.add_argument("--config", default=None, help="the training config (its model, LoRA and data)")
+    p.add_argument("--deepspeed", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                                       "ds_configs", "zero2.json"))
+    p.add_argument("--gpu-memory", type=gib, default=None, help="the card's memory, e.g. 24GiB: which rows fit, "
+                                                                "and whether the config's own batches do")
+    p.add_argument("--world", type=int, default=1, help="ranks (ZeRO-2 splits the optimizer state over them)")
+    p.add_argument("--tokens", type=lambda t: [int(x) for x in t.split(",")], default=[2048, 4096, 8192, 16384],
+                   help="micro-batch token budgets, one row each (comma-separated; default 2048,4096,8192,16384)")
+    p.add_argument("overrides", nargs="*", help="dotted key=value overrides of the config")
+    p.set_defaults(func=cmd_plan_memory)
 
     data_cli.add_commands(sub)
     checkpoints_cli.add_commands(sub)

@@ -125,6 +125,8 @@ class TrainConfig:
     # guess's entropy after it had been lower, that stop the run as diverged (0: only a non-finite update stops it)
     diverged_steps: int = 3
     progress_bar: bool = True  # on a terminal; plain lines otherwise
+    # on CUDA, refuse before the first step a largest micro-batch the memory model says will not fit the GPU
+    memory_check: bool = True
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -132,9 +134,10 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self, need_data: bool = True) -> "TrainConfig":
+        """NEED_DATA: data.train must name shard sets (planning memory needs none)."""
         for check in (_check_run, _check_data, _check_training, _check_eval, _check_model):
-            check(self)
+            check(self, need_data) if check is _check_data else check(self)
         return self
 
 
@@ -156,7 +159,7 @@ def _check_run(cfg: "TrainConfig") -> None:
          f"must be auto, never or an existing checkpoint directory, got {cfg.resume!r}")
 
 
-def _check_data(cfg: "TrainConfig") -> None:
+def _check_data(cfg: "TrainConfig", need_data: bool = True) -> None:
     """data.*: batching, speakers, and shard sets that exist."""
     need(cfg.data.micro_batch_size >= 1, "data.micro_batch_size", f"must be >= 1, got {cfg.data.micro_batch_size}")
     need(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
@@ -166,7 +169,8 @@ def _check_data(cfg: "TrainConfig") -> None:
     need(cfg.data.speaker_cap >= 0, "data.speaker_cap", "must be >= 0")
     need(0 < cfg.data.speaker_temperature <= 1, "data.speaker_temperature", "must be in (0, 1]")
     need(cfg.data.max_skipped_samples >= 0, "data.max_skipped_samples", "must be >= 0")
-    need(bool(cfg.data.train), "data.train", "is required (a shard directory built by `higgs-ds shards build`)")
+    need(bool(cfg.data.train) or not need_data, "data.train",
+         "is required (a shard directory built by `higgs-ds shards build`)")
     train_sets = [p.strip() for p in cfg.data.train.split(",") if p.strip()]
     need(not cfg.data.train_weights or len(cfg.data.train_weights) == len(train_sets), "data.train_weights",
          f"has {len(cfg.data.train_weights)} weights for {len(train_sets)} shard set(s) in data.train")
@@ -319,7 +323,7 @@ def _value_error(e: OmegaConfBaseException) -> ConfigError:
     return ConfigError(f"{key}: must be {wanted}, got {getattr(e, 'value', None)!r}")
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
+def load_config(path: str | None = None, overrides: list[str] | None = None, need_data: bool = True) -> TrainConfig:
     """defaults <- YAML file <- `key=value` overrides, merged by OmegaConf over the dataclasses, then validate()."""
     layers = []
     if path:
@@ -343,7 +347,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         raise _value_error(e) from None
-    return cfg.validate()
+    return cfg.validate(need_data)
 
 
 def to_dict(cfg: TrainConfig) -> dict:

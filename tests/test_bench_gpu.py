@@ -38,6 +38,9 @@ def test_gpu_benchmark_runs_on_cpu_with_a_tiny_config(tmp_path):
     assert {c["activation_checkpointing"] for c in cases} == {False, True}
     assert all(c["tokens_per_s"] > 0 and c["flops_per_token"] > 0 for c in cases)
     assert all(0 < c["peak_host_rss_gb"] < 8 for c in cases)  # measured in each case's own process
+    # the memory model's peak beside the measured one (a GPU's max_memory_allocated; none on the CPU)
+    traced = {(c["micro_batch"], c["activation_checkpointing"]): c["traced_peak_gb"] for c in cases}
+    assert traced[2, False] > traced[1, False] > 0.5  # DeepSpeed's two bf16 buckets of 2e8 alone: 0.75 GiB
 
 
 def test_a_failing_case_is_recorded_and_the_rest_still_run(tmp_path):

@@ -263,6 +263,7 @@ def start(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float) -> tuple
     # the resolved names (REPO@COMMIT) in config.yaml and checkpoints
     cfg = dataclasses.replace(cfg, model=resolve_model(cfg.model))
     check_model_fits_data(cfg)
+    check_step_fits_gpu(cfg, ds_config_path, de)
     refuse_a_live_run_dir(Path(cfg.run_dir), de)
     device = init_distributed(de, dist_timeout_s)
     lock = own_run_dir(Path(cfg.run_dir), de, device)
@@ -282,6 +283,17 @@ def start(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float) -> tuple
     run = Run(cfg, de, device, engine, backend, Evaluators(val_reader, listening), plan_key, state, metrics,
               train_reader.frame_rate, resumed, guard, saved_step=state.step if resumed else -1)
     return run, stream, lock
+
+
+def check_step_fits_gpu(cfg: TrainConfig, ds_config_path: str, de) -> None:
+    """On CUDA with bf16 (what the memory model describes), the run's largest micro-batch fits this GPU: else a
+    ConfigError naming what fits, on every rank alike, before any process group exists."""
+    if not (cfg.memory_check and torch.cuda.is_available() and cfg.precision == "bf16"):
+        return
+    from higgs_ds.training.memory_plan import check_fits, model_shape
+
+    check_fits(cfg, model_shape(cfg, ds_config_path), torch.cuda.get_device_properties(de.local_rank).total_memory,
+               de.world)
 
 
 def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, stop: StopSignal | None = None) -> dict:

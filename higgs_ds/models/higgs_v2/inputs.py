@@ -120,3 +120,30 @@ class NativeCollator:
             text_positions=torch.from_numpy(text_positions), text_targets=torch.from_numpy(text_labels[tb, tp + 1]),
             audio_positions=torch.from_numpy(audio_positions),
             audio_targets=torch.from_numpy(np.ascontiguousarray(seg_labels[:, rows].T)))
+
+
+def voice_cloning_samples(settings: CollatorSettings, vocab: int, seq_len: int, samples: int,
+                          seed: int = 0) -> list[Sample]:
+    """SAMPLES voice-cloning samples of about SEQ_LEN positions each in a real batch's proportions: ~15% text (the
+    reference transcript untrained, the target's trained), a reference clip (audio in) and a target clip (audio
+    out, trained) of equal length; random ids and codes. They size a step for the memory model and benchmarks."""
+    s = settings
+    text = max(8, int(seq_len * 0.15))
+    frames = max(2, (seq_len - text - 2 * s.clip_overhead) // 2)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(samples):
+        ids = rng.integers(0, min(vocab, 100000, s.audio_in_token_id, s.audio_out_token_id), text)
+        half = text // 2
+        input_ids = np.concatenate([ids[:half], [s.audio_in_token_id], ids[half:-1], [s.audio_out_token_id],
+                                    ids[-1:]]).astype(np.int64)
+        labels = input_ids.copy()
+        labels[: half + 1] = IGNORE
+        out.append(Sample(input_ids, labels, rng.integers(0, 1024, (s.num_codebooks, 2 * frames)),
+                          np.array([frames, frames])))
+    return out
+
+
+def voice_cloning_batch(collator: NativeCollator, vocab: int, seq_len: int, samples: int, seed: int = 0) -> NativeBatch:
+    """voice_cloning_samples, collated."""
+    return collator(voice_cloning_samples(collator.settings, vocab, seq_len, samples, seed))

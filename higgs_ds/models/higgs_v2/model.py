@@ -33,3 +33,17 @@ def load_native_model(path: str | Path, dtype: torch.dtype = torch.float32, acti
     if activation_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model
+
+
+def meta_model(native: dict, layers: int | None = None, activation_checkpointing: bool = False):
+    """HiggsAudioV2ForConditionalGeneration of the native config NATIVE (with LAYERS decoder layers if given) on the
+    meta device in bf16: its shapes without memory or values (the memory model traces it)."""
+    from transformers import HiggsAudioV2Config, HiggsAudioV2ForConditionalGeneration
+    from transformers.initialization import no_init_weights
+
+    config = HiggsAudioV2Config.from_dict({**native, **({"num_hidden_layers": layers} if layers else {})})
+    with no_init_weights(), torch.device("meta"):
+        model = HiggsAudioV2ForConditionalGeneration(config, use_text_head=True).to(torch.bfloat16)
+    if activation_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return model
