@@ -107,22 +107,28 @@ def _no_hook(*args, **kwargs) -> _Handle:
 def main() -> list[tuple[str, str, str]]:
     shape = real_size_shape()
     rows, fits = [], {}
-    for budget in BUDGETS:
+    for budget in (*BUDGETS, 32768, 65536):  # the larger ones for the cards' table only
         samples, tokens = budget_shape(budget)
         for ckpt in (True, False):
-            now = estimate(shape, ckpt, samples, tokens)
+            now = fits[budget, ckpt] = estimate(shape, ckpt, samples, tokens)
+            if budget not in BUDGETS:
+                continue
             before = estimate(shape, ckpt, samples, tokens, loss=heads_everywhere)
-            fits[budget, ckpt] = now
             rows.append((f"{samples} x {tokens}, checkpointing {'on' if ckpt else 'off'}",
                          f"{now.total / GiB:.1f} GiB",
                          f"weights {now.weights / GiB:.1f}, optimizer {now.optimizer / GiB:.2f}, buckets "
                          f"{now.buckets / GiB:.2f}, activations {now.activations / GiB:.1f}, temporaries "
                          f"{now.temporaries / GiB:.1f}; heads at every position (before): {before.total / GiB:.1f} "
                          f"GiB (+{(before.total - now.total) / GiB:.1f})"))
+    long = estimate(shape, True, 1, 8192)
+    rows.append(("1 x 8192 (one long sample), checkpointing on", f"{long.total / GiB:.1f} GiB",
+                 f"activations {long.activations / GiB:.1f}, temporaries {long.temporaries / GiB:.1f}; needs "
+                 f"{long.needs() / GiB:.1f} GiB with the margins"))
+    budgets = sorted({b for b, _ in fits})
     for card, gib in CARDS.items():
-        best = {ckpt: max((b for b in BUDGETS if fits[b, ckpt].fits(gib * GiB)), default=0) for ckpt in (True, False)}
+        best = {ckpt: max((b for b in budgets if fits[b, ckpt].fits(gib * GiB)), default=0) for ckpt in (True, False)}
         rows.append((f"largest budget a {card} card fits", f"{best[True]} tokens",
-                     f"checkpointing on; off: {best[False] or 'none'} (of {', '.join(map(str, BUDGETS))})"))
+                     f"checkpointing on; off: {best[False] or 'none'} (of {', '.join(map(str, budgets))})"))
     for ckpt in (True, False):
         measured, traced = measured_against_traced(ckpt)
         rows.append((f"traced / measured peak, a step run here (ckpt {'on' if ckpt else 'off'})",

@@ -8,7 +8,7 @@ import platform
 import sys
 import time
 
-from bench import corpora, flops, loader, shards, synth, train
+from bench import corpora, flops, loader, memory, shards, synth, train
 from bench.common import PRECISION, WORK, bf16_matrix_units, table
 
 
@@ -19,7 +19,8 @@ def main() -> None:
     print(f"higgs-ds benchmarks on {platform.machine()}, {os.cpu_count()} cores, bf16 matrix units: "
           f"{'yes' if native else 'no (torch would emulate bf16)'}; training and listening runs in {PRECISION}")
     t0 = time.time()
-    for title, section in (("FLOPs of a training step", flops.main), ("corpus import", corpora.main),
+    for title, section in (("FLOPs of a training step", flops.main),
+                           ("peak memory of a real-size step, traced", memory.main), ("corpus import", corpora.main),
                            ("shard build", shards.main), ("loader", loader.main), ("training", train.main),
                            ("synthesis and listening", synth.main)):
         start = time.time()

@@ -137,7 +137,7 @@ class TrainConfig:
     def validate(self, need_data: bool = True) -> "TrainConfig":
         """NEED_DATA: data.train must name shard sets (planning memory needs none)."""
         for check in (_check_run, _check_data, _check_training, _check_eval, _check_model):
-            check(self, need_data) if check is _check_data else check(self)
+            check(self, need_data) if check in (_check_data, _check_eval) else check(self)
         return self
 
 
@@ -206,7 +206,7 @@ def _check_training(cfg: "TrainConfig") -> None:
     need(0 <= cfg.lora.dropout < 1, "lora.dropout", "must be in [0, 1)")
 
 
-def _check_eval(cfg: "TrainConfig") -> None:
+def _check_eval(cfg: "TrainConfig", need_data: bool = True) -> None:
     """eval.*: listening, and what choosing the best checkpoint needs."""
     ev = cfg.eval
     need(ev.synth_every >= 0, "eval.synth_every", "must be >= 0 (0 = never)")
@@ -215,7 +215,7 @@ def _check_eval(cfg: "TrainConfig") -> None:
     need(ev.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
     need(ev.temperature >= 0 and 0 < ev.top_p <= 1, "eval.temperature", "temperature >= 0 and top_p in (0, 1]")
     need(ev.prompts is None or Path(ev.prompts).is_file(), "eval.prompts", f"{ev.prompts} does not exist")
-    need(not ev.synth_every or bool(ev.prompts or cfg.data.val), "eval.synth_every",
+    need(not (ev.synth_every and need_data) or bool(ev.prompts or cfg.data.val), "eval.synth_every",
          "needs eval.prompts or data.val (where prompts are drawn from)")
     need(ev.select in SELECT_METRICS, "eval.select", f"must be one of {', '.join(SELECT_METRICS)}, got "
                                                       f"{ev.select!r}")

@@ -94,3 +94,14 @@ def test_a_run_that_will_not_fit_is_refused_naming_what_fits(fixtures_dir, shard
     assert "activation checkpointing" in message
 
     assert check_fits(cfg, shape, 80 * GiB, world=1).fits(80 * GiB)
+
+
+def test_the_24gb_recipe_fits_a_24gb_card():
+    """configs/higgs_v2_lora_24gb.yaml at real size: its token budget in samples of 2,048 positions, or in one
+    sample as long as the budget, fits 22.5 GiB (the smallest 24 GB card's report) with the margins."""
+    cfg = load_config("configs/higgs_v2_lora_24gb.yaml", need_data=False)
+    assert cfg.model.activation_checkpointing and cfg.data.token_budget == 8192
+    shape = real_size_shape(cfg.lora)
+    for samples, tokens in ((cfg.data.token_budget // 2048, 2048), (1, cfg.data.token_budget)):
+        m = estimate(shape, True, samples, tokens)
+        assert m.needs() < 20 * GiB, (samples, tokens, m)  # 2.5 GiB to spare beyond the margins
