@@ -292,8 +292,8 @@ def check_step_fits_gpu(cfg: TrainConfig, ds_config_path: str, de) -> None:
         return
     from higgs_ds.training.memory_plan import check_fits, model_shape
 
-    check_fits(cfg, model_shape(cfg, ds_config_path), torch.cuda.get_device_properties(de.local_rank).total_memory,
-               de.world)
+    card = torch.cuda.get_device_properties(de.local_rank % torch.cuda.device_count()).total_memory
+    check_fits(cfg, model_shape(cfg, ds_config_path), card, de.world)
 
 
 def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, stop: StopSignal | None = None) -> dict:
