@@ -8,7 +8,8 @@ from pathlib import Path
 from tests.helpers import REPO
 
 LAYERS = {"checkpoints": 1, "data": 2, "models": 2.5, "listening": 3, "training": 4}
-SHARED = {"higgs_ds.audio", "higgs_ds.config", "higgs_ds.distributed", "higgs_ds.files", "higgs_ds.logs"}
+SHARED = {"higgs_ds.audio", "higgs_ds.config", "higgs_ds.distributed", "higgs_ds.files", "higgs_ds.logs",
+          "higgs_ds.memory"}
 ENTRY_POINTS = {"higgs_ds.cli", "higgs_ds.train", "higgs_ds.demo", "higgs_ds.fixtures"}
 
 
