@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from higgs_ds.data.collate import IGNORE
 from higgs_ds.models.backend import HeadOutputs
 from higgs_ds.models.higgs_v2.inputs import NativeBatch
-from higgs_ds.models.sums import TokenSums
+from higgs_ds.models.sums import TokenSums, audio_cross_entropy
 
 
 def base_model(model):
@@ -52,12 +52,7 @@ def forward(model, batch: NativeBatch) -> HeadOutputs:
     text_sum = F.cross_entropy(text, batch.text_targets, reduction="sum")
     audio = audio_logits(model, hidden, batch.audio_positions)
     targets = batch.audio_targets
-    per = F.cross_entropy(audio.reshape(-1, audio.shape[-1]), targets.reshape(-1), ignore_index=IGNORE,
-                          reduction="none").view(targets.shape)
-    valid = targets != IGNORE
-    codebook_sums = (per * valid).sum(0)
-    codebook_tokens = valid.sum(0)
+    audio_sum, codebook_sums, codebook_tokens = audio_cross_entropy(audio, targets, IGNORE)
     text_tokens = batch.text_targets.new_tensor(text.shape[0])
-    sums = TokenSums(text_sum, codebook_sums.sum(), codebook_sums.detach(), text_tokens, codebook_tokens.sum(),
-                     codebook_tokens)
+    sums = TokenSums(text_sum, audio_sum, codebook_sums, text_tokens, codebook_tokens.sum(), codebook_tokens)
     return HeadOutputs(sums, audio.detach(), targets)
