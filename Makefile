@@ -10,6 +10,11 @@ STAMP  := $(VENV)/.higgs-ds-installed
 BOSON_VENV  := .venv-boson
 BOSON_STAMP := $(BOSON_VENV)/.higgs-ds-installed
 BOSON_PKGS  := transformers==4.46.3 peft==0.17.1
+# mlx-audio's Higgs TTS 3 model: the independent implementation the v3 tests check ours against (MIT, CPU build of
+# mlx). Its own venv: mlx-audio pins what its other models need; the v3 model imports mlx and numpy only.
+MLX_VENV  := .venv-mlx
+MLX_STAMP := $(MLX_VENV)/.higgs-ds-installed
+MLX_PKGS  := mlx[cpu]==0.32.4 numpy==2.4.6 huggingface_hub==2.4.0
 DEMO   ?= demo
 PYTEST_ARGS ?=
 # The GPU check's wheels (bench/gpu_check.sh): WHEEL_PY is the Python of the machine it runs on. The test copy is for
@@ -17,7 +22,7 @@ PYTEST_ARGS ?=
 WHEEL_PY ?= 3.12
 TEST_WHEELHOUSE := .cache/wheelhouse-test
 
-.PHONY: help venv boson-venv deps lint test test-fast demo bench wheelhouse test-wheelhouse clean
+.PHONY: help venv boson-venv mlx-venv deps lint test test-fast demo bench wheelhouse test-wheelhouse clean
 
 help:
 	@echo "make demo   - fixtures + espeak-ng speech + shards + 2-rank DeepSpeed LoRA run + adapter export (CPU)"
@@ -44,6 +49,14 @@ $(BOSON_STAMP): $(STAMP) Makefile
 
 boson-venv: $(BOSON_STAMP)
 
+$(MLX_STAMP): Makefile
+	test -x $(MLX_VENV)/bin/python || $(PYTHON) -m venv $(MLX_VENV)
+	$(MLX_VENV)/bin/pip install -q --disable-pip-version-check $(MLX_PKGS)
+	$(MLX_VENV)/bin/pip install -q --disable-pip-version-check --no-deps mlx-audio==0.6.2
+	touch $@
+
+mlx-venv: $(MLX_STAMP)
+
 # Debian packages: espeak-ng (speech for tests and the demo), ffmpeg (mp3/flac/ogg/opus test corpora), chromium
 # (report.html in a real headless browser). Installed only when running as root and missing.
 DEBS := espeak-ng:espeak-ng ffmpeg:ffmpeg chromium:chromium
@@ -66,11 +79,11 @@ $(TEST_WHEELHOUSE)/wheelhouse.json: $(STAMP) bench/wheelhouse.py higgs_ds/fixtur
 test-wheelhouse: $(TEST_WHEELHOUSE)/wheelhouse.json
 
 # two sessions: the product venv, then the oracle tests (boson_multimodal's model in its venv, ours beside it)
-test: venv boson-venv deps lint test-wheelhouse
+test: venv boson-venv mlx-venv deps lint test-wheelhouse
 	status=0; $(VENV)/bin/pytest -q -rs -m "not oracle" $(PYTEST_ARGS) tests || status=1; \
 	$(BOSON_VENV)/bin/python -m pytest -q -rs -m oracle $(PYTEST_ARGS) tests || status=1; exit $$status
 
-test-fast: venv boson-venv deps test-wheelhouse
+test-fast: venv boson-venv mlx-venv deps test-wheelhouse
 	status=0; $(VENV)/bin/pytest -q -rs -m "not slow and not slurm and not oracle" $(PYTEST_ARGS) tests || status=1; \
 	$(BOSON_VENV)/bin/python -m pytest -q -rs -m "oracle and not slow" $(PYTEST_ARGS) tests || status=1; exit $$status
 
@@ -84,4 +97,4 @@ wheelhouse: venv deps
 	$(PY) -m bench.wheelhouse --out wheelhouse --python-version $(WHEEL_PY)
 
 clean:
-	rm -rf .cache $(DEMO) .pytest_cache $(BOSON_VENV) wheelhouse gpu-check
+	rm -rf .cache $(DEMO) .pytest_cache $(BOSON_VENV) $(MLX_VENV) wheelhouse gpu-check

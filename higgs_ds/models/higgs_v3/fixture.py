@@ -1,0 +1,39 @@
+"""A tiny Higgs TTS 3 checkpoint made locally: random weights in the native layout with the real key names, the tied
+head copies and a stand-in for the bundled codec's weights, for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from higgs_ds.models.higgs_v3.layout import CODEC_PREFIX, save_checkpoint
+from higgs_ds.models.higgs_v3.model import HiggsTTS3
+
+TINY_CONFIG = {
+    "model_type": "higgs_multimodal_qwen3",
+    "architectures": ["HiggsMultimodalQwen3ForCausalLM"],
+    "text_config": {"model_type": "qwen3", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 128,
+                    "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+                    "max_position_embeddings": 4096, "rms_norm_eps": 1e-6, "rope_theta": None,
+                    "tie_word_embeddings": True},
+    "audio_encoder_config": {"vocab_size": 1026, "num_codebooks": 8, "tie_word_embeddings": True},
+    "torch_dtype": "float32",
+}
+
+
+def build_tiny_model(out: Path, seed: int = 0, config: dict | None = None) -> Path:
+    """The tiny model in OUT (config.json, model.safetensors); weights uniform with std 0.02, norms 1."""
+    from transformers.initialization import no_init_weights
+
+    torch.manual_seed(seed)
+    with no_init_weights():
+        model = HiggsTTS3(config or TINY_CONFIG)
+    bound = 0.02 * 3 ** 0.5
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-bound, bound) if p.dim() > 1 else p.fill_(1.0)
+    codec = {CODEC_PREFIX + "quantizer.codebook.weight": torch.randn(16, 4),  # kept aside, carried to exports
+             CODEC_PREFIX + "decoder.proj.bias": torch.randn(4)}
+    save_checkpoint(model, Path(out), codec)
+    return Path(out)
