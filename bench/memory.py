@@ -54,6 +54,41 @@ def real_size_shape(lora: LoraConfig = RECIPE) -> ModelShape:
     return ModelShape(native, settings, lora, ds_config)
 
 
+def v3_step(checkpointing: bool, samples: int, tokens: int):
+    """The memory model of a Higgs TTS 3 step at real size (4.04B, LoRA rank 16 on attention and MLP): SAMPLES
+    cloning samples of TOKENS positions, 15% text, a reference and a target clip of equal length."""
+    import numpy as np
+
+    from higgs_ds.checkpoints.model import apply_lora
+    from higgs_ds.data.collate import Sample
+    from higgs_ds.memory import step_memory
+    from higgs_ds.models.higgs_v3 import heads
+    from higgs_ds.models.higgs_v3.fixture import REAL_SIZE_CONFIG
+    from higgs_ds.models.higgs_v3.inputs import SPECIAL_TOKENS, V3Collator, prompt_ids
+    from higgs_ds.models.higgs_v3.model import LORA_PRESETS, AudioConfig, meta_model
+
+    config = REAL_SIZE_CONFIG
+    ids = {name: 151_700 + i for i, name in enumerate(SPECIAL_TOKENS)}  # any ids of the vocabulary: shapes count
+    rng = np.random.default_rng(0)
+    text = max(8, int(tokens * 0.15))
+    frames = (tokens - text - 5 - 13) // 2  # 5 special tokens; a clip takes 7 (reference) or 6 (target) more
+    batch = []
+    for _ in range(samples):
+        words = rng.integers(0, 150_000, text).tolist()
+        prompt = prompt_ids(ids, words[text // 2:], words[:text // 2])
+        batch.append(Sample(np.array(prompt), np.full(len(prompt), -100), rng.integers(0, 1024, (8, 2 * frames)),
+                            np.array([frames, frames])))
+    batch = V3Collator(AudioConfig.from_config(config), ids["<|audio|>"], pad_id=0)(batch)
+    lora = LoraConfig(preset="attention_mlp", rank=16, alpha=32, dropout=0.05)
+
+    def build(layers: int):
+        return apply_lora(meta_model(config, layers, checkpointing), lora, LORA_PRESETS).to(torch.bfloat16)
+
+    ds_config = json.loads((REPO / "ds_configs" / "zero2.json").read_text())
+    return step_memory(build, config["text_config"]["num_hidden_layers"], batch,
+                       lambda model, b: heads.forward(model, b).sums.audio_sum, 1, ds_config)
+
+
 def measured_against_traced(checkpointing: bool) -> tuple[int, int]:
     """(bytes torch's MemTracker measures a real CPU step allocating at its peak, beyond weights; the bytes our
     trace gives for the same step under fake tensors) on a model small enough to run here (hidden 256, 3 layers),
@@ -124,6 +159,12 @@ def main() -> list[tuple[str, str, str]]:
     rows.append(("1 x 8192 (one long sample), checkpointing on", f"{long.total / GiB:.1f} GiB",
                  f"activations {long.activations / GiB:.1f}, temporaries {long.temporaries / GiB:.1f}; needs "
                  f"{long.needs() / GiB:.1f} GiB with the margins"))
+    for samples, ckpt in ((4, True), (4, False), (8, True)):
+        m = v3_step(ckpt, samples, 2048)
+        rows.append((f"Higgs TTS 3, {samples} x 2048, checkpointing {'on' if ckpt else 'off'}", f"{m.total / GiB:.1f} GiB",
+                     f"weights {m.weights / GiB:.1f}, optimizer {m.optimizer / GiB:.2f}, buckets {m.buckets / GiB:.2f}, "
+                     f"activations {m.activations / GiB:.1f}, temporaries {m.temporaries / GiB:.1f}; needs "
+                     f"{m.needs() / GiB:.1f} GiB with the margins"))
     budgets = sorted({b for b, _ in fits})
     for card, gib in CARDS.items():
         best = {ckpt: max((b for b in budgets if fits[b, ckpt].fits(gib * GiB)), default=0) for ckpt in (True, False)}

@@ -105,3 +105,19 @@ def test_the_24gb_recipe_fits_a_24gb_card():
     for samples, tokens in ((cfg.data.token_budget // 2048, 2048), (1, cfg.data.token_budget)):
         m = estimate(shape, True, samples, tokens)
         assert m.needs() < 20 * GiB, (samples, tokens, m)  # 2.5 GiB to spare beyond the margins
+
+
+def test_higgs_tts3_at_real_size():
+    """The v3 architecture at full size (random weights; Qwen3-4B's backbone with the tied audio table): its
+    parameters, and a 4 x 2,048 step with checkpointing inside a 24 GB card by the memory model."""
+    from bench.memory import v3_step
+    from higgs_ds.models.higgs_v3.fixture import REAL_SIZE_CONFIG
+    from higgs_ds.models.higgs_v3.model import meta_model
+
+    model = meta_model(REAL_SIZE_CONFIG)
+    assert model.body.embed_tokens.weight.numel() == 151936 * 2560
+    assert model.audio_embedding.weight.numel() == 8 * 1026 * 2560
+    assert sum(p.numel() for p in model.parameters()) == 4_043_480_576
+    step = v3_step(True, 4, 2048)
+    assert step.fits(22.5 * GiB), step
+    assert 7.5 * GiB < step.weights < 7.6 * GiB

@@ -21,6 +21,16 @@ TINY_CONFIG = {
     "torch_dtype": "float32",
 }
 
+# the architecture at its real size (hub bosonai/higgs-audio-v3-tts-4b, as the ports read its config.json)
+REAL_SIZE_CONFIG = {
+    **TINY_CONFIG,
+    "text_config": {"model_type": "qwen3", "vocab_size": 151936, "hidden_size": 2560, "intermediate_size": 9728,
+                    "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                    "max_position_embeddings": 40960, "rms_norm_eps": 1e-6, "rope_theta": None,
+                    "tie_word_embeddings": True},
+    "torch_dtype": "bfloat16",
+}
+
 
 def build_tiny_model(out: Path, seed: int = 0, config: dict | None = None) -> Path:
     """The tiny model in OUT (config.json, model.safetensors); weights uniform with std 0.02, norms 1."""

@@ -76,10 +76,24 @@ class HiggsTTS3(nn.Module):
 
     def hidden_states(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                       position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        return self.body(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                         position_ids=position_ids).last_hidden_state
+        return self.body(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids,
+                         use_cache=False).last_hidden_state
 
     def audio_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., hidden) -> (..., codebooks, codebook_size), the tied head."""
         logits = nn.functional.linear(hidden, self.audio_embedding.weight)
         return logits.view(*hidden.shape[:-1], self.audio.num_codebooks, self.audio.codebook_size)
+
+
+def meta_model(config: dict, layers: int | None = None, activation_checkpointing: bool = False) -> HiggsTTS3:
+    """HiggsTTS3 of CONFIG (with LAYERS decoder layers if given) on the meta device in bf16: its shapes without
+    memory or values (the memory model traces it)."""
+    from transformers.initialization import no_init_weights
+
+    if layers:
+        config = {**config, "text_config": {**config["text_config"], "num_hidden_layers": layers}}
+    with no_init_weights(), torch.device("meta"):
+        model = HiggsTTS3(config).to(torch.bfloat16)
+    if activation_checkpointing:
+        model.body.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    return model
