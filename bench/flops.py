@@ -56,7 +56,9 @@ def step_flops(model, batch, attention: str = "causal", heads: str = "labelled")
     possibly under peft), the loss from the text and audio heads."""
     import torch
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    from higgs_ds.models.backend import base_model
+
+    base = base_model(model)
     cfg = base.config
     mask = batch.attention_mask
     rows, width = mask.shape

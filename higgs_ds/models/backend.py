@@ -14,6 +14,12 @@ import torch
 
 from higgs_ds.models.sums import TokenSums
 
+def base_model(model):
+    """The family's model class under a peft wrapper (and a DeepSpeed engine, which hands attributes through), or
+    the model itself."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 @dataclass
 class HeadOutputs:
     """One micro-batch through the model: its loss sums, and the audio logits at the positions that predict audio

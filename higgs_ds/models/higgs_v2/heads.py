@@ -13,14 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from higgs_ds.data.collate import IGNORE
-from higgs_ds.models.backend import HeadOutputs
+from higgs_ds.models.backend import HeadOutputs, base_model
 from higgs_ds.models.higgs_v2.inputs import NativeBatch
 from higgs_ds.models.sums import TokenSums, audio_cross_entropy
-
-
-def base_model(model):
-    """HiggsAudioV2ForConditionalGeneration under a peft wrapper, or itself."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def hidden_states(model, batch: NativeBatch) -> torch.Tensor:

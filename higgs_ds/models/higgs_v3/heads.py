@@ -6,14 +6,9 @@ from __future__ import annotations
 import torch
 
 from higgs_ds.data.collate import IGNORE
-from higgs_ds.models.backend import HeadOutputs
+from higgs_ds.models.backend import HeadOutputs, base_model
 from higgs_ds.models.higgs_v3.inputs import V3Batch
 from higgs_ds.models.sums import TokenSums, audio_cross_entropy
-
-
-def base_model(model):
-    """HiggsTTS3 under a peft wrapper (and a DeepSpeed engine), or itself."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def forward(model, batch: V3Batch) -> HeadOutputs:

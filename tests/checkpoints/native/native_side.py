@@ -46,7 +46,9 @@ def backward_and_step(model, loss, lr) -> dict:
 
 def heads(model, inputs):
     """(text logits, audio logits (B, L, codebooks, codebook_size)) at every position."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    from higgs_ds.models.backend import base_model
+
+    base = base_model(model)
     hidden = base.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
                         position_ids=inputs["position_ids"], audio_input_ids=inputs["audio_input_ids"],
                         audio_input_ids_mask=inputs["audio_input_ids_mask"]).last_hidden_state
