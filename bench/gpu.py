@@ -38,17 +38,23 @@ TINY_IDS = {"<|AUDIO|>": 500, "<|audio_eos|>": 504, "<|reserved_special_token_6|
 RESULT = "RESULT "  # the prefix of the line a case process reports on
 
 
+def arch_settings(arch: dict, native: dict, ids: dict[str, int] | None = None):
+    """The collator settings of ARCH (boson-style) / NATIVE, with IDS the text tokenizer's audio token ids
+    (default: ARCH's)."""
+    from higgs_ds.models.higgs_v2.backend import settings_from_ids
+
+    return settings_from_ids(native, ids or {"<|AUDIO|>": arch["audio_in_token_idx"],
+                                             "<|audio_eos|>": arch["audio_eos_token_id"]})
+
+
 def synthetic_batch(arch: dict, native: dict, seq_len: int, batch: int, ids: dict[str, int] | None = None):
     """`batch` voice-cloning samples of `seq_len` positions (inputs.voice_cloning_batch) as the native collator
     batches them. ARCH: the boson-style arch, NATIVE its native config, IDS the text tokenizer's audio token ids
     (default: ARCH's)."""
-    from higgs_ds.models.higgs_v2.backend import settings_from_ids
     from higgs_ds.models.higgs_v2.inputs import NativeCollator, voice_cloning_batch
 
-    settings = settings_from_ids(native, ids or {"<|AUDIO|>": arch["audio_in_token_idx"],
-                                                 "<|audio_eos|>": arch["audio_eos_token_id"]})
-    return voice_cloning_batch(NativeCollator(settings, native["audio_token_id"]), native["vocab_size"], seq_len,
-                               batch)
+    collator = NativeCollator(arch_settings(arch, native, ids), native["audio_token_id"])
+    return voice_cloning_batch(collator, native["vocab_size"], seq_len, batch)
 
 
 def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_gb: float | None) -> dict:
@@ -116,12 +122,9 @@ def traced_peak(arch, native, ids, checkpointing: bool, seq_len: int, batch: int
     """The memory model's peak for this case (higgs_ds/memory.py, traced on the CPU): beside the measured
     max_memory_allocated, which counts the same tensors."""
     from higgs_ds.config import LoraConfig
-    from higgs_ds.models.higgs_v2.backend import settings_from_ids
     from higgs_ds.training.memory_plan import ModelShape, estimate
 
-    settings = settings_from_ids(native, ids or {"<|AUDIO|>": arch["audio_in_token_idx"],
-                                                 "<|audio_eos|>": arch["audio_eos_token_id"]})
-    shape = ModelShape(native, settings, LoraConfig(rank=16, alpha=32, dropout=0.0), ds)
+    shape = ModelShape(native, arch_settings(arch, native, ids), LoraConfig(rank=16, alpha=32, dropout=0.0), ds)
     return estimate(shape, checkpointing, batch, seq_len).total
 
 

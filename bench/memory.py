@@ -29,7 +29,8 @@ def heads_everywhere(model, batch):
     """The loss as a step computed it before the heads ran only where labels are: both heads at every position,
     their logits in fp32, the labels -100 wherever there is none."""
     from higgs_ds.data.collate import IGNORE
-    from higgs_ds.models.higgs_v2.heads import base_model, hidden_states
+    from higgs_ds.models.backend import base_model
+    from higgs_ds.models.higgs_v2.heads import hidden_states
 
     base = base_model(model)
     hidden = hidden_states(model, batch)
@@ -44,14 +45,12 @@ def heads_everywhere(model, batch):
 
 
 def real_size_shape(lora: LoraConfig = RECIPE) -> ModelShape:
+    from bench.gpu import arch_settings
     from higgs_ds.fixtures import V2_ARCH, random_model
-    from higgs_ds.models.higgs_v2.backend import settings_from_ids
 
     _, native = random_model(V2_ARCH, "meta")
-    settings = settings_from_ids(native, {"<|AUDIO|>": V2_ARCH["audio_in_token_idx"],
-                                          "<|audio_eos|>": V2_ARCH["audio_eos_token_id"]})
     ds_config = json.loads((REPO / "ds_configs" / "zero2.json").read_text())
-    return ModelShape(native, settings, lora, ds_config)
+    return ModelShape(native, arch_settings(V2_ARCH, native), lora, ds_config)
 
 
 def v3_step(checkpointing: bool, samples: int, tokens: int):
