@@ -378,6 +378,3 @@ def chatml_tokens(record: dict, n_audio: int, tokenizer) -> tuple[list[int], lis
         raise RecordError(f"prepare_chatml_sample found {len(audio_contents)} audio items, expected {n_audio}")
     return input_tokens, label_tokens
 
-
-def count_text_tokens(record: Record, tokenizer) -> int:
-    return len(chatml_tokens(record.to_json(), len(record.audio), tokenizer)[0])

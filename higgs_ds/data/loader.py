@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from higgs_ds.data.chatml import chatml_tokens, text_tokenizer_fingerprint
+from higgs_ds.data.chatml import text_tokenizer_fingerprint
 from higgs_ds.data.collate import IGNORE, Sample
 from higgs_ds.data.plan import PlanSettings, epoch_plan, same_batches
+from higgs_ds.data.prompt_formats import CHATML, prompt_format, record_tokens
 from higgs_ds.data.sample_format import ShardError
 from higgs_ds.data.shard_index import ShardIndex
 from higgs_ds.files import open_binary
@@ -55,15 +56,16 @@ def resumed_position(saved: DataPosition, saved_plan: dict, plan_key: dict) -> D
     return position
 
 
-def to_sample(meta: dict, codes: np.ndarray, tokenizer, tokenizer_fp: str | None = None) -> Sample:
+def to_sample(meta: dict, codes: np.ndarray, tokenizer, tokenizer_fp: str | None = None,
+              prompt: str = CHATML) -> Sample:
     """A shard sample as a collator Sample. Token ids come from the shard when it was built with the same text
-    tokenizer (fingerprint), else from boson_multimodal's prepare_chatml_sample now."""
+    tokenizer (fingerprint), else they are made now in the prompt format PROMPT (prompt_formats.py)."""
     stored = meta.get("tokens")
     if stored is not None and tokenizer_fp is not None and stored["tokenizer"] == tokenizer_fp:
         input_tokens, label_tokens = stored["input"], stored["label"]
     else:
         record = {"messages": meta["messages"], "start_index": meta["start_index"], "speaker": meta.get("speaker")}
-        input_tokens, label_tokens = chatml_tokens(record, len(meta["audio"]), tokenizer)
+        input_tokens, label_tokens = record_tokens(prompt, record, len(meta["audio"]), tokenizer)
     input_ids = np.array(input_tokens, dtype=np.int64)
     label_ids = np.array(label_tokens, dtype=np.int64)
     frames = np.array([a["frames"] for a in meta["audio"]], dtype=np.int64)
@@ -134,6 +136,7 @@ class BatchReader:
         self.index, self.tokenizer, self.collator = index, tokenizer, collator
         self.max_bad, self.bad = max_bad, 0
         self.tokenizer_fp = text_tokenizer_fingerprint(tokenizer)
+        self.prompt = prompt_format(tokenizer)
         first = index.parts[0] if isinstance(index, ShardMix) else index
         self.frame_rate = float(first.meta["settings"]["frame_rate"])  # audio frames per second in these shards
         self.max_open_files = 32
@@ -158,7 +161,7 @@ class BatchReader:
 
     def sample(self, i: int):
         meta, codes = self.index.read(int(i), self._file(int(self.index.rows["shard"][i])))
-        return to_sample(meta, codes, self.tokenizer, self.tokenizer_fp)
+        return to_sample(meta, codes, self.tokenizer, self.tokenizer_fp, self.prompt)
 
     def samples(self, rows: np.ndarray) -> list:
         out = []

@@ -28,9 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from higgs_ds.audio import AudioError, AudioLimits, check_audio
-from higgs_ds.data.chatml import (Record, RecordError, Reject, TextLimits, chatml_tokens, content_items,
-                             count_text_tokens, load_text_tokenizer, read_manifest, text_tokenizer_fingerprint,
+from higgs_ds.data.chatml import (Record, RecordError, Reject, TextLimits, content_items,
+                             load_text_tokenizer, read_manifest, text_tokenizer_fingerprint,
                              user_text_chars)
+from higgs_ds.data.prompt_formats import CHATML, count_text_tokens, prompt_format, record_tokens
 from higgs_ds.data.sample_format import ShardError, sample_members, shard_name
 from higgs_ds.data.shard_index import FORMAT_VERSION, INDEX_COLUMNS
 from higgs_ds.files import atomic_write, no_space
@@ -128,11 +129,12 @@ def checked_records(path: str, fmt: str, refs_per_target: int, seed: int, limits
     records = [r for r in records if wanted is None or wanted(r.index)]
     rejects = [r for r in rejects if wanted is None or (r.index is not None and wanted(r.index))]
     checks.prefetch(p for r in records for p in r.audio)
+    prompt = prompt_format(text_tokenizer) if text_tokenizer is not None else None
     good = []
     for r in records:
         bad = next((checks(p) for p in r.audio if isinstance(checks(p), str)), None)
         if bad is None:
-            bad = _text_out_of_bounds(r, sum(checks(p) for p in r.audio), text_tokenizer, text_limits)
+            bad = _text_out_of_bounds(r, sum(checks(p) for p in r.audio), text_tokenizer, prompt, text_limits)
         if bad is None:
             good.append(r)
         else:
@@ -140,8 +142,9 @@ def checked_records(path: str, fmt: str, refs_per_target: int, seed: int, limits
     return good, sorted(rejects, key=lambda r: (r.index if r.index is not None else -1, r.source)), checks.seconds()
 
 
-def _text_out_of_bounds(record: Record, seconds: float, tokenizer, limits: TextLimits) -> str | None:
-    """Why the record's text is out of bounds, or None."""
+def _text_out_of_bounds(record: Record, seconds: float, tokenizer, prompt: str | None,
+                        limits: TextLimits) -> str | None:
+    """Why the record's text is out of bounds (or does not fit the prompt format PROMPT), or None."""
     chars = user_text_chars(record)
     if limits.max_chars_per_second and seconds > 0 and chars / seconds > limits.max_chars_per_second:
         return (f"{chars} characters of text for {seconds:.1f} s of audio ({chars / seconds:.0f}/s, over "
@@ -149,7 +152,7 @@ def _text_out_of_bounds(record: Record, seconds: float, tokenizer, limits: TextL
     if tokenizer is None:
         return None
     try:
-        tokens = count_text_tokens(record, tokenizer)
+        tokens = count_text_tokens(prompt, record, tokenizer)
     except RecordError as e:
         return str(e)
     if tokens > limits.max_text_tokens:
@@ -186,7 +189,7 @@ def reject_verdict(rejects: list[Reject], total: int, max_fraction: float) -> tu
     return over, line
 
 
-def _settings(cfg: BuildConfig, fmt: str, n_positions: int, encoder, text_tokenizer: str | None) -> dict:
+def _settings(cfg: BuildConfig, fmt: str, n_positions: int, encoder, text_tok) -> dict:
     from higgs_ds.data.codec import CODES_MADE_BY
 
     return {"format_version": FORMAT_VERSION, "manifest": str(Path(cfg.input).resolve()), "format": fmt,
@@ -195,7 +198,10 @@ def _settings(cfg: BuildConfig, fmt: str, n_positions: int, encoder, text_tokeni
             "refs_per_target": cfg.refs_per_target, "seed": cfg.seed, "audio_tokenizer": encoder.checkpoint.spec,
             "audio_tokenizer_layout": encoder.checkpoint.layout, "codes_made_by": CODES_MADE_BY,
             "semantic_model": encoder.semantic.spec if encoder.semantic else None,
-            "audio_tokenizer_fingerprint": encoder.fingerprint, "text_tokenizer": text_tokenizer,
+            "audio_tokenizer_fingerprint": encoder.fingerprint,
+            "text_tokenizer": text_tok.name_or_path if text_tok is not None else None,
+            # the stored ids' prompt: a tokenizer with Higgs TTS 3's special tokens builds for it, none for v2
+            "prompt_format": prompt_format(text_tok) if text_tok is not None else CHATML,
             "limits": asdict(cfg.limits), "text_limits": asdict(cfg.text_limits),
             "num_codebooks": encoder.num_codebooks,
             "codebook_size": encoder.codebook_size, "frame_rate": encoder.frame_rate}
@@ -231,6 +237,7 @@ def shard_done(out: Path, j: int) -> bool:
 
 def _write_shard(out: Path, j: int, records: list[Record], rejects: list[Reject], encoder, text_tok, text_fp,
                  seconds_of: dict[str, float]) -> dict:
+    prompt = prompt_format(text_tok) if text_tok is not None else None
     from webdataset import TarWriter
 
     name = shard_name(j)
@@ -245,7 +252,7 @@ def _write_shard(out: Path, j: int, records: list[Record], rejects: list[Reject]
         secs = [seconds_of[p] for p in r.audio]
         tokens = None
         if text_tok is not None:
-            ids, labels = chatml_tokens(r.to_json(), len(r.audio), text_tok)
+            ids, labels = record_tokens(prompt, r.to_json(), len(r.audio), text_tok)
             tokens = {"tokenizer": text_fp, "input": ids, "label": labels}
         offset = writer.tarstream.offset
         writer.write(sample_members(r, codes, [d for _, d in coded], secs, encoder.num_codebooks, tokens))
@@ -315,7 +322,7 @@ def _build_part(cfg: BuildConfig) -> dict:
         raise BuildFailed(f"{cfg.input}: the manifest holds no records")
     encoder = _open_encoder(cfg)
     text_tok = load_text_tokenizer(cfg.text_tokenizer) if cfg.text_tokenizer else None
-    settings = _settings(cfg, fmt, n_positions, encoder, text_tok.name_or_path if text_tok is not None else None)
+    settings = _settings(cfg, fmt, n_positions, encoder, text_tok)
     _check_or_write_settings(out, settings)
     num_shards = settings["num_shards"]
     mine = [j for j in range(num_shards) if j % nparts == part]

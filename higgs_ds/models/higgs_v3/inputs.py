@@ -1,7 +1,7 @@
 """Higgs TTS 3 samples -> model inputs and audio targets: its prompt (not ChatML), the delay pattern, the labels.
 
-A stored v3 sample's token ids are the prompt with one CLIP marker (the placeholder id, -100) where each audio clip
-goes, in the order of its clips' codes:
+A stored v3 sample's token ids are the prompt (data/prompt_formats.py) with one CLIP marker (the placeholder id, -100)
+where each audio clip goes, in the order of its clips' codes:
 
     <|tts|> [<|ref_text|> REF_TEXT] <|ref_audio|> CLIP <|text|> TEXT <|audio|> CLIP
 
@@ -22,9 +22,6 @@ import torch
 from higgs_ds.data.collate import IGNORE, Sample
 from higgs_ds.models.higgs_v3.model import AudioConfig
 
-SPECIAL_TOKENS = ("<|tts|>", "<|ref_text|>", "<|ref_audio|>", "<|text|>", "<|audio|>")
-
-
 def delay(codes: np.ndarray, boc: int, eoc: int) -> np.ndarray:
     """(T, N) codes -> (T + N - 1, N) rows: codebook c holds BOC in rows < c, its codes in rows c .. c + T - 1,
     EOC after."""
@@ -43,18 +40,6 @@ def undelay(rows: np.ndarray) -> np.ndarray:
     return np.stack([rows[c:c + t, c] for c in range(n)], axis=1)
 
 
-def prompt_ids(ids: dict[str, int], text: list[int], ref_text: list[int] | None = None, reference: bool = True,
-               placeholder: int = -100) -> list[int]:
-    """A stored sample's token ids for TEXT (token ids), cloning a reference clip (with its transcript REF_TEXT, if
-    given) or zero-shot; IDS maps the special tokens to the tokenizer's ids."""
-    out = [ids["<|tts|>"]]
-    if reference:
-        if ref_text:
-            out += [ids["<|ref_text|>"], *ref_text]
-        out += [ids["<|ref_audio|>"], placeholder]
-    return out + [ids["<|text|>"], *text, ids["<|audio|>"], placeholder]
-
-
 @dataclass
 class V3Batch:
     input_ids: torch.Tensor  # (B, W) long: text ids, the placeholder at audio positions, pad after the end
@@ -64,9 +49,12 @@ class V3Batch:
     audio_input_rows: torch.Tensor  # (Ni, N) long: the delayed row each of them embeds
     audio_positions: torch.Tensor  # (Na,) long: flat positions that predict a row of the target
     audio_targets: torch.Tensor  # (Na, N) long: that row, -100 at the BOC cells
+    audio_frames: int = 0  # frames of every clip in the batch (what the step's audio seconds count)
 
     def to(self, device) -> "V3Batch":
-        return V3Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return V3Batch(**{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                          for k, v in moved.items()})
 
     @property
     def audio_label_count(self) -> int:
@@ -147,4 +135,4 @@ class V3Collator:
             audio_input_positions=torch.from_numpy(np.concatenate(in_pos) if in_pos else np.zeros(0, np.int64)),
             audio_input_rows=torch.from_numpy(np.concatenate(in_rows) if in_rows else np.zeros((0, n), np.int64)),
             audio_positions=torch.from_numpy(np.concatenate(out_pos)),
-            audio_targets=torch.from_numpy(targets))
+            audio_targets=torch.from_numpy(targets), audio_frames=int(sum(s.frames.sum() for s in samples)))

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from higgs_ds.data.collate import IGNORE, Sample
+from higgs_ds.data.prompt_formats import prompt_ids
 from higgs_ds.models.higgs_v3.fixture import build_tiny_model
 from higgs_ds.models.higgs_v3.heads import forward
-from higgs_ds.models.higgs_v3.inputs import V3Collator, delay, prompt_ids
+from higgs_ds.models.higgs_v3.inputs import V3Collator, delay
 from higgs_ds.models.higgs_v3.layout import load_model
 from tests.helpers import REPO
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from higgs_ds.data.collate import IGNORE, Sample
-from higgs_ds.models.higgs_v3.inputs import V3Collator, delay, prompt_ids, undelay
+from higgs_ds.data.prompt_formats import prompt_ids
+from higgs_ds.models.higgs_v3.inputs import V3Collator, delay, undelay
 from higgs_ds.models.higgs_v3.model import AudioConfig
 
 B, E, X = 1024, 1025, IGNORE  # BOC, EOC, no label
