@@ -83,13 +83,13 @@ def bare_loop(fx: Path, shards: Path, fed: bool = False) -> dict:
     from higgs_ds.data.plan import PlanSettings, plan_epoch
     from higgs_ds.data.shard_index import ShardIndex
     from higgs_ds.distributed import deepspeed_config, dist_env, init_distributed
-    from higgs_ds.models import backend_for
+    from higgs_ds.models import model_backend
     from higgs_ds.training.loss import combine
 
     cfg = load_config(None, overrides(fx, shards, WORK / "bare"))
     device = init_distributed(dist_env(), 600)
     torch.manual_seed(0)
-    backend = backend_for(cfg.model.backend)
+    backend = model_backend(cfg.model)
     dtype = torch.bfloat16 if PRECISION == "bf16" else torch.float32
     model = apply_lora(backend.load(cfg.model, dtype), cfg.lora, backend.lora_presets)
     reader = BatchReader(ShardIndex.load(shards), load_tokenizer(cfg.model),

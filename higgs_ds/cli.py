@@ -24,7 +24,7 @@ def cmd_fixtures(args) -> int:
     os.environ.update(fixtures.offline_env(args.out))  # before transformers is imported
     out = fixtures.build_fixtures(args.out, seed=args.seed)
     env = " ".join(f"{k}={v}" for k, v in fixtures.offline_env(out).items())
-    print(f"fixtures in {out}: model/ tokenizer/ audio_tokenizer/ hf_home/\nload them offline with: {env}")
+    print(f"fixtures in {out}: model/ tokenizer/ audio_tokenizer/ v3_model/ hf_home/\nload them offline with: {env}")
     return 0
 
 

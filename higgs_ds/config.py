@@ -42,7 +42,9 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
-    preset: str = "attention_audio_ffn"  # or "heads" (the two output heads only), or "custom" (use `targets`)
+    # "default": the model family's first preset (Higgs-Audio v2: attention_audio_ffn; Higgs TTS 3: attention_mlp);
+    # a preset of the family by name (models/<family>/model.py LORA_PRESETS), or "custom" (use `targets`)
+    preset: str = "default"
     targets: list[str] = field(default_factory=list)  # module-name suffixes, e.g. self_attn.q_proj
     rank: int = 16
     alpha: float = 32.0
@@ -198,8 +200,7 @@ def _check_training(cfg: "TrainConfig") -> None:
     need(all(0 <= b < 1 for b in cfg.optim.betas), "optim.betas", "must be in [0, 1)")
     need(cfg.loss.text_weight >= 0 and cfg.loss.audio_weight >= 0, "loss", "weights must be >= 0")
     need(cfg.loss.text_weight + cfg.loss.audio_weight > 0, "loss", "text_weight + audio_weight must be > 0")
-    need(cfg.lora.preset in ("attention_audio_ffn", "heads", "custom"), "lora.preset",
-         f"must be attention_audio_ffn, heads or custom, got {cfg.lora.preset!r}")
+    need(bool(cfg.lora.preset), "lora.preset", "must name a preset of the model family, default or custom")
     need(cfg.lora.preset != "custom" or bool(cfg.lora.targets), "lora.targets", "preset custom needs targets")
     need(cfg.lora.rank >= 1, "lora.rank", f"must be >= 1, got {cfg.lora.rank}")
     need(cfg.lora.alpha > 0, "lora.alpha", "must be > 0")

@@ -12,9 +12,14 @@ SPECIAL_TOKENS = [
     "<|audio_out_bos|>", "<|pad|>",
 ]
 TEXT_VOCAB = 512
+# Higgs TTS 3's tokenizer is Qwen2's with its prompt's tokens added (data/prompt_formats.py)
+V3_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|tts|>", "<|ref_text|>", "<|ref_audio|>",
+                     "<|text|>", "<|audio|>"]
+V3_LICENSE = ("A stand-in, for tests, of the licence file a Higgs TTS 3 checkpoint ships (the Higgs TTS 3 Research "
+              "and Non-Commercial License).\n")
 HUBERT_REPO = "bosonai/hubert_base"
 HUBERT_COMMIT = "0" * 40
-FIXTURES_VERSION = 5  # bump when what build_fixtures writes changes
+FIXTURES_VERSION = 6  # bump when what build_fixtures writes changes
 
 _CORPUS = """system user assistant Generate audio following instruction. The quick brown fox jumps over the lazy dog.
 Speak in the voice of the reference speaker. She sells sea shells by the sea shore. Hello world, this is a test.
@@ -32,16 +37,22 @@ def offline_env(out: str | Path) -> dict[str, str]:
     return {"HF_HOME": str(hf_home(out)), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def build_text_tokenizer(out: Path):
+def _bpe_tokenizer(special_tokens: list[str]):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=TEXT_VOCAB, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=TEXT_VOCAB, special_tokens=special_tokens,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(_CORPUS.split("\n") * 4, trainer=trainer)
+    return tok
+
+
+def build_text_tokenizer(out: Path):
+    from transformers import PreTrainedTokenizerFast
+
+    tok = _bpe_tokenizer(SPECIAL_TOKENS)
     # The corpus yields fewer merges than TEXT_VOCAB; reserved special tokens fill the rest, as in Llama 3, so the
     # tokenizer and the model's text vocabulary have the same size (generation checks sampled ids against it).
     tok.add_special_tokens([f"<|reserved_special_token_{i}|>" for i in range(TEXT_VOCAB - tok.get_vocab_size())])
@@ -52,6 +63,21 @@ def build_text_tokenizer(out: Path):
 
     fix_tokenizer_config(out)  # readable by transformers 4.x too (the oracle venv)
     return fast
+
+
+def build_v3_model(out: Path, seed: int = 0) -> Path:
+    """A tiny Higgs TTS 3 checkpoint as the hub ships one: config.json, model.safetensors (the real key names, the
+    tied copies, a stand-in for the bundled codec), the text tokenizer with the v3 prompt's tokens, a licence file."""
+    from transformers import PreTrainedTokenizerFast
+
+    from higgs_ds.models.higgs_v3.fixture import build_tiny_model
+
+    build_tiny_model(out, seed)
+    fast = PreTrainedTokenizerFast(tokenizer_object=_bpe_tokenizer(V3_SPECIAL_TOKENS), eos_token="<|im_end|>",
+                                   pad_token="<|endoftext|>")
+    fast.save_pretrained(out)
+    (out / "LICENSE").write_text(V3_LICENSE)
+    return out
 
 
 def tiny_arch(ids: dict[str, int]) -> dict:
@@ -282,7 +308,7 @@ def ensure_fixtures(out: str | Path, seed: int = 0) -> Path:
 
 
 def build_fixtures(out: str | Path, seed: int = 0) -> Path:
-    """Write DIR/{model,tokenizer,audio_tokenizer,hf_home}. Must run with offline_env(out) applied before
+    """Write DIR/{model,tokenizer,audio_tokenizer,v3_model,hf_home}. Must run with offline_env(out) applied before
     transformers is imported (see `higgs-ds fixtures`), since the audio tokenizer reads HF_HOME at import time."""
     out = Path(out)
     home = hf_home(out)
@@ -292,6 +318,7 @@ def build_fixtures(out: str | Path, seed: int = 0) -> Path:
     build_text_tokenizer(out / "tokenizer")
     build_model(out / "model", out / "tokenizer", seed)
     build_audio_tokenizer(out / "audio_tokenizer", seed)
+    build_v3_model(out / "v3_model", seed)
     (out / "FIXTURES.json").write_text(json.dumps({"version": FIXTURES_VERSION, "seed": seed,
                                                    "env": offline_env(out)}, indent=2))
     return out

@@ -47,6 +47,16 @@ def shards(fixtures_dir, speech, code_cache, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def v3_shards(fixtures_dir, speech, code_cache, tmp_path_factory) -> Path:
+    """The same 12 records built for the tiny Higgs TTS 3 model (its text tokenizer: the v3 prompt), 5 a shard."""
+    out = tmp_path_factory.mktemp("v3-shards")
+    run_cli("shards", "build", "--input", speech / "utterances.jsonl", "--out", out, "--audio-tokenizer",
+            fixtures_dir / "audio_tokenizer", "--text-tokenizer", fixtures_dir / "v3_model", "--shard-size", 5,
+            "--cache-dir", code_cache)
+    return out
+
+
 @pytest.fixture(scope="module")
 def native_model(fixtures_dir, shards):
     """(model config, the tiny fp32 model on transformers' class, a reader over the session's shards with its

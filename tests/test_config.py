@@ -36,7 +36,7 @@ def test_overrides_merge_over_yaml(tmp_path, base):
     ("model.backend=torch", "model.backend: must be native (or package.module:NAME, a backend defined outside "
                             "higgs_ds), got 'torch'"),
     ("model.backend=boson", "boson_multimodal's model is no longer a backend: `higgs-ds convert-run RUN`"),
-    ("lora.preset=everything", "lora.preset: must be attention_audio_ffn, heads or custom"),
+    ("lora.preset=", "lora.preset: must name a preset of the model family, default or custom"),
     ("data.train=/nonexistent", "data.train: /nonexistent has no index.json"),
     ("model.path=/nonexistent/model", "model.path: /nonexistent/model has no config.json"),
     ("resume=/nowhere", "resume: must be auto, never or an existing checkpoint directory"),

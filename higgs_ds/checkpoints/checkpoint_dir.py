@@ -1,5 +1,6 @@
 """What a checkpoint directory is: the Checkpoint record of where it came from, the layout its config.json is in
-(boson_multimodal's or the transformers-native one), and the semantic model an audio tokenizer loads by hub id."""
+(Higgs-Audio v2 in boson_multimodal's layout or the transformers-native one; "tts3" for a Higgs TTS 3 checkpoint),
+and the semantic model an audio tokenizer loads by hub id."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NATIVE_MODEL_TYPE, NATIVE_TOKENIZER_TYPE = "higgs_audio_v2", "higgs_audio_v2_tokenizer"
+TTS3_MODEL_TYPE = "higgs_multimodal_qwen3"  # Higgs TTS 3: its own family (models/higgs_v3), read as it is
 # The audio tokenizer loads its semantic model by a hard-coded hub id chosen by `semantic_techer` in its config.
 SEMANTIC_MODEL_REPOS = {
     "hubert_base_general": "bosonai/hubert_base",
@@ -67,7 +69,7 @@ def read_json(path: Path) -> dict:
 
 
 def check_layout(path: Path, kind: str, where: str) -> str:
-    """The layout of the checkpoint in PATH ("boson" or "native"), having checked that the files its kind needs in
+    """The layout of the checkpoint in PATH ("boson", "native" or "tts3"), having checked that the files its kind needs in
     that layout are there."""
     config = path / "config.json"
     if kind == "text_tokenizer":
@@ -81,8 +83,8 @@ def check_layout(path: Path, kind: str, where: str) -> str:
     if kind == "audio_tokenizer" and layout == "boson" and not (path / "model.pth").is_file():
         raise CheckpointError(f"audio tokenizer {where}: no model.pth in {path} (boson_multimodal's layout is "
                               f"config.json + model.pth)")
-    if kind in ("model", "audio_tokenizer") and layout == "native" and not any(path.glob("*.safetensors")):
-        raise CheckpointError(f"{kind.replace('_', ' ')} {where}: config.json is in the transformers-native layout "
+    if kind in ("model", "audio_tokenizer") and layout in ("native", "tts3") and not any(path.glob("*.safetensors")):
+        raise CheckpointError(f"{kind.replace('_', ' ')} {where}: config.json is in the {layout} layout "
                               f"but {path} holds no *.safetensors weights")
     if kind == "model" and not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
         raise CheckpointError(f"model {where}: no weights (*.safetensors) in {path}")
@@ -90,15 +92,17 @@ def check_layout(path: Path, kind: str, where: str) -> str:
 
 
 def check_config(config: dict, kind: str, where: str) -> str:
-    """"boson" or "native" for a config.json of KIND; CheckpointError for one in neither layout."""
+    """"boson", "native" or "tts3" for a config.json of KIND; CheckpointError for one in no layout we read."""
     model_type = config.get("model_type")
     if kind == "model":
         if model_type == NATIVE_MODEL_TYPE:
             return "native"
+        if model_type == TTS3_MODEL_TYPE:
+            return "tts3"
         if model_type != "higgs_audio":
-            raise CheckpointError(f"model {where}: config.json has model_type {model_type!r}: not a Higgs-Audio model "
-                                  f"in boson_multimodal's layout ('higgs_audio') nor in the transformers-native one "
-                                  f"({NATIVE_MODEL_TYPE!r})")
+            raise CheckpointError(f"model {where}: config.json has model_type {model_type!r}: not a Higgs-Audio v2 "
+                                  f"model in boson_multimodal's layout ('higgs_audio') or the transformers-native one "
+                                  f"({NATIVE_MODEL_TYPE!r}), nor Higgs TTS 3 ({TTS3_MODEL_TYPE!r})")
         return "boson"
     if kind == "audio_tokenizer":
         if model_type == NATIVE_TOKENIZER_TYPE or "acoustic_model_config" in config:

@@ -60,6 +60,8 @@ def resolve_native_model(spec: str, tokenizer: str | None = None) -> Checkpoint:
     checkpoint, layout = locate(spec, "model")
     if layout == "native":
         return dataclasses.replace(checkpoint, layout="native", origin=checkpoint.path)
+    if layout == "tts3":
+        raise CheckpointError(f"model {spec}: a Higgs TTS 3 checkpoint, not Higgs-Audio v2")
     from higgs_ds.checkpoints.layouts import to_native
 
     tokenizer_dir = _in_boson_layout(*locate(tokenizer or spec, "text_tokenizer")).path
@@ -100,7 +102,8 @@ def locate(spec: str, kind: str) -> tuple[Checkpoint, str]:
 
 
 def _in_boson_layout(checkpoint: Checkpoint, layout: str) -> Checkpoint:
-    if layout == "boson" or checkpoint.kind not in ("model", "text_tokenizer", "audio_tokenizer"):
+    """A native v2 checkpoint's boson-layout copy; anything else as it is (Higgs TTS 3 is read in its own layout)."""
+    if layout != "native" or checkpoint.kind not in ("model", "text_tokenizer", "audio_tokenizer"):
         return checkpoint
     from higgs_ds.checkpoints.layouts import to_boson
 

@@ -25,7 +25,15 @@ def load_tokenizer(cfg: ModelConfig):
 
 
 def lora_targets(cfg: LoraConfig, presets: dict[str, list[str]]) -> list[str]:
-    return cfg.targets if cfg.preset == "custom" else presets[cfg.preset]
+    """The module-name suffixes lora.preset names among the family's PRESETS ("default": the first)."""
+    if cfg.preset == "custom":
+        return cfg.targets
+    if cfg.preset == "default":
+        return next(iter(presets.values()))
+    if cfg.preset not in presets:
+        raise ConfigError(f"lora.preset: {cfg.preset!r} is not a preset of this model's family (it has "
+                          f"{', '.join(presets)}; or default, custom)")
+    return presets[cfg.preset]
 
 
 def apply_lora(model, cfg: LoraConfig, presets: dict[str, list[str]]):

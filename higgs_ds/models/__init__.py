@@ -1,7 +1,8 @@
 """Model families, one folder each: how a family's model loads and takes LoRA, how a sample becomes its inputs
 and labels, and which heads give the loss. Imports from checkpoints and data; nothing from listening or training.
 
-`backend_for(model.backend)` is the model class a run trains (backend.ModelBackend)."""
+`model_backend(cfg.model)` is the model class a run trains (backend.ModelBackend): the family comes from the
+checkpoint's config.json (its layout: Higgs-Audio v2 "boson"/"native", Higgs TTS 3 "tts3"), not from a flag."""
 
 from __future__ import annotations
 
@@ -10,9 +11,21 @@ import importlib
 from higgs_ds.config import ConfigError
 
 
-def backend_for(spec: str):
-    """"native" (Higgs-Audio v2 on transformers' HiggsAudioV2ForConditionalGeneration), or "package.module:NAME",
-    a ModelBackend defined outside higgs_ds (the tests' boson_multimodal oracle is one)."""
+def model_backend(cfg):
+    """The backend of the ModelConfig CFG: its `backend`, for the family of the checkpoint `path` names."""
+    from higgs_ds.checkpoints.hub import locate
+
+    return backend_for(cfg.backend, cfg.layout or locate(cfg.path, "model")[1])
+
+
+def backend_for(spec: str, layout: str = "native"):
+    """"native": the family of a checkpoint in LAYOUT (Higgs-Audio v2 on transformers'
+    HiggsAudioV2ForConditionalGeneration; Higgs TTS 3 on transformers' Qwen3Model for "tts3"), or
+    "package.module:NAME", a ModelBackend defined outside higgs_ds (the tests' boson_multimodal oracle is one)."""
+    if spec == "native" and layout == "tts3":
+        from higgs_ds.models.higgs_v3.backend import BACKEND
+
+        return BACKEND
     if spec == "native":
         from higgs_ds.models.higgs_v2.backend import BACKEND
 

@@ -28,7 +28,7 @@ from higgs_ds.data.shard_index import ShardIndex
 from higgs_ds.distributed import StopSignal, all_reduce_sum, deepspeed_config, dist_env, init_distributed
 from higgs_ds.listening.listen_eval import ListeningEval
 from higgs_ds.listening.report import write_report
-from higgs_ds.models import backend_for
+from higgs_ds.models import model_backend
 from higgs_ds.models.backend import ModelBackend
 from higgs_ds.logs import setup_logging
 from higgs_ds.training.best import Best, metrics_used, selection_score
@@ -99,7 +99,7 @@ def build(cfg: TrainConfig, de, ds_config_path: str):
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-    backend = backend_for(cfg.model.backend)
+    backend = model_backend(cfg.model)
     tokenizer = load_tokenizer(cfg.model)
     model = apply_lora(backend.load(cfg.model, dtype), cfg.lora, backend.lora_presets)
     trainable = [p for p in model.parameters() if p.requires_grad]

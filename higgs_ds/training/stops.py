@@ -26,7 +26,11 @@ class TooManySkippedSamples(RuntimeError):
 
 def uniform_losses(config) -> tuple[float, float]:
     """(ln text vocabulary, ln audio codebook size): the text and audio losses of a model that guesses uniformly,
-    for boson_multimodal's config and for transformers' native one."""
+    for boson_multimodal's config, transformers' native one and Higgs TTS 3's config.json (a dict)."""
+    if isinstance(config, dict):
+        from higgs_ds.models.higgs_v3.model import AudioConfig
+
+        return math.log(config["text_config"]["vocab_size"]), math.log(AudioConfig.from_config(config).codebook_size)
     text = getattr(config, "text_config", config).vocab_size
     audio = config.audio_codebook_size + 2 if hasattr(config, "audio_codebook_size") else config.codebook_size
     return math.log(text), math.log(audio)

@@ -30,6 +30,9 @@ def test_default_lora_targets_attention_and_audio_ffn_only(native_model):
     heads = {n.removeprefix("base_model.model.").split(".")[0] for n, p in lora(base, preset="heads").named_parameters()
              if p.requires_grad}
     assert heads == {"text_lm_head", "audio_lm_head"}
+    with pytest.raises(ConfigError, match=r"lora.preset: 'attention_mlp' is not a preset of this model's family \(it "
+                                          r"has attention_audio_ffn, heads; or default, custom\)"):
+        lora(base, preset="attention_mlp")  # Higgs TTS 3's
     with pytest.raises(ConfigError, match="lora.targets: 'self_attn.qq_proj' matches no module"):
         lora(base, preset="custom", targets=["self_attn.qq_proj"])
     # a boson module name (what configs for boson's model say) is an error naming the native one, not ignored
