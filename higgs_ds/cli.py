@@ -12,6 +12,7 @@ import sys
 from higgs_ds.checkpoints import cli as checkpoints_cli
 from higgs_ds.data import cli as data_cli
 from higgs_ds.listening import cli as listening_cli
+from higgs_ds.models import cli as models_cli
 from higgs_ds.logs import setup_logging
 
 
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     data_cli.add_commands(sub)
     checkpoints_cli.add_commands(sub)
+    models_cli.add_commands(sub)
     listening_cli.add_commands(sub)
     return parser
 

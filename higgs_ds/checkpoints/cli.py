@@ -1,16 +1,9 @@
-"""`higgs-ds export ...` and `higgs-ds convert ...`: a run's adapter or merged model, and checkpoints in the other
-layout."""
+"""`higgs-ds convert ...` and `higgs-ds convert-run ...`: checkpoints and runs in the other layout (`export` is the
+model families', models/cli.py)."""
 
 from __future__ import annotations
 
 import json
-
-
-def cmd_export(args) -> int:
-    from higgs_ds.checkpoints.export import export
-
-    export(args.checkpoint, args.out, args.merge, args.base, args.layout)
-    return 0
 
 
 def cmd_convert(args) -> int:
@@ -29,17 +22,6 @@ def cmd_convert_run(args) -> int:
 
 
 def add_commands(sub) -> None:
-    p = sub.add_parser("export", help="a checkpoint's LoRA adapter (peft format), or a merged bf16 model")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint step dir, or a run dir (takes its latest)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--merge", action="store_true", help="fold the adapter into the base weights (bf16)")
-    p.add_argument("--base", default=None, help="base model directory or hub id[@revision], either layout "
-                                                "(default: the run's model.path as resolved)")
-    p.add_argument("--layout", choices=("native", "boson"), default="native",
-                   help="native: for transformers >= 5.3 (HiggsAudioV2ForConditionalGeneration) and vLLM-Omni; "
-                        "boson: for boson_multimodal (HiggsAudioModel, its serve engine)")
-    p.set_defaults(func=cmd_export)
-
     p = sub.add_parser("convert", help="a model or audio tokenizer written in the other layout")
     p.add_argument("src", help="directory or hub id[@revision], either layout")
     p.add_argument("out", help="a new directory")

@@ -41,6 +41,8 @@ class ModelBackend:
     label_counts: Callable[[Any], tuple[int, int]]  # host batch -> (text labels, audio labels)
     sizes: Callable[[Any], tuple[int, int]]  # host batch -> (sequence positions run, audio frames)
     num_codebooks: Callable[[Any], int]  # model config -> codebooks
+    # (ModelConfig, directory) -> None: files a run's final adapter must carry (Higgs TTS 3: its licence, a NOTICE)
+    carry_files: Callable[[Any, Any], None] | None = None
 
 
 def codebook_hits(out: HeadOutputs, ks: tuple[int, ...]) -> torch.Tensor:

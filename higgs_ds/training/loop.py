@@ -36,7 +36,7 @@ from higgs_ds.training.stops import Diverged, DivergenceGuard, check_skips, unif
 from higgs_ds.training.evaluation import Evaluators, log_eval, log_listening
 from higgs_ds.training.loss import combine
 from higgs_ds.training.metrics import Metrics
-from higgs_ds.training.preflight import check_model_fits_data
+from higgs_ds.training.preflight import check_model_fits_data, check_step_fits_gpu
 from higgs_ds.training.run_dir import own_run_dir, refuse_a_live_run_dir
 from higgs_ds.training.stats import StepStats, step_label_counts
 
@@ -285,17 +285,6 @@ def start(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float) -> tuple
     return run, stream, lock
 
 
-def check_step_fits_gpu(cfg: TrainConfig, ds_config_path: str, de) -> None:
-    """On CUDA with bf16 (what the memory model describes), the run's largest micro-batch fits this GPU: else a
-    ConfigError naming what fits, on every rank alike, before any process group exists."""
-    if not (cfg.memory_check and torch.cuda.is_available() and cfg.precision == "bf16"):
-        return
-    from higgs_ds.training.memory_plan import check_fits, model_shape
-
-    card = torch.cuda.get_device_properties(de.local_rank % torch.cuda.device_count()).total_memory
-    check_fits(cfg, model_shape(cfg, ds_config_path), card, de.world)
-
-
 def train(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float = 600, stop: StopSignal | None = None) -> dict:
     stop = stop or StopSignal()
     run, stream, lock = start(cfg, ds_config_path, dist_timeout_s)
@@ -390,6 +379,8 @@ def finish(run: Run) -> None:
     if run.de.is_main:
         final = run.dir / "checkpoints" / saving.tag(run.state.step) / "adapter"
         shutil.copytree(final, run.dir / "adapter", dirs_exist_ok=True)
+        if run.backend.carry_files is not None:
+            run.backend.carry_files(run.cfg.model, run.dir / "adapter")
         write_report(run.dir)
 
 

@@ -1,9 +1,11 @@
-"""Checks of a run's config files before any process group exists: the shard sets and the text tokenizer were made
-for this model."""
+"""Checks before any process group exists: the shard sets and the text tokenizer were made for this model (its
+family, codebooks, vocabulary), and on a GPU the largest micro-batch fits the card."""
 
 from __future__ import annotations
 
 import json
+
+import torch
 
 from higgs_ds.checkpoints.hub import locate
 from higgs_ds.checkpoints.model import load_tokenizer
@@ -60,3 +62,14 @@ def check_model_fits_data(cfg: TrainConfig) -> None:
         raise ConfigError(f"model.tokenizer: {cfg.model.tokenizer or cfg.model.path} has {tokens} tokens, more than "
                           f"the {vocab} of the model's text vocabulary ({cfg.model.path}); use the model's own "
                           f"tokenizer")
+
+
+def check_step_fits_gpu(cfg: TrainConfig, ds_config_path: str, de) -> None:
+    """On CUDA with bf16 (what the memory model describes), the run's largest micro-batch fits this GPU: else a
+    ConfigError naming what fits, on every rank alike, before any process group exists."""
+    if not (cfg.memory_check and torch.cuda.is_available() and cfg.precision == "bf16"):
+        return
+    from higgs_ds.training.memory_plan import check_fits, model_shape
+
+    card = torch.cuda.get_device_properties(de.local_rank % torch.cuda.device_count()).total_memory
+    check_fits(cfg, model_shape(cfg, ds_config_path), card, de.world)

@@ -1,7 +1,9 @@
 """Higgs TTS 3 trained with the commands v2 trains with (only the paths differ): ranks vs accumulation, exact
 resume, the other family's shards and tokenizer refused before any process group."""
 
+import numpy as np
 import pytest
+import torch
 
 from tests.helpers import launch_training, read_run, train_overrides
 
@@ -69,3 +71,58 @@ def test_shards_of_the_other_family_are_refused_before_any_process_group(request
     rc, out = launch_training("srun-env", 2, overrides, check=False, timeout=300)
     assert rc == 2 and "Traceback" not in out and out.count(message.format(shards=shards, model=model)) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_v3_exports_carry_the_licence_and_the_merge_loads_strictly_in_mlx_audio(v3_straight, fixtures_dir,
+                                                                                  tmp_path):
+    """The adapter and the merged model of a v3 run: licence and NOTICE beside both (and the run's adapter), the
+    merge in the native v3 layout with the tie, codec and tokenizer kept, giving the adapter model's logits in
+    ours and, loaded strictly, in mlx-audio (fp32 fixture: the merge keeps the base's dtype)."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    from higgs_ds.models.higgs_v3.export import DERIVED
+    from higgs_ds.models.higgs_v3.heads import forward
+    from higgs_ds.models.higgs_v3.inputs import V3Collator
+    from higgs_ds.models.higgs_v3.layout import CODEC_PREFIX, TIED, load_model
+    from tests.helpers import run_cli
+    from tests.models.higgs_v3.test_against_mlx import IDS, LOGITS_ATOL, cloning_sample, mlx
+
+    base = fixtures_dir / "v3_model"
+    for out in (v3_straight / "adapter", tmp_path / "adapter"):
+        if out != v3_straight / "adapter":
+            run_cli("export", "--checkpoint", v3_straight, "--out", out)
+        assert (out / "LICENSE").read_text() == (base / "LICENSE").read_text()
+        assert (out / "NOTICE").read_text().splitlines()[0] == DERIVED
+        assert (out / "adapter_model.safetensors").is_file()
+    refused = run_cli("export", "--checkpoint", v3_straight, "--out", tmp_path / "boson", "--layout", "boson",
+                      check=False)
+    assert refused.returncode != 0 and "Higgs TTS 3 has one checkpoint layout (native)" in refused.stderr
+
+    merged = tmp_path / "merged"
+    run_cli("export", "--checkpoint", v3_straight, "--out", merged, "--merge")
+    assert {p.name for p in merged.iterdir()} >= {"config.json", "model.safetensors", "tokenizer.json",
+                                                    "tokenizer_config.json", "LICENSE", "NOTICE"}
+    state, before = load_file(str(merged / "model.safetensors")), load_file(str(base / "model.safetensors"))
+    assert all(torch.equal(state[copy], state[source]) for copy, source in TIED.items())
+    codec = [k for k in before if k.startswith(CODEC_PREFIX)]
+    assert codec and all(torch.equal(state[k], before[k]) for k in codec)
+    assert set(state) == set(before)
+
+    sample, inputs, target = cloning_sample(np.random.default_rng(5), 5, 4, 6, 3)
+    adapted = PeftModel.from_pretrained(load_model(base), str(v3_straight / "adapter")).eval()
+    collator = V3Collator(adapted.get_base_model().audio, IDS["<|audio|>"], pad_id=0)
+    batch = collator([sample])
+    with torch.no_grad():
+        want = forward(adapted, batch).audio_logits.numpy()
+        ours = forward(load_model(merged).eval(), batch).audio_logits.numpy()
+    with torch.no_grad():
+        untrained = forward(load_model(base).eval(), batch).audio_logits.numpy()
+    assert np.abs(want - untrained).max() > 100 * LOGITS_ATOL  # the adapter changed the model
+    assert np.abs(ours - want).max() < LOGITS_ATOL
+    from higgs_ds.models.higgs_v3.inputs import delay
+
+    theirs = mlx("logits", merged, tmp_path, target_rows=delay(target, 1024, 1025)[:-1], **inputs)["logits"]
+    diff = float(np.abs(theirs - want).max())
+    print(f"max |mlx-audio(merged) - ours(base + adapter)| = {diff:.2e}")
+    assert diff < LOGITS_ATOL

@@ -10,6 +10,7 @@ from higgs_ds.checkpoints.hub import locate
 from higgs_ds.config import ConfigError, ModelConfig
 from higgs_ds.data.prompt_formats import tts3_ids
 from higgs_ds.models.backend import ModelBackend
+from higgs_ds.models.higgs_v3.export import carry_run_licence
 from higgs_ds.models.higgs_v3.heads import forward
 from higgs_ds.models.higgs_v3.inputs import V3Batch, V3Collator
 from higgs_ds.models.higgs_v3.layout import load_model
@@ -61,4 +62,4 @@ BACKEND = ModelBackend(
     name="native", load=load, lora_presets=LORA_PRESETS, make_collator=make_collator,
     to_device=lambda batch, device: batch.to(device), heads=forward,
     label_counts=lambda batch: (0, batch.audio_label_count), sizes=sizes,
-    num_codebooks=lambda config: AudioConfig.from_config(config).num_codebooks)
+    num_codebooks=lambda config: AudioConfig.from_config(config).num_codebooks, carry_files=carry_run_licence)
