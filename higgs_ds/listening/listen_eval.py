@@ -5,6 +5,7 @@ RUN/samples/stepN/ID.wav, scores them, and every rank learns the gathered scores
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import logging
@@ -256,7 +257,11 @@ class ListeningEval:
                      if not k.endswith("_n")}
             out.mkdir(parents=True, exist_ok=True)
             (out / "scores.json").write_text(json.dumps({"step": step, "mean": result, "ground_truth_mean": truth,
-                                                         "prompts": everything, "scorer": gathered[0]["scorer"]},
-                                                        indent=1))
+                                                         "prompts": everything, "scorer": gathered[0]["scorer"],
+                                                         "sampling": self.sampling()}, indent=1))
         return result, everything
+
+    def sampling(self) -> dict:
+        """How the samples were generated: the settings and the decoding loop (which settings apply is its own)."""
+        return {**dataclasses.asdict(self.settings), "generator": self.synth.generator if self.synth else None}
 

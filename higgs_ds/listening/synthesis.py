@@ -1,6 +1,7 @@
 """Speech from a model and a voice prompt: for transformers' HiggsAudioV2ForConditionalGeneration, the prompt boson's
-serve engine builds, through transformers' generate (NativeSynthesizer, models/higgs_v2/generation.py).
-`synthesizer_for` picks by the model's config. Used by `higgs-ds synthesize` and by the listening evaluation during
+serve engine builds, through transformers' generate (NativeSynthesizer, models/higgs_v2/generation.py); for Higgs TTS
+3, its own prompt and decoding loop (V3Synthesizer, models/higgs_v3/generation.py). `synthesizer_for` picks by the
+model's config. Used by `higgs-ds synthesize` and by the listening evaluation during
 training (with the weights being trained)."""
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numpy as np
 
 from higgs_ds.audio import AudioError, read_audio
 from higgs_ds.data.chatml import RecordError, chatml_tokens
+from higgs_ds.data.collate import IGNORE, Sample
+from higgs_ds.data.prompt_formats import CLIP, prompt_ids, tts3_ids
 from higgs_ds.listening.prompts import Prompt, Reference
 
 log = logging.getLogger(__name__)
@@ -157,7 +160,7 @@ class Synthesizer:
 
 
 class NativeSynthesizer(Synthesizer):
-    """The same prompts and references through HiggsAudioV2ForConditionalGeneration and transformers' generate
+    """Higgs-Audio v2: the same prompts and references through HiggsAudioV2ForConditionalGeneration and transformers' generate
     (batch size 1 too); sampled under a seed of its own without touching the caller's random state."""
 
     generator = "transformers' generate"
@@ -196,13 +199,75 @@ class NativeSynthesizer(Synthesizer):
         return "", [wave], [codes.astype(np.int16)]
 
 
+class V3Synthesizer(Synthesizer):
+    """HiggsTTS3 and our own decoding loop (models/higgs_v3/generation.py), sampled under a seed of its own without
+    touching the caller's random state. Top-p, top-k and the temperature apply; the repetition-aware window of v2's
+    serve engine does not (no v3 port has it)."""
+
+    generator = "higgs_ds' Higgs TTS 3 decoding loop"
+
+    def __init__(self, model, tokenizer, audio_tokenizer):
+        from higgs_ds.models.higgs_v3.inputs import V3Collator
+
+        super().__init__(model, tokenizer, audio_tokenizer)
+        self.audio = model.audio
+        self.context_limit = int(model.config["text_config"].get("max_position_embeddings", 40960))
+        self.num_codebooks, self.codebook_size = self.audio.num_codebooks, self.audio.codebook_size - 2
+        self.ids = tts3_ids(tokenizer)
+        self.collator = V3Collator(self.audio, self.ids["<|audio|>"], tokenizer.pad_token_id or 0)
+
+    def inputs(self, prompt: Prompt, cfg: SynthesisConfig):
+        if not prompt.text.strip():
+            raise SynthesisError(f"{prompt.source}: the text to speak is empty")
+        if len(prompt.refs) > 1:
+            raise SynthesisError(f"{prompt.source}: Higgs TTS 3's prompt holds one reference clip, this one has "
+                                 f"{len(prompt.refs)}")
+
+        def encode(text):
+            return self.tokenizer.encode(text, add_special_tokens=False) if text else None
+
+        ref = prompt.refs[0] if prompt.refs else None
+        ids = prompt_ids(self.ids, encode(prompt.text), encode(ref.text) if ref else None, ref is not None)[:-1]
+        codes = self.reference_codes(ref, prompt).numpy() if ref else np.zeros((self.num_codebooks, 0), np.int64)
+        frames = np.array([codes.shape[1]] if ref else [], np.int64)
+        ids = np.array(ids, np.int64)
+        length = len(ids) + sum(int(f) + self.num_codebooks - 1 - 1 for f in frames)  # CLIP -> T + 7 rows
+        if length + cfg.max_new_tokens > self.context_limit:
+            raise SynthesisError(f"{prompt.source}: the prompt takes {length} positions; with max_new_tokens "
+                                 f"{cfg.max_new_tokens} that is over the model's context of {self.context_limit}")
+        assert (ids == CLIP).sum() == len(frames)
+        input_ids, positions, rows = self.collator.prompt_tensors(Sample(ids, np.full(len(ids), IGNORE), codes,
+                                                                         frames))
+        return input_ids.to(self.device), positions.to(self.device), rows.to(self.device)
+
+    def _generate(self, inputs, cfg: SynthesisConfig):
+        from higgs_ds.models.higgs_v3.generation import Sampling, codes_of, generate_rows
+
+        torch = self._torch
+        input_ids, positions, rows = inputs
+        generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        with torch.no_grad():
+            embeds = self.model.embed(input_ids, positions, rows)
+            generated = generate_rows(self.model, embeds, cfg.max_new_tokens + self.num_codebooks - 1,
+                                      Sampling(cfg.temperature, cfg.top_k, cfg.top_p), generator)
+        # a code cell holds BOC/EOC only where the model never learned otherwise: the codec reads 0..1023
+        codes = np.clip(codes_of(generated, self.audio), 0, self.codebook_size - 1).T
+        if codes.shape[1] == 0:
+            return "", [], []
+        with torch.no_grad():
+            wave = self.audio_tokenizer.decode(torch.from_numpy(codes).unsqueeze(0).to(self.device))[0, 0]
+        return "", [wave], [codes.astype(np.int16)]
+
+
 # by the model config's model_type; a backend defined outside higgs_ds (models.backend_for) adds its own here
-SYNTHESIZERS: dict[str, type[Synthesizer]] = {"higgs_audio_v2": NativeSynthesizer}
+SYNTHESIZERS: dict[str, type[Synthesizer]] = {"higgs_audio_v2": NativeSynthesizer,
+                                              "higgs_multimodal_qwen3": V3Synthesizer}
 
 
 def synthesizer_for(model, tokenizer, audio_tokenizer) -> Synthesizer:
     """The synthesizer for MODEL's class, told apart by its config's model_type."""
-    model_type = getattr(model.config, "model_type", None)
+    config = model.config
+    model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
     if model_type not in SYNTHESIZERS:
         raise SynthesisError(f"no synthesizer for a model of model_type {model_type!r} (known: "
                              f"{', '.join(SYNTHESIZERS)})")
@@ -255,12 +320,12 @@ def load_model_for_generation(source: ModelSource, device: str, dtype: str = "au
 
     from higgs_ds.checkpoints.model import load_tokenizer
     from higgs_ds.config import ModelConfig
-    from higgs_ds.models import backend_for
+    from higgs_ds.models import model_backend
 
     source = source.resolved()
     torch_dtype = {"auto": "auto", "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-    mcfg = ModelConfig(path=source.model, tokenizer=source.tokenizer)
-    model = backend_for(source.backend or "native").load(mcfg, torch_dtype)
+    mcfg = ModelConfig(path=source.model, tokenizer=source.tokenizer, backend=source.backend or "native")
+    model = model_backend(mcfg).load(mcfg, torch_dtype)
     tokenizer = load_tokenizer(mcfg)
     if source.adapter is not None:
         apply_adapter(model, source.adapter, source.model)

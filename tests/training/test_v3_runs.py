@@ -1,6 +1,9 @@
 """Higgs TTS 3 trained with the commands v2 trains with (only the paths differ): ranks vs accumulation, exact
 resume, the other family's shards and tokenizer refused before any process group."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +11,7 @@ import torch
 from tests.helpers import launch_training, read_run, train_overrides
 
 pytestmark = pytest.mark.slow
+LISTEN = {"eval.synth_every": 3, "eval.num_prompts": 2, "eval.max_new_tokens": 20, "eval.top_k": 50}
 
 
 def v3_overrides(fixtures_dir, shards, run, **kv) -> list[str]:
@@ -17,18 +21,25 @@ def v3_overrides(fixtures_dir, shards, run, **kv) -> list[str]:
 
 @pytest.fixture(scope="module")
 def v3_straight(fixtures_dir, v3_shards, tmp_path_factory):
-    """2 ranks x micro-batch 2, fp32, 6 steps, evaluated at 3 and 6."""
+    """2 ranks x micro-batch 2, fp32, 6 steps, evaluated (and listened to) at 3 and 6."""
     run = tmp_path_factory.mktemp("v3-straight") / "run"
-    launch_training("srun-env", 2, v3_overrides(fixtures_dir, v3_shards, run, precision="fp32", eval_every=3))
+    launch_training("srun-env", 2, v3_overrides(fixtures_dir, v3_shards, run, precision="fp32", eval_every=3,
+                                                **LISTEN))
     return run
 
 
-def test_a_v3_run_trains_the_audio_head_only_where_labels_are(v3_straight):
+def test_a_v3_run_trains_the_audio_head_only_where_labels_are_and_listens(v3_straight):
     rows, evals, summary = read_run(v3_straight)
     assert [r["step"] for r in rows] == list(range(1, 7))
     assert all(r["text_tokens"] == 0 and r["audio_tokens"] > 0 for r in rows)  # v3 has no text labels
     assert len(set(summary["rank_weight_checksums"])) == 1
     assert evals[-1]["loss"] < evals[0]["loss"]
+    for step in (3, 6):
+        scores = json.loads((v3_straight / "samples" / f"step{step:08d}" / "scores.json").read_text())
+        assert scores["mean"]["prompts"] == 2 and scores["mean"]["failed"] == 0
+        assert scores["sampling"]["top_k"] == 50 and "Higgs TTS 3" in scores["sampling"]["generator"]
+        for p in scores["prompts"]:  # max_new_tokens counts frames: the delay's 7 rows come on top
+            assert 0 < p["frames"] <= 20 and os.path.isfile(p["wav"]) and p["generated"]["similarity"] is not None
 
 
 def test_v3_two_ranks_equal_one_rank_with_accumulation(v3_straight, fixtures_dir, v3_shards, tmp_path):
