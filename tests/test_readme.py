@@ -16,6 +16,7 @@ import pytest
 from tests.helpers import REPO
 
 PAGE = "From a corpus to a served fine-tune"
+V3_SECTION = "Higgs TTS 3"
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # commands shown but not parsed, by their first word, and why
 LEFT_OUT = {
@@ -52,20 +53,9 @@ def commands(block: str) -> list[list[str]]:
     return [words for line in joined.splitlines() if (words := shlex.split(line, comments=True))]
 
 
-@pytest.mark.slow
-def test_the_first_page_runs_as_written_on_the_demo_fixtures(fixtures_dir, speech, tmp_path):
-    """The page in one bash script, in a scratch directory that holds the repo's higgs_ds/, configs/ and
-    ds_configs/, the fixtures where `make demo` puts them, and voices/ (a corpus of one folder per speaker, made
-    of espeak-ng speech). The cluster variables block is left out (hub ids need a download); the fixtures block
-    after it takes their place, as the page says."""
-    blocks = [text for heading, text in bash_blocks(REPO / "README.md") if heading == PAGE]
-    assert len(blocks) == 8 and "bosonai/" in blocks[0] and "demo/fixtures" in blocks[1]
-    script = "\n".join(blocks[1:])
-    assert script.count("run_dir=runs/voices") == 1
-    script = script.replace("run_dir=runs/voices", f"run_dir=runs/voices {SHORT_RUN}")
-    assert script.count("--out listen/voices") == 1
-    script = script.replace("--out listen/voices", f"--out listen/voices {SHORT_SYNTHESIS}")
-    work = tmp_path / "work"
+def run_script(script: str, work: Path, fixtures_dir: Path, speech: Path, tmp_path: Path) -> None:
+    """SCRIPT under bash -euo pipefail in WORK: the repo's higgs_ds/, configs/ and ds_configs/, the fixtures where
+    `make demo` puts them, and voices/ (one folder per speaker of espeak-ng speech)."""
     work.mkdir()
     for name in ("higgs_ds", "configs", "ds_configs"):
         (work / name).symlink_to(REPO / name)
@@ -82,6 +72,23 @@ def test_the_first_page_runs_as_written_on_the_demo_fixtures(fixtures_dir, speec
     proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=work, env=env, capture_output=True,
                           text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+
+
+@pytest.mark.slow
+def test_the_first_page_runs_as_written_on_the_demo_fixtures(fixtures_dir, speech, tmp_path):
+    """The page in one bash script, in a scratch directory that holds the repo's higgs_ds/, configs/ and
+    ds_configs/, the fixtures where `make demo` puts them, and voices/ (a corpus of one folder per speaker, made
+    of espeak-ng speech). The cluster variables block is left out (hub ids need a download); the fixtures block
+    after it takes their place, as the page says."""
+    blocks = [text for heading, text in bash_blocks(REPO / "README.md") if heading == PAGE]
+    assert len(blocks) == 8 and "bosonai/" in blocks[0] and "demo/fixtures" in blocks[1]
+    script = "\n".join(blocks[1:])
+    assert script.count("run_dir=runs/voices") == 1
+    script = script.replace("run_dir=runs/voices", f"run_dir=runs/voices {SHORT_RUN}")
+    assert script.count("--out listen/voices") == 1
+    script = script.replace("--out listen/voices", f"--out listen/voices {SHORT_SYNTHESIS}")
+    work = tmp_path / "work"
+    run_script(script, work, fixtures_dir, speech, tmp_path)
     run = work / "runs" / "voices"
     assert (run / "best" / "adapter" / "adapter_config.json").is_file() and (run / "report.html").is_file()
     scores = json.loads((work / "listen" / "voices" / "scores.json").read_text())
@@ -90,6 +97,27 @@ def test_the_first_page_runs_as_written_on_the_demo_fixtures(fixtures_dir, speec
     boson = json.loads((work / "export" / "voices-boson" / "config.json").read_text())
     assert (native["model_type"], boson["model_type"]) == ("higgs_audio_v2", "higgs_audio")
     assert any((work / "export" / "voices").glob("*.safetensors"))
+
+
+@pytest.mark.slow
+def test_the_higgs_tts_3_section_runs_as_written_on_the_fixtures(fixtures_dir, speech, tmp_path):
+    """Import and split from the first page, then the section's fixture variables and its commands: a v3 checkpoint
+    from shards to a merged export with its licence."""
+    page = [text for heading, text in bash_blocks(REPO / "README.md") if heading == PAGE]
+    blocks = [text for heading, text in bash_blocks(REPO / "README.md") if heading == V3_SECTION]
+    assert len(blocks) == 3 and "bosonai/" in blocks[0] and "demo/fixtures/v3_model" in blocks[1]
+    assert "manifest import" in page[2] and "manifest split" in page[3]
+    commands = blocks[2]
+    assert commands.count("run_dir=runs/voices-v3") == 1 and commands.count("--out listen/voices-v3") == 1
+    commands = commands.replace("run_dir=runs/voices-v3", f"run_dir=runs/voices-v3 {SHORT_RUN}")
+    commands = commands.replace("--out listen/voices-v3", f"--out listen/voices-v3 {SHORT_SYNTHESIS}")
+    work = tmp_path / "work"
+    run_script("\n".join([page[1], page[2], page[3], blocks[1], commands]), work, fixtures_dir, speech, tmp_path)
+    synthesis = json.loads((work / "listen" / "voices-v3" / "synthesis.json").read_text())
+    assert synthesis["prompts"] and synthesis["generated"] == synthesis["prompts"] and not synthesis["failed"]
+    merged = work / "export" / "voices-v3"
+    assert json.loads((merged / "config.json").read_text())["model_type"] == "higgs_multimodal_qwen3"
+    assert (merged / "LICENSE").is_file() and "Derived from Higgs TTS 3" in (merged / "NOTICE").read_text()
 
 
 def test_every_other_command_parses_against_the_real_command_line():
@@ -102,8 +130,8 @@ def test_every_other_command_parses_against_the_real_command_line():
     checked, left_out, problems = 0, {}, []
     for path in DOCS:
         for heading, block in bash_blocks(path):
-            if path.name == "README.md" and heading == PAGE:
-                continue  # run by the test above
+            if path.name == "README.md" and heading in (PAGE, V3_SECTION):
+                continue  # run by the tests above
             block = re.sub(r"\s\[[^\]]*\]", "", block)  # optional parts
             for words in commands(block):
                 while words and re.match(r"^[A-Z_]+=", words[0]):  # VAR=value prefixes
