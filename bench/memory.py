@@ -56,28 +56,18 @@ def real_size_shape(lora: LoraConfig = RECIPE) -> ModelShape:
 def v3_step(checkpointing: bool, samples: int, tokens: int):
     """The memory model of a Higgs TTS 3 step at real size (4.04B, LoRA rank 16 on attention and MLP): SAMPLES
     cloning samples of TOKENS positions, 15% text, a reference and a target clip of equal length."""
-    import numpy as np
-
     from higgs_ds.checkpoints.model import apply_lora
-    from higgs_ds.data.collate import Sample
+    from higgs_ds.data.prompt_formats import TTS3_SPECIAL_TOKENS
     from higgs_ds.memory import step_memory
     from higgs_ds.models.higgs_v3 import heads
     from higgs_ds.models.higgs_v3.fixture import REAL_SIZE_CONFIG
-    from higgs_ds.models.higgs_v3.inputs import SPECIAL_TOKENS, V3Collator, prompt_ids
+    from higgs_ds.models.higgs_v3.inputs import V3Collator, voice_cloning_batch
     from higgs_ds.models.higgs_v3.model import LORA_PRESETS, AudioConfig, meta_model
 
     config = REAL_SIZE_CONFIG
-    ids = {name: 151_700 + i for i, name in enumerate(SPECIAL_TOKENS)}  # any ids of the vocabulary: shapes count
-    rng = np.random.default_rng(0)
-    text = max(8, int(tokens * 0.15))
-    frames = (tokens - text - 5 - 13) // 2  # 5 special tokens; a clip takes 7 (reference) or 6 (target) more
-    batch = []
-    for _ in range(samples):
-        words = rng.integers(0, 150_000, text).tolist()
-        prompt = prompt_ids(ids, words[text // 2:], words[:text // 2])
-        batch.append(Sample(np.array(prompt), np.full(len(prompt), -100), rng.integers(0, 1024, (8, 2 * frames)),
-                            np.array([frames, frames])))
-    batch = V3Collator(AudioConfig.from_config(config), ids["<|audio|>"], pad_id=0)(batch)
+    ids = {name: 151_700 + i for i, name in enumerate(TTS3_SPECIAL_TOKENS)}  # any ids of the vocabulary: shapes count
+    collator = V3Collator(AudioConfig.from_config(config), ids["<|audio|>"], pad_id=0)
+    batch = voice_cloning_batch(collator, ids, config["text_config"]["vocab_size"], tokens, samples)
     lora = LoraConfig(preset="attention_mlp", rank=16, alpha=32, dropout=0.05)
 
     def build(layers: int):

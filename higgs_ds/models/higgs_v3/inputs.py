@@ -136,3 +136,24 @@ class V3Collator:
             audio_input_rows=torch.from_numpy(np.concatenate(in_rows) if in_rows else np.zeros((0, n), np.int64)),
             audio_positions=torch.from_numpy(np.concatenate(out_pos)),
             audio_targets=torch.from_numpy(targets), audio_frames=int(sum(s.frames.sum() for s in samples)))
+
+
+def voice_cloning_batch(collator: V3Collator, ids: dict[str, int], vocab: int, seq_len: int, samples: int,
+                        seed: int = 0) -> V3Batch:
+    """SAMPLES cloning samples of about SEQ_LEN positions each in a real batch's proportions (~15% text split
+    between the reference transcript and the target's, a reference and a target clip of equal length; random ids
+    and codes), collated. IDS: the v3 prompt's special tokens' ids. They size a step for the memory model and
+    benchmarks."""
+    from higgs_ds.data.prompt_formats import prompt_ids
+
+    n = collator.audio.num_codebooks
+    text = max(8, int(seq_len * 0.15))
+    frames = max(2, (seq_len - text - 5 - 2 * (n - 1) + 1) // 2)  # 5 special tokens; a clip adds n - 1 or n - 2 rows
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(samples):
+        words = rng.integers(0, min(vocab, 100_000), text).tolist()
+        prompt = prompt_ids(ids, words[text // 2:], words[:text // 2])
+        out.append(Sample(np.array(prompt, np.int64), np.full(len(prompt), IGNORE),
+                          rng.integers(0, 1024, (n, 2 * frames)), np.array([frames, frames])))
+    return collator(out)
