@@ -1,6 +1,6 @@
-"""The FLOPs one Higgs-Audio v2 training step really does, counted from the model and the batch: every matrix
-product of the forward and of the backward autograd actually runs, nothing else (norms, RoPE, activations and the
-softmax are elementwise and left out, as FlopCounterMode leaves them).
+"""The FLOPs one training step really does (Higgs-Audio v2, or Higgs TTS 3), counted from the model and the batch:
+every matrix product of the forward and of the backward autograd actually runs, nothing else (norms, RoPE,
+activations and the softmax are elementwise and left out, as FlopCounterMode leaves them).
 
 - Each position goes through the attention projections; a text position through the text FFN, an audio position
   through the audio FFN (the DualFFN), each at its own size.
@@ -10,11 +10,13 @@ softmax are elementwise and left out, as FlopCounterMode leaves them).
 - Attention scores (QK^T and PV): as eager attention runs them, every row against every column of the padded batch
   (`attention="full"`, what FlopCounterMode sees), or what a causal kernel needs over each sample's real length
   (`attention="causal"`, what MFU should count).
+- Higgs TTS 3 has one FFN for every position, and one head: its audio embedding read as a linear layer (frozen
+  under LoRA, tied, codebooks x 1026).
 - The heads: the text head (vocabulary-wide) and the audio head (codebooks x 1026) at the positions that predict a
   label (`heads="labelled"`, our training), or at every position (`heads="every"`, the class's own forward with
   labels: what a step computed before the heads ran only where labels are).
 
-`tests/test_flops.py` checks the count against torch's FlopCounterMode on the tiny model with eager attention.
+`tests/test_flops.py` checks the count against torch's FlopCounterMode on the tiny models with eager attention.
 """
 
 from __future__ import annotations
@@ -52,18 +54,19 @@ def _linear(n: int, module, grad_in: bool) -> tuple[float, bool]:
 
 
 def step_flops(model, batch, attention: str = "causal", heads: str = "labelled") -> StepFlops:
-    """The FLOPs of one forward + backward of BATCH (a NativeBatch) through MODEL (HiggsAudioV2ForConditionalGeneration,
-    possibly under peft), the loss from the text and audio heads."""
+    """The FLOPs of one forward + backward of BATCH (a NativeBatch or V3Batch) through MODEL
+    (HiggsAudioV2ForConditionalGeneration or HiggsTTS3, possibly under peft), the loss from the heads."""
     import torch
 
     from higgs_ds.models.backend import base_model
 
     base = base_model(model)
-    cfg = base.config
+    v3 = hasattr(base, "body")  # Higgs TTS 3: Qwen3Model as `body`, no DualFFN, the tied audio head only
+    cfg = base.body.config if v3 else base.config
     mask = batch.attention_mask
     rows, width = mask.shape
     positions = rows * width
-    audio = int((batch.input_ids == cfg.audio_token_id).sum())
+    audio = 0 if v3 else int((batch.input_ids == cfg.audio_token_id).sum())
     text = positions - audio
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     qk = cfg.num_attention_heads * head_dim
@@ -77,7 +80,7 @@ def step_flops(model, batch, attention: str = "causal", heads: str = "labelled")
 
     backbone = attn = 0.0
     grad = False  # the hidden state entering the first layer comes from frozen embeddings
-    for layer in base.model.layers:
+    for layer in (base.body if v3 else base.model).layers:
         sa = layer.self_attn
         q, gq = _linear(positions, sa.q_proj, grad)
         k, gk = _linear(positions, sa.k_proj, grad)
@@ -91,7 +94,7 @@ def step_flops(model, batch, attention: str = "causal", heads: str = "labelled")
         grad = grad or go
         ffn = 0.0
         grad_after = grad
-        for n, mlp in ((text, layer.mlp), (audio, layer.audio_mlp)):
+        for n, mlp in ((text, layer.mlp),) + (() if v3 else ((audio, layer.audio_mlp),)):
             g, gg = _linear(n, mlp.gate_proj, grad)
             u, gu = _linear(n, mlp.up_proj, grad)
             d, gd = _linear(n, mlp.down_proj, gg or gu or grad)
@@ -101,11 +104,14 @@ def step_flops(model, batch, attention: str = "causal", heads: str = "labelled")
         grad = grad_after
 
     if heads == "labelled":
-        n_text, n_audio = len(batch.text_positions), len(batch.audio_positions)
+        n_text, n_audio = (0 if v3 else len(batch.text_positions)), len(batch.audio_positions)
     elif heads == "every":
-        n_text = n_audio = positions
+        n_text, n_audio = (0 if v3 else positions), positions
     else:
         raise ValueError(f"heads: {heads!r} is not labelled or every")
+    if v3:  # the audio embedding as a linear layer: its input gradient only (frozen) or its weight's too
+        table = base.audio_embedding.weight
+        return StepFlops(backbone, attn, 0.0, 2.0 * n_audio * table.numel() * (1 + grad + table.requires_grad))
     text_head, _ = _linear(n_text, base.text_lm_head, grad)
     audio_head, _ = _linear(n_audio, base.audio_lm_head, grad)
     return StepFlops(backbone, attn, text_head, audio_head)

@@ -1,8 +1,10 @@
-"""GPU benchmark: the Higgs-Audio v2 architecture at full size (random weights, no download) with LoRA under
-DeepSpeed ZeRO-2 bf16, activation checkpointing on/off, sequence lengths 1024-4096: tokens/s, model-FLOPs
-utilisation, peak memory, and the largest micro-batch that fits in 24 GB and in 80 GB.
+"""GPU benchmark: a model family's architecture at full size (Higgs-Audio v2, 5.77B; `--family v3`: Higgs TTS 3,
+4.04B; random weights, no download) with LoRA under DeepSpeed ZeRO-2 bf16, activation checkpointing on/off,
+sequence lengths 1024-4096: tokens/s, model-FLOPs utilisation, peak memory, and the largest micro-batch that fits in
+24 GB and in 80 GB.
 
     python -m bench.gpu                          # on a GPU machine (one GPU)
+    python -m bench.gpu --family v3              # Higgs TTS 3
     python -m bench.gpu --size tiny --device cpu --seq-lens 128 --batches 1 2 --steps 2   # a CPU smoke run
 
 Every case runs in a fresh process; one that fails or runs out of memory is recorded as such and the rest go on.
@@ -11,7 +13,7 @@ FLOPs (bench/flops.py, checked against torch's FlopCounterMode): every matrix pr
 step as it runs (a text position through the text FFN, an audio one through the audio FFN), attention counted
 causal over each sample's length, the heads at the positions with a label. MFU divides that by the step time.
 `head_flops_saved_per_token` is what the heads would add at every other position, as a step computed them before
-they ran only where labels are: the FLOPs that step wasted.
+they ran only where labels are: the FLOPs that step wasted (for v3, its tied audio head's).
 """
 
 from __future__ import annotations
@@ -57,15 +59,71 @@ def synthetic_batch(arch: dict, native: dict, seq_len: int, batch: int, ids: dic
     return voice_cloning_batch(collator, native["vocab_size"], seq_len, batch)
 
 
-def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_gb: float | None) -> dict:
-    import deepspeed
-
+def v2_setup(args, arch, seq_len: int, batch: int, checkpointing: bool, ds: dict):
+    """(the LoRA model, a batch on the device, its heads, FLOPs per token, the same with the heads at every
+    position, the memory model's peak)."""
     from bench.flops import step_flops
     from higgs_ds.checkpoints.model import apply_lora
     from higgs_ds.config import LoraConfig
-    from higgs_ds.distributed import deepspeed_config
     from higgs_ds.models.higgs_v2.heads import forward
     from higgs_ds.models.higgs_v2.model import LORA_PRESETS
+
+    ids = TINY_IDS if arch is TINY_ARCH else None
+    model, native = random_model(arch, args.device, ids=ids)
+    if checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model = apply_lora(model, LoraConfig(rank=16, alpha=32, dropout=0.0), LORA_PRESETS)
+    inputs = synthetic_batch(arch, native, seq_len, batch, ids).to(args.device)
+    traced = traced_peak(arch, native, ids, checkpointing, seq_len, batch, ds)
+    tokens = inputs.input_ids.numel()
+    fpt = step_flops(model, inputs).total / tokens
+    return model, inputs, forward, fpt, step_flops(model, inputs, heads="every").total / tokens, traced
+
+
+def v3_setup(args, arch, seq_len: int, batch: int, checkpointing: bool, ds: dict):
+    """v2_setup for Higgs TTS 3 (ARCH unused: the size picks the real or the tiny config)."""
+    from transformers.initialization import no_init_weights
+
+    from bench.flops import step_flops
+    from bench.memory import v3_step
+    from higgs_ds.checkpoints.model import apply_lora
+    from higgs_ds.config import LoraConfig
+    from higgs_ds.data.prompt_formats import TTS3_SPECIAL_TOKENS
+    from higgs_ds.models.higgs_v3.fixture import REAL_SIZE_CONFIG, TINY_CONFIG
+    from higgs_ds.models.higgs_v3.heads import forward
+    from higgs_ds.models.higgs_v3.inputs import V3Collator, voice_cloning_batch
+    from higgs_ds.models.higgs_v3.model import LORA_PRESETS, HiggsTTS3
+
+    config = TINY_CONFIG if args.size == "tiny" else REAL_SIZE_CONFIG
+    torch.set_default_dtype(torch.bfloat16)  # built in bf16, as random_model builds v2: no fp32 copy of 4B
+    try:
+        with no_init_weights(), torch.device(args.device):
+            model = HiggsTTS3(config)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    gen = torch.Generator(device=args.device).manual_seed(0)
+    bound = 0.02 * 3 ** 0.5  # uniform with the std of the initializer_range
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-bound, bound, generator=gen) if p.dim() > 1 else p.fill_(1.0)
+    if checkpointing:
+        model.body.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    model = apply_lora(model, LoraConfig(rank=16, alpha=32, dropout=0.0), LORA_PRESETS)
+    vocab = config["text_config"]["vocab_size"]
+    ids = {name: vocab - 8 + i for i, name in enumerate(TTS3_SPECIAL_TOKENS)}
+    audio = model.get_base_model().audio
+    inputs = voice_cloning_batch(V3Collator(audio, ids["<|audio|>"], pad_id=0), ids, vocab - 8, seq_len,
+                                 batch).to(args.device)
+    tokens = inputs.input_ids.numel()
+    traced = v3_step(checkpointing, batch, seq_len, config, dropout=0.0).total
+    fpt = step_flops(model, inputs).total / tokens
+    return model, inputs, forward, fpt, step_flops(model, inputs, heads="every").total / tokens, traced
+
+
+def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_gb: float | None) -> dict:
+    import deepspeed
+
+    from higgs_ds.distributed import deepspeed_config
     from higgs_ds.training.loss import combine
 
     cuda = args.device == "cuda"
@@ -74,20 +132,13 @@ def run_case(args, arch, seq_len: int, batch: int, checkpointing: bool, memory_g
         torch.cuda.reset_peak_memory_stats()
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, (memory_gb or 1e9) * 2**30 / total))
-    ids = TINY_IDS if arch is TINY_ARCH else None
-    model, native = random_model(arch, args.device, ids=ids)
-    if checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    model = apply_lora(model, LoraConfig(rank=16, alpha=32, dropout=0.0), LORA_PRESETS)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ds = deepspeed_config(os.path.join(os.path.dirname(__file__), "..", "ds_configs", "zero2.json"), batch, 1, 1,
                           "bf16", 1.0)
+    setup = v3_setup if args.family == "v3" else v2_setup
+    model, inputs, forward, fpt, fpt_everywhere, traced = setup(args, arch, seq_len, batch, checkpointing, ds)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=ds)
-    inputs = synthetic_batch(arch, native, seq_len, batch, ids).to(args.device)
-    traced = traced_peak(arch, native, ids, checkpointing, seq_len, batch, ds)
     tokens = inputs.input_ids.numel()
-    fpt = step_flops(model, inputs).total / tokens
-    fpt_everywhere = step_flops(model, inputs, heads="every").total / tokens
     result = {"seq_len": seq_len, "micro_batch": batch, "activation_checkpointing": checkpointing,
               "memory_cap_gb": memory_gb}
     try:
@@ -131,7 +182,8 @@ def traced_peak(arch, native, ids, checkpointing: bool, seq_len: int, batch: int
 def run_isolated(args, case: dict) -> dict:
     """One case in a fresh process: its memory cannot leak into the next, and a crash or a kill (host out of
     memory) becomes a failed row instead of ending the benchmark."""
-    cmd = [sys.executable, "-m", "bench.gpu", "--size", args.size, "--device", args.device, "--steps", str(args.steps),
+    cmd = [sys.executable, "-m", "bench.gpu", "--family", args.family, "--size", args.size, "--device", args.device,
+           "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--peak-tflops", str(args.peak_tflops), "--case", json.dumps(case)]
     env = {**os.environ, "MASTER_PORT": str(free_port())}
     row = {**case, "ok": False}
@@ -185,7 +237,9 @@ def run_one(args, arch, case: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", choices=["v2", "tiny"], default="v2")
+    p.add_argument("--family", choices=["v2", "v3"], default="v2", help="v3: Higgs TTS 3")
+    p.add_argument("--size", choices=["real", "v2", "tiny"], default="real",
+                   help="the family's real size (v2: the same, the name older command lines use) or a tiny one")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 2048, 4096])
     p.add_argument("--batches", type=int, nargs="+", default=[1, 4])
@@ -198,10 +252,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="write the results as JSON here (rewritten after every case)")
     p.add_argument("--case", default=None, help=argparse.SUPPRESS)  # internal: run this one case in-process
     args = p.parse_args(argv)
-    arch = V2_ARCH if args.size == "v2" else TINY_ARCH
+    arch = TINY_ARCH if args.size == "tiny" else V2_ARCH
     if args.case:
         return run_one(args, arch, json.loads(args.case))
-    results = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu", "size": args.size,
+    results = {"device": torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu", "family": args.family,
+               "size": args.size,
                "cases": [], "largest_micro_batch": []}
 
     def record(key: str, row: dict) -> None:

@@ -1,4 +1,5 @@
-"""bench/gpu.py: the v2 architecture has the published size, and the benchmark runs end to end (tiny, on CPU)."""
+"""bench/gpu.py: the v2 architecture has the published size, and the benchmark runs end to end for both families
+(tiny, on CPU)."""
 
 import json
 import os
@@ -26,9 +27,11 @@ def test_v2_architecture_has_the_published_parameter_counts():
     assert audio / 1e9 == pytest.approx(2.16, abs=0.01) and (total - audio) / 1e9 == pytest.approx(3.61, abs=0.01)
 
 
-def test_gpu_benchmark_runs_on_cpu_with_a_tiny_config(tmp_path):
+@pytest.mark.parametrize("family", ["v2", "v3"])
+def test_gpu_benchmark_runs_on_cpu_with_a_tiny_config(tmp_path, family):
     out = tmp_path / "gpu.json"
-    proc = subprocess.run([sys.executable, "-m", "bench.gpu", "--size", "tiny", "--device", "cpu", "--seq-lens", "128",
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu", "--family", family, "--size", "tiny", "--device", "cpu",
+                           "--seq-lens", "128",
                            "--batches", "1", "2", "--steps", "2", "--warmup", "1", "--out", str(out)], cwd=REPO,
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "MASTER_PORT": str(free_port())})
