@@ -56,27 +56,13 @@ def real_size_shape(lora: LoraConfig = RECIPE) -> ModelShape:
 def v3_step(checkpointing: bool, samples: int, tokens: int, config: dict | None = None, dropout: float = 0.05):
     """The memory model of a Higgs TTS 3 step (CONFIG, default the real size: 4.04B), LoRA rank 16 on attention and
     MLP: SAMPLES cloning samples of TOKENS positions, 15% text, a reference and a target clip of equal length."""
-    from higgs_ds.checkpoints.model import apply_lora
-    from higgs_ds.data.prompt_formats import TTS3_SPECIAL_TOKENS
-    from higgs_ds.memory import step_memory
-    from higgs_ds.models.higgs_v3 import heads
+    from higgs_ds.models.higgs_v3.backend import V3Settings
     from higgs_ds.models.higgs_v3.fixture import REAL_SIZE_CONFIG
-    from higgs_ds.models.higgs_v3.inputs import V3Collator, voice_cloning_batch
-    from higgs_ds.models.higgs_v3.model import LORA_PRESETS, AudioConfig, meta_model
 
-    config = config or REAL_SIZE_CONFIG
-    vocab = config["text_config"]["vocab_size"]
-    ids = {name: vocab - 8 + i for i, name in enumerate(TTS3_SPECIAL_TOKENS)}  # any ids of the vocabulary: shapes count
-    collator = V3Collator(AudioConfig.from_config(config), ids["<|audio|>"], pad_id=0)
-    batch = voice_cloning_batch(collator, ids, vocab - 8, tokens, samples)
     lora = LoraConfig(preset="attention_mlp", rank=16, alpha=32, dropout=dropout)
-
-    def build(layers: int):
-        return apply_lora(meta_model(config, layers, checkpointing), lora, LORA_PRESETS).to(torch.bfloat16)
-
     ds_config = json.loads((REPO / "ds_configs" / "zero2.json").read_text())
-    return step_memory(build, config["text_config"]["num_hidden_layers"], batch,
-                       lambda model, b: heads.forward(model, b).sums.audio_sum, 1, ds_config)
+    shape = ModelShape(config or REAL_SIZE_CONFIG, V3Settings(8), lora, ds_config, "v3")
+    return estimate(shape, checkpointing, samples, tokens)
 
 
 def measured_against_traced(checkpointing: bool) -> tuple[int, int]:

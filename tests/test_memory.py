@@ -76,11 +76,15 @@ def test_plan_memory_prints_the_table_and_the_run_check(fixtures_dir, shards):
     assert "not even one sample" in refused.stderr  # DeepSpeed's buckets alone take 0.75 GiB
 
 
-def test_a_run_that_will_not_fit_is_refused_naming_what_fits(fixtures_dir, shards):
-    """The check a run makes on CUDA before its first step, given the card's memory as torch.cuda reports it."""
-    cfg = load_config(None, [f"model.path={fixtures_dir / 'model'}", f"data.train={shards}",
+@pytest.mark.parametrize("family", ["v2", "v3"])
+def test_a_run_that_will_not_fit_is_refused_naming_what_fits(fixtures_dir, request, family):
+    """The check a run makes on CUDA before its first step, given the card's memory as torch.cuda reports it; for
+    each family's model and shards."""
+    model, shards = (("model", "shards") if family == "v2" else ("v3_model", "v3_shards"))
+    cfg = load_config(None, [f"model.path={fixtures_dir / model}", f"data.train={request.getfixturevalue(shards)}",
                              "data.micro_batch_size=64", "model.activation_checkpointing=false"])
     shape = model_shape(cfg, ZERO2)
+    assert shape.family == family
     small, big = (estimate(shape, False, n, 256) for n in (1, 64))
     card = (small.needs() + big.needs()) / 2  # between one sample and 64 of them
     with pytest.raises(ConfigError) as refused:

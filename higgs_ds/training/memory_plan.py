@@ -22,25 +22,35 @@ SAMPLE_TOKENS = 2048  # positions a sample in the planning table (the longest a 
 
 @dataclasses.dataclass(frozen=True)
 class ModelShape:
-    """What the memory of a step depends on besides the batch: the native config, the collator's settings (audio
-    token ids, clip overhead) and the LoRA."""
+    """What the memory of a step depends on besides the batch: the model's config (v2: its native config; v3: its
+    config.json), the collator's settings (audio token ids, clip overhead), the LoRA and the family."""
     native: dict
-    settings: object  # CollatorSettings
+    settings: object  # CollatorSettings (v2), V3Settings (v3)
     lora: LoraConfig
     ds_config: dict
+    family: str = "v2"  # or "v3": Higgs TTS 3
 
 
 def model_shape(cfg: TrainConfig, ds_config_path: str) -> ModelShape:
+    from higgs_ds.checkpoints.hub import locate, resolve_native_model
+
+    with open(ds_config_path) as f:
+        ds_config = json.load(f)
+    checkpoint, layout = locate(cfg.model.path, "model")
+    if layout == "tts3":
+        from higgs_ds.models.higgs_v3.backend import V3Settings
+        from higgs_ds.models.higgs_v3.model import AudioConfig
+
+        config = json.loads((checkpoint.path / "config.json").read_text())
+        return ModelShape(config, V3Settings(AudioConfig.from_config(config).num_codebooks), cfg.lora, ds_config,
+                          "v3")
     from transformers import HiggsAudioV2Config
 
-    from higgs_ds.checkpoints.hub import resolve_native_model
     from higgs_ds.models.higgs_v2.backend import collator_settings
 
     checkpoint = resolve_native_model(cfg.model.path, cfg.model.tokenizer)
     native = json.loads((checkpoint.path / "config.json").read_text())
     settings = collator_settings(HiggsAudioV2Config.from_dict(native), cfg.model)
-    with open(ds_config_path) as f:
-        ds_config = json.load(f)
     return ModelShape(native, settings, cfg.lora, ds_config)
 
 
@@ -51,24 +61,44 @@ def _loss(model, batch):
     return sums.text_sum + sums.audio_sum
 
 
+def _v3_loss(model, batch):
+    from higgs_ds.models.higgs_v3.heads import forward
+
+    return forward(model, batch).sums.audio_sum
+
+
 def estimate(shape: ModelShape, checkpointing: bool, samples: int, sample_tokens: int, world: int = 1,
-             loss=_loss) -> StepMemory:
+             loss=None) -> StepMemory:
     """The peak of a step over SAMPLES voice-cloning samples of SAMPLE_TOKENS positions each, on one of WORLD
-    ranks. LOSS(model, batch) is the step's loss (default: the native backend's, heads where labels are)."""
+    ranks. LOSS(model, batch) is the step's loss (default: the family's, heads where labels are)."""
     from higgs_ds.checkpoints.model import apply_lora
-    from higgs_ds.models.higgs_v2.inputs import NativeCollator, voice_cloning_batch
-    from higgs_ds.models.higgs_v2.model import LORA_PRESETS, meta_model
 
-    native = shape.native
-    batch = voice_cloning_batch(NativeCollator(shape.settings, native["audio_token_id"]), native["vocab_size"],
-                                sample_tokens, samples)
+    if shape.family == "v3":
+        from higgs_ds.data.prompt_formats import TTS3_SPECIAL_TOKENS
+        from higgs_ds.models.higgs_v3.inputs import V3Collator, voice_cloning_batch
+        from higgs_ds.models.higgs_v3.model import LORA_PRESETS, AudioConfig, meta_model
 
-    def build(layers: int):
-        return apply_lora(meta_model(native, layers, checkpointing), shape.lora, LORA_PRESETS).to(torch.bfloat16)
+        config = shape.native
+        vocab = config["text_config"]["vocab_size"]
+        ids = {name: vocab - 8 + i for i, name in enumerate(TTS3_SPECIAL_TOKENS)}  # any ids: shapes count
+        collator = V3Collator(AudioConfig.from_config(config), ids["<|audio|>"], pad_id=0)
+        batch = voice_cloning_batch(collator, ids, vocab - 8, sample_tokens, samples)
+        layers, loss = config["text_config"]["num_hidden_layers"], loss or _v3_loss
+    else:
+        from higgs_ds.models.higgs_v2.inputs import NativeCollator, voice_cloning_batch
+        from higgs_ds.models.higgs_v2.model import LORA_PRESETS, meta_model
+
+        config = shape.native
+        batch = voice_cloning_batch(NativeCollator(shape.settings, config["audio_token_id"]), config["vocab_size"],
+                                    sample_tokens, samples)
+        layers, loss = config["num_hidden_layers"], loss or _loss
+
+    def build(n: int):
+        return apply_lora(meta_model(config, n, checkpointing), shape.lora, LORA_PRESETS).to(torch.bfloat16)
 
     with warnings.catch_warnings():  # transformers' deprecation notes from inside the checkpointing set-up
         warnings.simplefilter("ignore", FutureWarning)
-        return step_memory(build, native["num_hidden_layers"], batch, loss, world, shape.ds_config)
+        return step_memory(build, layers, batch, loss, world, shape.ds_config)
 
 
 def budget_shape(budget: int, sample_tokens: int = SAMPLE_TOKENS) -> tuple[int, int]:
@@ -77,7 +107,7 @@ def budget_shape(budget: int, sample_tokens: int = SAMPLE_TOKENS) -> tuple[int, 
     return samples, budget // samples
 
 
-def table(shape: ModelShape, budgets=BUDGETS, world: int = 1, loss=_loss) -> list[dict]:
+def table(shape: ModelShape, budgets=BUDGETS, world: int = 1, loss=None) -> list[dict]:
     rows = []
     for budget in budgets:
         for checkpointing in (True, False):

@@ -34,7 +34,7 @@ def load(cfg: ModelConfig, dtype: torch.dtype | str = torch.float32):
     checkpoint, layout = locate(cfg.path, "model")
     if layout != "tts3":
         raise ConfigError(f"model.path: {cfg.path} is not a Higgs TTS 3 checkpoint ({layout} layout)")
-    model = load_model(checkpoint.path, torch.float32 if dtype == "auto" else dtype)
+    model = load_model(checkpoint.path, dtype)
     if cfg.activation_checkpointing:
         model.body.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model.name_or_path = checkpoint.repo_id or str(checkpoint.path)  # peft records it as the adapter's base

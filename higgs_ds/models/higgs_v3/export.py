@@ -12,14 +12,13 @@ from pathlib import Path
 import torch
 
 from higgs_ds.checkpoints.checkpoint_dir import CheckpointError
-from higgs_ds.models.higgs_v3.layout import CODEC_PREFIX, load_model, save_checkpoint
+from higgs_ds.models.higgs_v3.layout import CODEC_PREFIX, load_model, save_checkpoint, stored_dtype
 
 log = logging.getLogger(__name__)
 
 DERIVED = "Derived from Higgs TTS 3, licensed from Boson AI USA, Inc."
 LICENSE_PATTERNS = ("LICENSE*", "LICENCE*", "License*", "license*")
 WEIGHT_FILES = ("*.safetensors", "model.safetensors.index.json")
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def carry_licence(base: Path, out: Path, required: bool = True) -> list[str]:
@@ -76,8 +75,7 @@ def export_merged(adapter: Path, base: Path, out: Path) -> Path:
     other file of the base (tokenizer, configs) carried over, the licence and NOTICE added."""
     from peft import PeftModel
 
-    config = json.loads((base / "config.json").read_text())
-    dtype = DTYPES.get(config.get("torch_dtype") or config.get("dtype") or "bfloat16", torch.bfloat16)
+    dtype = stored_dtype(json.loads((base / "config.json").read_text()))
     # peft adds the fp32 LoRA delta to the stored weight in fp32 and rounds once
     model = PeftModel.from_pretrained(load_model(base, dtype), str(adapter)).merge_and_unload()
     out.mkdir(parents=True, exist_ok=True)

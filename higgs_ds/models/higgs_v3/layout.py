@@ -24,6 +24,14 @@ TIED = {"tied.head.text_head.weight": "tied.embedding.text_embedding.weight",
         "tied.head.modality_heads.0.weight": "tied.embedding.modality_embeddings.0.embedding.weight"}
 
 
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def stored_dtype(config: dict) -> torch.dtype:
+    """The dtype the checkpoint's weights are stored in, as its config.json says (bf16 when it says nothing)."""
+    return DTYPES.get(config.get("torch_dtype") or config.get("dtype") or "bfloat16", torch.bfloat16)
+
+
 def read_state(path: Path) -> dict[str, torch.Tensor]:
     """Every tensor of the checkpoint directory PATH (model.safetensors, or the shards its index names)."""
     from safetensors.torch import load_file
@@ -72,13 +80,15 @@ def to_checkpoint(ours: dict[str, torch.Tensor], codec: dict[str, torch.Tensor])
     return state
 
 
-def load_model(path: str | Path, dtype: torch.dtype = torch.float32) -> HiggsTTS3:
-    """The model in the native checkpoint directory PATH; every weight of it loaded, nothing left random."""
+def load_model(path: str | Path, dtype: torch.dtype | str = torch.float32) -> HiggsTTS3:
+    """The model in the native checkpoint directory PATH; every weight of it loaded, nothing left random. DTYPE
+    "auto": the dtype it is stored in."""
     path = Path(path)
     config = json.loads((path / "config.json").read_text())
     if config.get("model_type") != "higgs_multimodal_qwen3":
         raise CheckpointError(f"{path}/config.json: model_type {config.get('model_type')!r}, not a Higgs TTS 3 "
                               f"checkpoint (higgs_multimodal_qwen3)")
+    dtype = stored_dtype(config) if dtype == "auto" else dtype
     ours, _ = to_ours(read_state(path), str(path))
     from transformers.initialization import no_init_weights
 
