@@ -37,24 +37,23 @@ def code_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("code-cache")
 
 
+def build_shards(out: Path, speech: Path, fixtures_dir: Path, text_tokenizer: str, code_cache: Path) -> Path:
+    run_cli("shards", "build", "--input", speech / "utterances.jsonl", "--out", out, "--audio-tokenizer",
+            fixtures_dir / "audio_tokenizer", "--text-tokenizer", fixtures_dir / text_tokenizer, "--shard-size", 5,
+            "--cache-dir", code_cache)
+    return out
+
+
 @pytest.fixture(scope="session")
 def shards(fixtures_dir, speech, code_cache, tmp_path_factory) -> Path:
     """12 utterances of 3 espeak-ng speakers paired into cloning records, 5 records a shard (uneven: 5, 5, 2)."""
-    out = tmp_path_factory.mktemp("shards")
-    run_cli("shards", "build", "--input", speech / "utterances.jsonl", "--out", out, "--audio-tokenizer",
-            fixtures_dir / "audio_tokenizer", "--text-tokenizer", fixtures_dir / "tokenizer", "--shard-size", 5,
-            "--cache-dir", code_cache)
-    return out
+    return build_shards(tmp_path_factory.mktemp("shards"), speech, fixtures_dir, "tokenizer", code_cache)
 
 
 @pytest.fixture(scope="session")
 def v3_shards(fixtures_dir, speech, code_cache, tmp_path_factory) -> Path:
     """The same 12 records built for the tiny Higgs TTS 3 model (its text tokenizer: the v3 prompt), 5 a shard."""
-    out = tmp_path_factory.mktemp("v3-shards")
-    run_cli("shards", "build", "--input", speech / "utterances.jsonl", "--out", out, "--audio-tokenizer",
-            fixtures_dir / "audio_tokenizer", "--text-tokenizer", fixtures_dir / "v3_model", "--shard-size", 5,
-            "--cache-dir", code_cache)
-    return out
+    return build_shards(tmp_path_factory.mktemp("v3-shards"), speech, fixtures_dir, "v3_model", code_cache)
 
 
 @pytest.fixture(scope="module")
