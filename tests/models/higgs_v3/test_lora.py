@@ -2,7 +2,6 @@
 audio embedding whole (lora.modules_to_save) trains one table that is both the input embedding and the head."""
 
 import torch
-from transformers.initialization import no_init_weights
 
 from higgs_ds.checkpoints.model import apply_lora
 from higgs_ds.config import LoraConfig
@@ -11,6 +10,8 @@ from higgs_ds.models.higgs_v3.model import LORA_PRESETS, HiggsTTS3
 
 
 def tiny():
+    from transformers.initialization import no_init_weights  # transformers 5: the product venv
+
     torch.manual_seed(0)
     with no_init_weights():
         model = HiggsTTS3(TINY_CONFIG)
