@@ -40,21 +40,13 @@ def test_the_count_equals_flop_counter_mode(native_model, lora):
 
 def test_the_count_equals_flop_counter_mode_for_higgs_tts_3():
     """The v3 step: LoRA on attention and MLP, the tied audio head (frozen) at the labelled positions."""
-    import torch
-    from transformers.initialization import no_init_weights
-
     from higgs_ds.data.prompt_formats import TTS3_SPECIAL_TOKENS
     from higgs_ds.models.higgs_v3 import heads
-    from higgs_ds.models.higgs_v3.fixture import TINY_CONFIG
+    from higgs_ds.models.higgs_v3.fixture import random_model
     from higgs_ds.models.higgs_v3.inputs import V3Collator, voice_cloning_batch
     from higgs_ds.models.higgs_v3.model import LORA_PRESETS as V3_PRESETS
-    from higgs_ds.models.higgs_v3.model import HiggsTTS3
 
-    torch.manual_seed(0)
-    with no_init_weights():
-        base = HiggsTTS3(TINY_CONFIG)
-    for p in base.parameters():
-        torch.nn.init.normal_(p, 0, 0.02)
+    base = random_model()
     base.body.set_attn_implementation("eager")
     model = apply_lora(base, LoraConfig(rank=4, alpha=8, dropout=0.0), V3_PRESETS)
     ids = {name: 500 + i for i, name in enumerate(TTS3_SPECIAL_TOKENS)}

@@ -32,8 +32,8 @@ REAL_SIZE_CONFIG = {
 }
 
 
-def build_tiny_model(out: Path, seed: int = 0, config: dict | None = None) -> Path:
-    """The tiny model in OUT (config.json, model.safetensors); weights uniform with std 0.02, norms 1."""
+def random_model(seed: int = 0, config: dict | None = None) -> HiggsTTS3:
+    """HiggsTTS3 of CONFIG (default the tiny one) in memory; weights uniform with std 0.02, norms 1."""
     from transformers.initialization import no_init_weights
 
     torch.manual_seed(seed)
@@ -43,6 +43,12 @@ def build_tiny_model(out: Path, seed: int = 0, config: dict | None = None) -> Pa
     with torch.no_grad():
         for p in model.parameters():
             p.uniform_(-bound, bound) if p.dim() > 1 else p.fill_(1.0)
+    return model
+
+
+def build_tiny_model(out: Path, seed: int = 0, config: dict | None = None) -> Path:
+    """The tiny model (random_model) in OUT (config.json, model.safetensors)."""
+    model = random_model(seed, config)
     codec = {CODEC_PREFIX + "quantizer.codebook.weight": torch.randn(16, 4),  # kept aside, carried to exports
              CODEC_PREFIX + "decoder.proj.bias": torch.randn(4)}
     save_checkpoint(model, Path(out), codec)

@@ -5,23 +5,12 @@ import torch
 
 from higgs_ds.checkpoints.model import apply_lora
 from higgs_ds.config import LoraConfig
-from higgs_ds.models.higgs_v3.fixture import TINY_CONFIG
-from higgs_ds.models.higgs_v3.model import LORA_PRESETS, HiggsTTS3
-
-
-def tiny():
-    from transformers.initialization import no_init_weights  # transformers 5: the product venv
-
-    torch.manual_seed(0)
-    with no_init_weights():
-        model = HiggsTTS3(TINY_CONFIG)
-    for p in model.parameters():
-        torch.nn.init.normal_(p, 0, 0.02)
-    return model
+from higgs_ds.models.higgs_v3.fixture import random_model
+from higgs_ds.models.higgs_v3.model import LORA_PRESETS
 
 
 def test_the_default_preset_adapts_attention_and_mlp_of_every_layer():
-    model = apply_lora(tiny(), LoraConfig(rank=4), LORA_PRESETS)
+    model = apply_lora(random_model(), LoraConfig(rank=4), LORA_PRESETS)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     wrapped = {n.removeprefix("base_model.model.").rsplit(".lora_A", 1)[0] for n in trainable if "lora_A" in n}
@@ -29,7 +18,7 @@ def test_the_default_preset_adapts_attention_and_mlp_of_every_layer():
 
 
 def test_the_audio_embedding_trained_whole_stays_tied_to_the_head():
-    model = apply_lora(tiny(), LoraConfig(rank=4, modules_to_save=["audio_embedding"]), LORA_PRESETS)
+    model = apply_lora(random_model(), LoraConfig(rank=4, modules_to_save=["audio_embedding"]), LORA_PRESETS)
     base = model.get_base_model()
     tables = [n for n, p in model.named_parameters() if p.requires_grad and "audio_embedding" in n]
     assert len(tables) == 1  # one trained copy, not an embedding and a head trained apart
