@@ -24,10 +24,15 @@ CLIP = -100  # the marker of an audio clip in a stored v3 prompt (the checkpoint
 IGNORE = -100
 
 
+def _token_id(tokenizer, token: str) -> int | None:
+    """TOKEN's id, or None when the tokenizer lacks it (a lookup, not a copy of a 151k-entry vocabulary)."""
+    i = tokenizer.convert_tokens_to_ids(token)
+    return None if i is None or (i == tokenizer.unk_token_id and token != tokenizer.unk_token) else i
+
+
 def prompt_format(tokenizer) -> str:
     """TTS3 for a text tokenizer that has all of the v3 prompt's special tokens, else CHATML."""
-    vocab = tokenizer.get_vocab()
-    return TTS3 if all(t in vocab for t in TTS3_SPECIAL_TOKENS) else CHATML
+    return TTS3 if all(_token_id(tokenizer, t) is not None for t in TTS3_SPECIAL_TOKENS) else CHATML
 
 
 def record_tokens(fmt: str, record: dict, n_audio: int, tokenizer) -> tuple[list[int], list[int]]:
@@ -42,11 +47,11 @@ def record_tokens(fmt: str, record: dict, n_audio: int, tokenizer) -> tuple[list
 
 def tts3_ids(tokenizer) -> dict[str, int]:
     """The tokenizer's ids of the v3 prompt's special tokens."""
-    vocab = tokenizer.get_vocab()
-    missing = [t for t in TTS3_SPECIAL_TOKENS if t not in vocab]
+    ids = {t: _token_id(tokenizer, t) for t in TTS3_SPECIAL_TOKENS}
+    missing = [t for t, i in ids.items() if i is None]
     if missing:
         raise RecordError(f"the text tokenizer has no {missing[0]} token: not a Higgs TTS 3 tokenizer")
-    return {t: vocab[t] for t in TTS3_SPECIAL_TOKENS}
+    return ids
 
 
 def prompt_ids(ids: dict[str, int], text: list[int], ref_text: list[int] | None = None, reference: bool = True,

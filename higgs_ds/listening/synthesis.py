@@ -17,7 +17,7 @@ import numpy as np
 from higgs_ds.audio import AudioError, read_audio
 from higgs_ds.data.chatml import RecordError, chatml_tokens
 from higgs_ds.data.collate import IGNORE, Sample
-from higgs_ds.data.prompt_formats import CLIP, prompt_ids, tts3_ids
+from higgs_ds.data.prompt_formats import prompt_ids, tts3_ids
 from higgs_ds.listening.prompts import Prompt, Reference
 
 log = logging.getLogger(__name__)
@@ -230,14 +230,12 @@ class V3Synthesizer(Synthesizer):
         ids = prompt_ids(self.ids, encode(prompt.text), encode(ref.text) if ref else None, ref is not None)[:-1]
         codes = self.reference_codes(ref, prompt).numpy() if ref else np.zeros((self.num_codebooks, 0), np.int64)
         frames = np.array([codes.shape[1]] if ref else [], np.int64)
-        ids = np.array(ids, np.int64)
-        length = len(ids) + sum(int(f) + self.num_codebooks - 1 - 1 for f in frames)  # CLIP -> T + 7 rows
+        input_ids, positions, rows = self.collator.prompt_tensors(Sample(np.array(ids, np.int64),
+                                                                         np.full(len(ids), IGNORE), codes, frames))
+        length = input_ids.shape[1]  # the reference expanded into its delayed rows
         if length + cfg.max_new_tokens > self.context_limit:
             raise SynthesisError(f"{prompt.source}: the prompt takes {length} positions; with max_new_tokens "
                                  f"{cfg.max_new_tokens} that is over the model's context of {self.context_limit}")
-        assert (ids == CLIP).sum() == len(frames)
-        input_ids, positions, rows = self.collator.prompt_tensors(Sample(ids, np.full(len(ids), IGNORE), codes,
-                                                                         frames))
         return input_ids.to(self.device), positions.to(self.device), rows.to(self.device)
 
     def _generate(self, inputs, cfg: SynthesisConfig):
