@@ -1,9 +1,11 @@
 """The real Higgs-Audio v2 size (5.77B, bf16, random weights, no download) through the real trainer on one CPU rank
 under ZeRO-2, in the transformers-native layout the hub serves: train, checkpoint, resume, export the merged model
 in both layouts, load them with transformers' HiggsAudioV2ForConditionalGeneration and boson's HiggsAudioModel
-(.venv-boson), and synthesize with the checkpoint. Needs about 36 GB of disk and 24 GB of memory; `make test` runs it (marker real_size). It is skipped, with the measured figure,
-on a CPU whose bf16 matrix products are too slow for it to end in half an hour (no AVX-512 BF16 or AMX: torch
-falls back to a scalar bf16 kernel, about 100x slower than its fp32 one)."""
+(.venv-boson), and synthesize with the checkpoint. Needs 24 GB of memory and 25 GB of free disk under pytest's
+temporary directory (the model and one merged export at a time, 11.5 GB each); `make test` runs it (marker
+real_size). It is skipped, with the measured figure, where the disk has less room, or on a CPU whose bf16 matrix
+products are too slow for it to end in half an hour (no AVX-512 BF16 or AMX: torch falls back to a scalar bf16
+kernel, about 100x slower than its fp32 one)."""
 
 import json
 import math
@@ -54,6 +56,15 @@ def fast_enough_bf16():
         pytest.skip(f"this CPU ({torch.backends.cpu.get_cpu_capability()}) multiplies bf16 matrices at "
                     f"{bf16 / 1e9:.1f} GFLOP/s (fp32: {fp32 / 1e9:.0f}): the 5.77B run would take about "
                     f"{minutes / 60:.0f} h; run it on a CPU with AVX-512 BF16 or AMX")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def room_on_disk(tmp_path_factory):
+    need = 2 * PARAMS_V2 * 2 + 2e9  # the bf16 model and one merged export, and the run's checkpoints and logs
+    free = shutil.disk_usage(tmp_path_factory.getbasetemp()).free
+    if free < need:
+        pytest.skip(f"{tmp_path_factory.getbasetemp()} has {free / 1e9:.1f} GB free; the 5.77B run needs "
+                    f"{need / 1e9:.0f} GB")
 
 
 @pytest.fixture(scope="module")
