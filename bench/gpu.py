@@ -82,30 +82,18 @@ def v2_setup(args, arch, seq_len: int, batch: int, checkpointing: bool, ds: dict
 
 def v3_setup(args, arch, seq_len: int, batch: int, checkpointing: bool, ds: dict):
     """v2_setup for Higgs TTS 3 (ARCH unused: the size picks the real or the tiny config)."""
-    from transformers.initialization import no_init_weights
-
     from bench.flops import step_flops
     from bench.memory import v3_step
     from higgs_ds.checkpoints.model import apply_lora
     from higgs_ds.config import LoraConfig
     from higgs_ds.data.prompt_formats import TTS3_SPECIAL_TOKENS
-    from higgs_ds.models.higgs_v3.fixture import REAL_SIZE_CONFIG, TINY_CONFIG
+    from higgs_ds.models.higgs_v3.fixture import REAL_SIZE_CONFIG, TINY_CONFIG, random_model
     from higgs_ds.models.higgs_v3.heads import forward
     from higgs_ds.models.higgs_v3.inputs import V3Collator, voice_cloning_batch
-    from higgs_ds.models.higgs_v3.model import LORA_PRESETS, HiggsTTS3
+    from higgs_ds.models.higgs_v3.model import LORA_PRESETS
 
     config = TINY_CONFIG if args.size == "tiny" else REAL_SIZE_CONFIG
-    torch.set_default_dtype(torch.bfloat16)  # built in bf16, as random_model builds v2: no fp32 copy of 4B
-    try:
-        with no_init_weights(), torch.device(args.device):
-            model = HiggsTTS3(config)
-    finally:
-        torch.set_default_dtype(torch.float32)
-    gen = torch.Generator(device=args.device).manual_seed(0)
-    bound = 0.02 * 3 ** 0.5  # uniform with the std of the initializer_range
-    with torch.no_grad():
-        for p in model.parameters():
-            p.uniform_(-bound, bound, generator=gen) if p.dim() > 1 else p.fill_(1.0)
+    model = random_model(0, config, torch.bfloat16, args.device)
     if checkpointing:
         model.body.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     model = apply_lora(model, LoraConfig(rank=16, alpha=32, dropout=0.0), LORA_PRESETS)

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from higgs_ds.models.higgs_v3.layout import CODEC_PREFIX, save_checkpoint
-from higgs_ds.models.higgs_v3.model import HiggsTTS3
+from higgs_ds.models.higgs_v3.model import HiggsTTS3, empty_model
 
 TINY_CONFIG = {
     "model_type": "higgs_multimodal_qwen3",
@@ -32,17 +32,15 @@ REAL_SIZE_CONFIG = {
 }
 
 
-def random_model(seed: int = 0, config: dict | None = None) -> HiggsTTS3:
-    """HiggsTTS3 of CONFIG (default the tiny one) in memory; weights uniform with std 0.02, norms 1."""
-    from transformers.initialization import no_init_weights
-
-    torch.manual_seed(seed)
-    with no_init_weights():
-        model = HiggsTTS3(config or TINY_CONFIG)
+def random_model(seed: int = 0, config: dict | None = None, dtype: torch.dtype = torch.float32,
+                 device: str = "cpu") -> HiggsTTS3:
+    """HiggsTTS3 of CONFIG (default the tiny one) in DTYPE on DEVICE; weights uniform with std 0.02, norms 1."""
+    model = empty_model(config or TINY_CONFIG, dtype, device)
+    gen = torch.Generator(device=device).manual_seed(seed)
     bound = 0.02 * 3 ** 0.5
     with torch.no_grad():
         for p in model.parameters():
-            p.uniform_(-bound, bound) if p.dim() > 1 else p.fill_(1.0)
+            p.uniform_(-bound, bound, generator=gen) if p.dim() > 1 else p.fill_(1.0)
     return model
 
 

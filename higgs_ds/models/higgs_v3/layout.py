@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from higgs_ds.checkpoints.checkpoint_dir import CheckpointError
-from higgs_ds.models.higgs_v3.model import HiggsTTS3
+from higgs_ds.models.higgs_v3.model import HiggsTTS3, empty_model
 
 # checkpoint prefix -> our prefix
 KEY_MAP = {
@@ -90,15 +90,12 @@ def load_model(path: str | Path, dtype: torch.dtype | str = torch.float32) -> Hi
                               f"checkpoint (higgs_multimodal_qwen3)")
     dtype = stored_dtype(config) if dtype == "auto" else dtype
     ours, _ = to_ours(read_state(path), str(path))
-    from transformers.initialization import no_init_weights
-
-    with no_init_weights():
-        model = HiggsTTS3(config)
+    model = empty_model(config, dtype)
     missing, unexpected = model.load_state_dict(ours, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: the weights do not match the config (missing {sorted(missing)[:3]}, "
                               f"unexpected {sorted(unexpected)[:3]})")
-    return model.to(dtype)
+    return model.to(dtype)  # its buffers too
 
 
 def save_checkpoint(model: HiggsTTS3, out: Path, codec: dict[str, torch.Tensor]) -> None:
