@@ -19,7 +19,7 @@ V3_LICENSE = ("A stand-in, for tests, of the licence file a Higgs TTS 3 checkpoi
               "and Non-Commercial License).\n")
 HUBERT_REPO = "bosonai/hubert_base"
 HUBERT_COMMIT = "0" * 40
-FIXTURES_VERSION = 6  # bump when what build_fixtures writes changes
+FIXTURES_VERSION = 7  # bump when what build_fixtures writes changes
 
 _CORPUS = """system user assistant Generate audio following instruction. The quick brown fox jumps over the lazy dog.
 Speak in the voice of the reference speaker. She sells sea shells by the sea shore. Hello world, this is a test.
@@ -65,14 +65,19 @@ def build_text_tokenizer(out: Path):
     return fast
 
 
-def build_v3_model(out: Path, seed: int = 0) -> Path:
-    """A tiny Higgs TTS 3 checkpoint as the hub ships one: config.json, model.safetensors (the real key names, the
-    tied copies, a stand-in for the bundled codec), the text tokenizer with the v3 prompt's tokens, a licence file."""
+def build_v3_model(out: Path, seed: int = 0, real_size: bool = False) -> Path:
+    """A Higgs TTS 3 checkpoint as the hub ships one: config.json, model.safetensors (the real key names, the tied
+    copies, a stand-in for the bundled codec), the text tokenizer with the v3 prompt's tokens, a licence file. Tiny
+    (fp32), or REAL_SIZE: the real architecture (4.04B) in bf16, about 8.1 GB on disk."""
+    import torch
     from transformers import PreTrainedTokenizerFast
 
-    from higgs_ds.models.higgs_v3.fixture import build_tiny_model
+    from higgs_ds.models.higgs_v3.fixture import REAL_SIZE_CONFIG, build_checkpoint
 
-    build_tiny_model(out, seed)
+    if real_size:
+        build_checkpoint(out, seed, REAL_SIZE_CONFIG, torch.bfloat16)
+    else:
+        build_checkpoint(out, seed)
     fast = PreTrainedTokenizerFast(tokenizer_object=_bpe_tokenizer(V3_SPECIAL_TOKENS), eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>")
     fast.save_pretrained(out)

@@ -44,10 +44,11 @@ def random_model(seed: int = 0, config: dict | None = None, dtype: torch.dtype =
     return model
 
 
-def build_tiny_model(out: Path, seed: int = 0, config: dict | None = None) -> Path:
-    """The tiny model (random_model) in OUT (config.json, model.safetensors)."""
-    model = random_model(seed, config)
-    codec = {CODEC_PREFIX + "quantizer.codebook.weight": torch.randn(16, 4),  # kept aside, carried to exports
-             CODEC_PREFIX + "decoder.proj.bias": torch.randn(4)}
+def build_checkpoint(out: Path, seed: int = 0, config: dict | None = None, dtype: torch.dtype = torch.float32) -> Path:
+    """random_model in OUT (config.json, model.safetensors with a stand-in for the codec's weights)."""
+    model = random_model(seed, config, dtype)
+    gen = torch.Generator().manual_seed(seed)
+    codec = {CODEC_PREFIX + "quantizer.codebook.weight": torch.randn(16, 4, generator=gen),  # carried to exports
+             CODEC_PREFIX + "decoder.proj.bias": torch.randn(4, generator=gen)}
     save_checkpoint(model, Path(out), codec)
     return Path(out)

@@ -104,7 +104,12 @@ def save_checkpoint(model: HiggsTTS3, out: Path, codec: dict[str, torch.Tensor])
 
     out.mkdir(parents=True, exist_ok=True)
     state = to_checkpoint({k: v.detach().contiguous() for k, v in model.state_dict().items()}, codec)
-    # the tied copies are separate tensors in the file, as the hub's checkpoint stores them
-    save_file({k: v.clone().contiguous() for k, v in state.items()}, str(out / "model.safetensors"),
-              metadata={"format": "pt"})
+    # the tied copies are separate tensors in the file, as the hub's checkpoint stores them; only they are copied
+    # (a 4B model is not held twice)
+    seen = set()
+    for key, value in state.items():
+        if value.data_ptr() in seen:
+            state[key] = value.clone()
+        seen.add(value.data_ptr())
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(model.config, indent=2) + "\n")

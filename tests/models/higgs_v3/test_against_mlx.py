@@ -10,7 +10,7 @@ import torch
 
 from higgs_ds.data.collate import IGNORE, Sample
 from higgs_ds.data.prompt_formats import prompt_ids
-from higgs_ds.models.higgs_v3.fixture import build_tiny_model
+from higgs_ds.models.higgs_v3.fixture import build_checkpoint
 from higgs_ds.models.higgs_v3.heads import forward
 from higgs_ds.models.higgs_v3.inputs import V3Collator, delay
 from higgs_ds.models.higgs_v3.layout import load_model
@@ -23,7 +23,7 @@ LOGITS_ATOL = 1e-5  # fp32; measured 2-3e-7 (two frameworks, their own matmul or
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("v3") / "model", seed=3)
+    return build_checkpoint(tmp_path_factory.mktemp("v3") / "model", seed=3)
 
 
 def mlx(mode: str, checkpoint: Path, tmp_path: Path, **inputs) -> dict:
