@@ -70,15 +70,21 @@ def download(pins: dict[str, str], out: Path, python_version: str) -> None:
 
 
 def smoke_data(out: Path) -> None:
-    """The fixture text tokenizer and a small shard set tokenized with it: the real-size model is built on the
-    GPU machine around this tokenizer's special-token ids (higgs_ds.fixtures.build_full_size_model)."""
-    from bench.common import fixtures, speech
+    """The fixture text tokenizer and a small shard set tokenized with it: the real-size v2 model is built on the
+    GPU machine around this tokenizer's special-token ids (higgs_ds.fixtures.build_full_size_model). v3-train: the
+    same speech in Higgs TTS 3's prompt, with the tokenizer build_v3_model writes beside the model it builds."""
+    from bench.common import WORK, fixtures, replicated_chatml, speech
     from bench.loader import build_set
+    from higgs_ds.data.shards import BuildConfig, build_shards
 
     fx = fixtures()
     shutil.rmtree(out, ignore_errors=True)
     shutil.copytree(fx / "tokenizer", out / "tokenizer")
     shutil.copytree(build_set(fx, speech()), out / "train", ignore=shutil.ignore_patterns("parts"))
+    build_shards(BuildConfig(input=str(replicated_chatml(speech(), copies=2)), out=str(out / "v3-train"),
+                             audio_tokenizer=str(fx / "audio_tokenizer"), text_tokenizer=str(fx / "v3_model"),
+                             shard_size=100, cache_dir=str(WORK / "code-cache")))
+    shutil.rmtree(out / "v3-train" / "parts", ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """bench/gpu_check.sh end to end on CPU, as a lent GPU machine would run it: an interpreter whose site holds only torch
 and torchaudio, the rest installed from the wheelhouse with the package index unreachable, then the smoke (train,
-resume, export) and bench.gpu on the tiny model. `make test` builds the wheelhouse for this machine's Python into
-.cache/wheelhouse-test (`make wheelhouse` builds the GPU machines' one)."""
+resume, export) and bench.gpu on each family's tiny model. `make test` builds the wheelhouse for this machine's
+Python into .cache/wheelhouse-test (`make wheelhouse` builds the GPU machines' one)."""
 
 import importlib.metadata as md
 import json
@@ -93,10 +93,16 @@ def test_gpu_check_runs_offline_from_the_wheelhouse_on_cpu(wheelhouse, tmp_path)
 
     result = json.loads((out / "gpu_check.json").read_text())
     assert result["errors"] == {} and result["size"] == "tiny" and result["torch"].startswith("2.11")
-    smoke = result["smoke"]
-    assert smoke["steps"] == 3 and all(math.isfinite(x) and 5 < x < 20 for x in smoke["losses"])
-    assert smoke["adapter_bytes"] > 10_000
-    cases = result["bench"]["cases"]
-    assert {c["activation_checkpointing"] for c in cases} == {False, True}
-    assert all(c["ok"] and c["seq_len"] == 128 and c["tokens_per_s"] > 0 for c in cases)
-    assert "GPU check on cpu (tiny)" in proc.stdout and "losses" in proc.stdout
+    assert result["families"] == ["v2", "v3"]
+    for family in ("v2", "v3"):
+        smoke = result[family]["smoke"]
+        assert smoke["steps"] == 3 and all(math.isfinite(x) and 5 < x < 20 for x in smoke["losses"]), smoke
+        assert smoke["adapter_bytes"] > 10_000
+        cases = result[family]["bench"]["cases"]
+        assert {c["activation_checkpointing"] for c in cases} == {False, True}
+        assert all(c["ok"] and c["seq_len"] == 128 and c["tokens_per_s"] > 0 and c["flops_per_token"] > 0
+                   for c in cases)
+        assert all(0 < c["peak_host_rss_gb"] < 8 for c in cases)  # measured in each case's own process
+        # the memory model's peak beside the measured one (a GPU's max_memory_allocated; none on the CPU)
+        assert all(c["traced_peak_gb"] > 0.5 for c in cases)  # DeepSpeed's two bf16 buckets of 2e8: 0.75 GiB
+    assert "GPU check on cpu (tiny)" in proc.stdout and " Higgs TTS 3:" in proc.stdout and "losses" in proc.stdout
