@@ -32,7 +32,7 @@ from higgs_ds.models import model_backend
 from higgs_ds.models.backend import ModelBackend
 from higgs_ds.logs import setup_logging
 from higgs_ds.training.best import Best, metrics_used, selection_score
-from higgs_ds.training.stops import Diverged, DivergenceGuard, check_skips, uniform_losses
+from higgs_ds.training.stops import Diverged, DivergenceGuard, check_skips
 from higgs_ds.training.evaluation import Evaluators, log_eval, log_listening
 from higgs_ds.training.loss import combine
 from higgs_ds.training.metrics import Metrics
@@ -278,8 +278,8 @@ def start(cfg: TrainConfig, ds_config_path: str, dist_timeout_s: float) -> tuple
     stream = stream_batches(train_reader, cfg.data.seed, de.rank, plan, state.data, cfg.data.num_workers)
     metrics = Metrics(Path(cfg.run_dir), cfg.steps, de.is_main, cfg.progress_bar,
                       resumed_at=state.step if resumed else None)
-    guard = DivergenceGuard(cfg.diverged_steps, *uniform_losses(engine.module.config), cfg.loss.text_weight,
-                            cfg.loss.audio_weight)
+    uniform = (math.log(n) for n in backend.vocabularies(engine.module.config))  # the losses of a uniform guess
+    guard = DivergenceGuard(cfg.diverged_steps, *uniform, cfg.loss.text_weight, cfg.loss.audio_weight)
     run = Run(cfg, de, device, engine, backend, Evaluators(val_reader, listening), plan_key, state, metrics,
               train_reader.frame_rate, resumed, guard, saved_step=state.step if resumed else -1)
     return run, stream, lock

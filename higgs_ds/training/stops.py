@@ -24,18 +24,6 @@ class TooManySkippedSamples(RuntimeError):
     """More unreadable samples than data.max_skipped_samples: every rank raises it at the same step."""
 
 
-def uniform_losses(config) -> tuple[float, float]:
-    """(ln text vocabulary, ln audio codebook size): the text and audio losses of a model that guesses uniformly,
-    for boson_multimodal's config, transformers' native one and Higgs TTS 3's config.json (a dict)."""
-    if isinstance(config, dict):
-        from higgs_ds.models.higgs_v3.model import AudioConfig
-
-        return math.log(config["text_config"]["vocab_size"]), math.log(AudioConfig.from_config(config).codebook_size)
-    text = getattr(config, "text_config", config).vocab_size
-    audio = config.audio_codebook_size + 2 if hasattr(config, "audio_codebook_size") else config.codebook_size
-    return math.log(text), math.log(audio)
-
-
 @dataclass
 class DivergenceGuard:
     """Fed each step's metrics row; `check` returns the evidence once the run is dead, else None. `steps` is how

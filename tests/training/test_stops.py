@@ -2,11 +2,10 @@
 The runs of the whole suite (and the demo) pass through it with its defaults; tests/training/test_train_runs.py
 kills a real run with a learning rate of 1e6."""
 
+import json
 import math
 
-import pytest
-
-from higgs_ds.training.stops import DivergenceGuard, uniform_losses
+from higgs_ds.training.stops import DivergenceGuard
 
 TEXT, AUDIO = math.log(512), math.log(1026)
 
@@ -20,9 +19,14 @@ def guard(steps=3):
     return DivergenceGuard(steps, TEXT, AUDIO)
 
 
-def test_uniform_losses_of_the_fixture_model(native_model):
+def test_each_family_gives_the_vocabularies_of_its_uniform_guess(native_model, fixtures_dir):
+    from higgs_ds.models.higgs_v2.backend import BACKEND as V2
+    from higgs_ds.models.higgs_v3.backend import BACKEND as V3
+
     _, model, _ = native_model
-    assert uniform_losses(model.config) == pytest.approx((math.log(model.config.vocab_size), math.log(1026)))
+    assert V2.vocabularies(model.config) == (model.config.vocab_size, 1026)
+    v3 = json.loads((fixtures_dir / "v3_model" / "config.json").read_text())
+    assert V3.vocabularies(v3) == (512, 1026)
 
 
 def test_a_zero_gradient_norm_with_labels_stops_after_the_configured_steps():

@@ -57,4 +57,5 @@ BACKEND = ModelBackend(
     name="native", load=load, lora_presets=LORA_PRESETS, make_collator=make_collator,
     to_device=lambda batch, device: batch.to(device), heads=forward,
     label_counts=lambda batch: (batch.text_label_count, batch.audio_label_count), sizes=sizes,
-    num_codebooks=lambda config: config.num_codebooks)
+    num_codebooks=lambda config: config.num_codebooks,
+    vocabularies=lambda config: (config.vocab_size, config.codebook_size))

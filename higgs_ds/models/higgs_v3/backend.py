@@ -62,4 +62,6 @@ BACKEND = ModelBackend(
     name="native", load=load, lora_presets=LORA_PRESETS, make_collator=make_collator,
     to_device=lambda batch, device: batch.to(device), heads=forward,
     label_counts=lambda batch: (0, batch.audio_label_count), sizes=sizes,
-    num_codebooks=lambda config: AudioConfig.from_config(config).num_codebooks, carry_files=carry_run_licence)
+    num_codebooks=lambda config: AudioConfig.from_config(config).num_codebooks,
+    vocabularies=lambda config: (config["text_config"]["vocab_size"], AudioConfig.from_config(config).codebook_size),
+    carry_files=carry_run_licence)
