@@ -1,5 +1,5 @@
-"""Every command the README and docs/ show. The README's first page (from a corpus to a served fine-tune) runs as
-written on the demo's fixtures, in a scratch directory. Every other `higgs-ds` and `higgs_ds/train.py` command
+"""Every command the README and docs/ show. The README's first page (from a corpus to a served fine-tune) and its
+Higgs TTS 3 section run as written on the demo's fixtures, in a scratch directory. Every other `higgs-ds` and `higgs_ds/train.py` command
 parses against the real command line: its flags, and the config keys it overrides. What is left out is named with
 why (`LEFT_OUT`)."""
 
@@ -75,20 +75,29 @@ def run_script(script: str, work: Path, fixtures_dir: Path, speech: Path, tmp_pa
 
 
 @pytest.mark.slow
-def test_the_first_page_runs_as_written_on_the_demo_fixtures(fixtures_dir, speech, tmp_path):
-    """The page in one bash script, in a scratch directory that holds the repo's higgs_ds/, configs/ and
-    ds_configs/, the fixtures where `make demo` puts them, and voices/ (a corpus of one folder per speaker, made
-    of espeak-ng speech). The cluster variables block is left out (hub ids need a download); the fixtures block
-    after it takes their place, as the page says."""
-    blocks = [text for heading, text in bash_blocks(REPO / "README.md") if heading == PAGE]
-    assert len(blocks) == 8 and "bosonai/" in blocks[0] and "demo/fixtures" in blocks[1]
-    script = "\n".join(blocks[1:])
-    assert script.count("run_dir=runs/voices") == 1
+def test_the_first_page_and_the_higgs_tts_3_section_run_as_written_on_the_fixtures(fixtures_dir, speech, tmp_path):
+    """The page, then the Higgs TTS 3 section after it (it starts from the page's split data), in one bash script as
+    a user would run them: in a scratch directory that holds the repo's higgs_ds/, configs/ and ds_configs/, the
+    fixtures where `make demo` puts them, and voices/ (a corpus of one folder per speaker, made of espeak-ng speech).
+    The hub-id variable blocks are left out (hub ids need a download); the fixture blocks after them take their
+    place, as the page says. The v3 shard builds reuse the page's audio codes from the code cache, as a user's do."""
+    page = [text for heading, text in bash_blocks(REPO / "README.md") if heading == PAGE]
+    assert len(page) == 8 and "bosonai/" in page[0] and "demo/fixtures" in page[1]
+    v3 = [text for heading, text in bash_blocks(REPO / "README.md") if heading == V3_SECTION]
+    assert len(v3) == 3 and "bosonai/" in v3[0] and "demo/fixtures/v3_model" in v3[1]
+    script = "\n".join(page[1:])
+    assert script.count("run_dir=runs/voices") == 1 and script.count("--out listen/voices") == 1
     script = script.replace("run_dir=runs/voices", f"run_dir=runs/voices {SHORT_RUN}")
-    assert script.count("--out listen/voices") == 1
     script = script.replace("--out listen/voices", f"--out listen/voices {SHORT_SYNTHESIS}")
+    v3_commands = v3[2]
+    assert v3_commands.count("run_dir=runs/voices-v3") == 1 and v3_commands.count("--out listen/voices-v3") == 1
+    # listening while it trains is tests/training/test_v3_runs.py's; here the section's own `synthesize` listens
+    short = SHORT_RUN.replace("eval.synth_every=2", "eval.synth_every=0 eval.select=loss")
+    v3_commands = v3_commands.replace("run_dir=runs/voices-v3", f"run_dir=runs/voices-v3 {short}")
+    v3_commands = v3_commands.replace("--out listen/voices-v3", f"--out listen/voices-v3 {SHORT_SYNTHESIS}")
     work = tmp_path / "work"
-    run_script(script, work, fixtures_dir, speech, tmp_path)
+    run_script("\n".join([script, v3[1], v3_commands]), work, fixtures_dir, speech, tmp_path)
+
     run = work / "runs" / "voices"
     assert (run / "best" / "adapter" / "adapter_config.json").is_file() and (run / "report.html").is_file()
     scores = json.loads((work / "listen" / "voices" / "scores.json").read_text())
@@ -98,23 +107,6 @@ def test_the_first_page_runs_as_written_on_the_demo_fixtures(fixtures_dir, speec
     assert (native["model_type"], boson["model_type"]) == ("higgs_audio_v2", "higgs_audio")
     assert any((work / "export" / "voices").glob("*.safetensors"))
 
-
-@pytest.mark.slow
-def test_the_higgs_tts_3_section_runs_as_written_on_the_fixtures(fixtures_dir, speech, tmp_path):
-    """Import and split from the first page, then the section's fixture variables and its commands: a v3 checkpoint
-    from shards to a merged export with its licence."""
-    page = [text for heading, text in bash_blocks(REPO / "README.md") if heading == PAGE]
-    blocks = [text for heading, text in bash_blocks(REPO / "README.md") if heading == V3_SECTION]
-    assert len(blocks) == 3 and "bosonai/" in blocks[0] and "demo/fixtures/v3_model" in blocks[1]
-    assert "manifest import" in page[2] and "manifest split" in page[3]
-    commands = blocks[2]
-    assert commands.count("run_dir=runs/voices-v3") == 1 and commands.count("--out listen/voices-v3") == 1
-    # listening while it trains is tests/training/test_v3_runs.py's; here the section's own `synthesize` listens
-    short = SHORT_RUN.replace("eval.synth_every=2", "eval.synth_every=0 eval.select=loss")
-    commands = commands.replace("run_dir=runs/voices-v3", f"run_dir=runs/voices-v3 {short}")
-    commands = commands.replace("--out listen/voices-v3", f"--out listen/voices-v3 {SHORT_SYNTHESIS}")
-    work = tmp_path / "work"
-    run_script("\n".join([page[1], page[2], page[3], blocks[1], commands]), work, fixtures_dir, speech, tmp_path)
     synthesis = json.loads((work / "listen" / "voices-v3" / "synthesis.json").read_text())
     assert synthesis["prompts"] and synthesis["generated"] == synthesis["prompts"] and not synthesis["failed"]
     merged = work / "export" / "voices-v3"
