@@ -86,15 +86,14 @@ def smoke(args, family: str, work: Path, env: dict) -> dict:
     row["adapter_bytes"] = sum(f.stat().st_size for f in (work / "adapter").rglob("*") if f.is_file())
     summary = json.loads((run / "summary.json").read_text())
     row["peak_host_rss_gb"] = summary.get("peak_rss_gb")
-    shutil.rmtree(model, ignore_errors=True)  # 11.5 GB (v2) or 8.3 GB (v3) at real size
+    shutil.rmtree(model, ignore_errors=True)  # 11.5 GB (v2) or 8.9 GB (v3) at real size
     return row
 
 
 def bench(args, family: str, work: Path, env: dict) -> dict:
     out = work / "bench_gpu.json"
     cmd = [sys.executable, "-m", "bench.gpu", "--family", family, "--size", args.size, "--device", args.device,
-           "--seq-lens",
-           args.seq_len, "--batches", "1", "--out", out, "--max-batch", args.max_batch]
+           "--seq-lens", args.seq_len, "--batches", "1", "--out", out, "--max-batch", args.max_batch]
     if args.device == "cpu":
         cmd += ["--steps", "1", "--warmup", "1"]
     timed_run(cmd, env, work / "bench_gpu.log", args.timeout)
@@ -142,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     p.add_argument("--families", nargs="+", choices=tuple(FAMILIES), default=list(FAMILIES))
     p.add_argument("--size", choices=("real", "tiny"), default=None, help="default: real on cuda, tiny on cpu")
-    p.add_argument("--wheelhouse", default=str(REPO / "wheelhouse"), help="holds smoke/{tokenizer,train}")
+    p.add_argument("--wheelhouse", default=str(REPO / "wheelhouse"), help="holds smoke/{tokenizer,train,v3-train}")
     p.add_argument("--out", default="gpu-check")
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--seq-len", type=int, default=2048)

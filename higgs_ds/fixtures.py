@@ -68,7 +68,8 @@ def build_text_tokenizer(out: Path):
 def build_v3_model(out: Path, seed: int = 0, real_size: bool = False) -> Path:
     """A Higgs TTS 3 checkpoint as the hub ships one: config.json, model.safetensors (the real key names, the tied
     copies, a stand-in for the bundled codec), the text tokenizer with the v3 prompt's tokens, a licence file. Tiny
-    (fp32), or REAL_SIZE: the real architecture (4.04B) in bf16, about 8.1 GB on disk."""
+    (fp32), or REAL_SIZE: the real architecture (4.04B) in bf16, 8.9 GB on disk (the tied text head stored as a
+    copy, as the hub's checkpoint stores it)."""
     import torch
     from transformers import PreTrainedTokenizerFast
 

@@ -1,7 +1,7 @@
 """Every command the README and docs/ show. The README's first page (from a corpus to a served fine-tune) and its
-Higgs TTS 3 section run as written on the demo's fixtures, in a scratch directory. Every other `higgs-ds` and `higgs_ds/train.py` command
-parses against the real command line: its flags, and the config keys it overrides. What is left out is named with
-why (`LEFT_OUT`)."""
+Higgs TTS 3 section run as written on the demo's fixtures, in a scratch directory. Every other `higgs-ds` and
+`higgs_ds/train.py` command parses against the real command line: its flags, and the config keys it overrides.
+What is left out is named with why (`LEFT_OUT`)."""
 
 import json
 import re

@@ -41,7 +41,8 @@ class ModelBackend:
     label_counts: Callable[[Any], tuple[int, int]]  # host batch -> (text labels, audio labels)
     sizes: Callable[[Any], tuple[int, int]]  # host batch -> (sequence positions run, audio frames)
     num_codebooks: Callable[[Any], int]  # model config -> codebooks
-    # model config -> (text vocabulary, audio codebook size with its stream tokens): the divergence guard's uniform guess
+    # model config -> (text vocabulary, audio codebook size with its stream tokens): the sizes a uniform guess is
+    # scored over (the divergence guard's "back at uniform")
     vocabularies: Callable[[Any], tuple[int, int]]
     # (ModelConfig, directory) -> None: files a run's final adapter must carry (Higgs TTS 3: its licence, a NOTICE)
     carry_files: Callable[[Any, Any], None] | None = None
