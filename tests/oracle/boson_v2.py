@@ -153,6 +153,7 @@ BACKEND = ModelBackend(
     name="boson", load=load_model, lora_presets=LORA_PRESETS,
     make_collator=lambda config, model_cfg, data_cfg: make_collator(config),
     to_device=batch_to_inputs, heads=heads, label_counts=label_counts, sizes=sizes,
-    num_codebooks=lambda config: config.audio_num_codebooks)
+    num_codebooks=lambda config: config.audio_num_codebooks,
+    vocabularies=lambda config: (config.text_config.vocab_size, config.audio_codebook_size + 2))
 
 SYNTHESIZERS["higgs_audio"] = BosonSynthesizer
