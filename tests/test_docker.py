@@ -58,7 +58,7 @@ def test_the_commands_used_in_the_image_exist():
     for exe in ("higgs-ds", "deepspeed", "torchrun"):
         assert (bin_dir / exe).exists() or shutil.which(exe), exe
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
-    assert scripts["higgs-ds"] == "higgs_ds.cli:main"
+    assert scripts["higgs-ds"] == "higgs_ds.cli:console"
     assert (REPO / "higgs_ds" / "train.py").is_file() and (REPO / "launcher" / "submit.py").is_file()
     ignored = (REPO / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".cache" in ignored
