@@ -19,7 +19,7 @@ V3_LICENSE = ("A stand-in, for tests, of the licence file a Higgs TTS 3 checkpoi
               "and Non-Commercial License).\n")
 HUBERT_REPO = "bosonai/hubert_base"
 HUBERT_COMMIT = "0" * 40
-FIXTURES_VERSION = 7  # bump when what build_fixtures writes changes
+FIXTURES_VERSION = 8  # bump when what build_fixtures writes changes
 
 _CORPUS = """system user assistant Generate audio following instruction. The quick brown fox jumps over the lazy dog.
 Speak in the voice of the reference speaker. She sells sea shells by the sea shore. Hello world, this is a test.
@@ -156,13 +156,13 @@ LLAMA3_AUDIO_DELAY_ID, LLAMA3_EOT_ID = 128014, 128009  # <|reserved_special_toke
 
 def random_model(arch: dict, device: str = "cpu", seed: int = 0, ids: dict[str, int] | None = None):
     """transformers' HiggsAudioV2ForConditionalGeneration (text head included) for ARCH (a boson_multimodal config)
-    in bf16 with seeded random weights: uniform with the standard deviation of the model's own init (transformers'
-    normal_ init takes minutes at 5.77B on a CPU, a uniform one seconds). Returns (model, its native config)."""
+    in bf16 with seeded random weights (fill_random). Returns (model, its native config)."""
     import torch
     from transformers.initialization import no_init_weights
 
     from higgs_ds.checkpoints.native import AUDIO_DELAY_TOKEN, AUDIO_EOS_TOKEN, AUDIO_IN_TOKEN, EOT_TOKEN, \
         native_config
+    from higgs_ds.models.random_weights import fill_random
 
     # the text tokenizer's ids the native config names; by default those of Boson's (Llama 3's) tokenizer
     ids = ids or {AUDIO_IN_TOKEN: arch["audio_in_token_idx"], AUDIO_EOS_TOKEN: arch["audio_eos_token_id"],
@@ -176,12 +176,7 @@ def random_model(arch: dict, device: str = "cpu", seed: int = 0, ids: dict[str, 
         torch.set_default_dtype(torch.float32)
     if device == "meta":  # the architecture alone, no values (bench/flops.py counts its FLOPs)
         return model, native
-    gen = torch.Generator(device=device).manual_seed(seed)
-    bound = 0.02 * 3 ** 0.5  # uniform(-b, b) has the std of the model's initializer_range, 0.02
-    with torch.no_grad():
-        for p in model.parameters():
-            p.uniform_(-bound, bound, generator=gen) if p.dim() > 1 else p.fill_(1.0)  # 1-D: RMSNorm scales
-    return model, native
+    return fill_random(model, seed), native
 
 
 def build_full_size_model(out: Path, tokenizer_dir: Path, seed: int = 0, layout: str = "native") -> Path:

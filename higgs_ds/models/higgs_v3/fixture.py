@@ -9,6 +9,7 @@ import torch
 
 from higgs_ds.models.higgs_v3.layout import CODEC_PREFIX, save_checkpoint
 from higgs_ds.models.higgs_v3.model import HiggsTTS3, empty_model
+from higgs_ds.models.random_weights import fill_random
 
 TINY_CONFIG = {
     "model_type": "higgs_multimodal_qwen3",
@@ -34,14 +35,8 @@ REAL_SIZE_CONFIG = {
 
 def random_model(seed: int = 0, config: dict | None = None, dtype: torch.dtype = torch.float32,
                  device: str = "cpu") -> HiggsTTS3:
-    """HiggsTTS3 of CONFIG (default the tiny one) in DTYPE on DEVICE; weights uniform with std 0.02, norms 1."""
-    model = empty_model(config or TINY_CONFIG, dtype, device)
-    gen = torch.Generator(device=device).manual_seed(seed)
-    bound = 0.02 * 3 ** 0.5
-    with torch.no_grad():
-        for p in model.parameters():
-            p.uniform_(-bound, bound, generator=gen) if p.dim() > 1 else p.fill_(1.0)
-    return model
+    """HiggsTTS3 of CONFIG (default the tiny one) in DTYPE on DEVICE with seeded random weights (fill_random)."""
+    return fill_random(empty_model(config or TINY_CONFIG, dtype, device), seed)
 
 
 def build_checkpoint(out: Path, seed: int = 0, config: dict | None = None, dtype: torch.dtype = torch.float32) -> Path:
