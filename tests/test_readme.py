@@ -29,7 +29,8 @@ LEFT_OUT = {
     "enroot": "container import (no container engine here)",
 }
 # the page's training run is cut to a test's length: its other settings stay as configs/higgs_v2_lora.yaml has them
-SHORT_RUN = ("steps=4 eval_every=2 save_every=2 eval.synth_every=2 eval.num_prompts=2 eval.max_new_tokens=20 "
+# (one listening pass, at the last step: `best` is chosen by speaker similarity, as on the page)
+SHORT_RUN = ("steps=4 eval_every=2 save_every=2 eval.synth_every=4 eval.num_prompts=2 eval.max_new_tokens=20 "
              "grad_accum=1 optim.warmup_steps=1 data.num_workers=1")
 # the fixtures' random model never ends a clip, and boson's generate fails on such a clip past some hundred frames
 # (an IndexError inside transformers' generate, reported per prompt): the page's synthesis is cut at 100 frames
@@ -92,7 +93,7 @@ def test_the_first_page_and_the_higgs_tts_3_section_run_as_written_on_the_fixtur
     v3_commands = v3[2]
     assert v3_commands.count("run_dir=runs/voices-v3") == 1 and v3_commands.count("--out listen/voices-v3") == 1
     # listening while it trains is tests/training/test_v3_runs.py's; here the section's own `synthesize` listens
-    short = SHORT_RUN.replace("eval.synth_every=2", "eval.synth_every=0 eval.select=loss")
+    short = SHORT_RUN.replace("eval.synth_every=4", "eval.synth_every=0 eval.select=loss")
     v3_commands = v3_commands.replace("run_dir=runs/voices-v3", f"run_dir=runs/voices-v3 {short}")
     v3_commands = v3_commands.replace("--out listen/voices-v3", f"--out listen/voices-v3 {SHORT_SYNTHESIS}")
     work = tmp_path / "work"
