@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A real SLURM cluster on this machine for the tests: slurmctld, one slurmd per simulated node (node1..nodeN, all
 # 127.0.0.1), slurmdbd + MariaDB for accounting (sacct, which submitit needs). As root, no systemd.
-#   cluster.sh start   install what is missing, write configs, start the daemons not running, wait for idle nodes
+#   cluster.sh install install the Debian packages that are missing (munge, SLURM's daemons, MariaDB)
+#   cluster.sh start   install, write configs, start the daemons not running, wait for idle nodes
 #   cluster.sh stop    cancel jobs, stop exactly the daemons `start` started (pids recorded), newest first
 # Env: SLURM_CI_NODES (2), SLURM_CI_CPUS (4 per node), SLURM_CI_MEM_MB (6000 per node), SLURM_CI_GPUS (1 fake per node)
 set -euo pipefail
@@ -31,7 +32,7 @@ stop() {
   rm -f "$STARTED"
 }
 
-start() {
+install() {
   [ "$(id -u)" = 0 ] || die "must run as root"
   pkgs=(munge slurm-client slurmctld slurmd slurmdbd mariadb-server) missing=()
   for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
@@ -42,6 +43,10 @@ start() {
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     [ "$policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
   fi
+}
+
+start() {
+  install
   mkdir -p "$RUN" "$STATE/ctld" "$STATE/dev" "$LOG"; touch "$STARTED"
   for i in $(seq 1 "$NODES"); do getent hosts "node$i" >/dev/null || echo "127.0.0.1 node$i  # higgs-ds tests" >>/etc/hosts; done
   [ -s /etc/munge/munge.key ] || mungekey --create --keyfile=/etc/munge/munge.key
@@ -150,4 +155,4 @@ EOC
   log "cluster up: $(sinfo -h -N -o '%N=%t' | tr '\n' ' ')"
 }
 
-case "${1:-}" in start) start ;; stop) stop ;; *) echo "usage: $0 start|stop" >&2; exit 2 ;; esac
+case "${1:-}" in install) install ;; start) start ;; stop) stop ;; *) echo "usage: $0 install|start|stop" >&2; exit 2 ;; esac
