@@ -24,10 +24,7 @@ def cmd_fixtures(args) -> int:
     from higgs_ds import fixtures
 
     os.environ.update(fixtures.offline_env(args.out))  # before transformers is imported
-    if args.if_stale:
-        out = fixtures.ensure_fixtures(args.out, seed=args.seed)
-    else:
-        out = fixtures.build_fixtures(args.out, seed=args.seed)
+    out = fixtures.build_fixtures(args.out, seed=args.seed)
     env = " ".join(f"{k}={v}" for k, v in fixtures.offline_env(out).items())
     print(f"fixtures in {out}: model/ tokenizer/ audio_tokenizer/ v3_model/ hf_home/\nload them offline with: {env}")
     return 0
@@ -74,8 +71,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fixtures", help="write a tiny random Higgs stack (model, tokenizers) for tests and the demo")
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--if-stale", action="store_true",
-                   help="leave OUT as it is when it holds the fixtures this version writes")
     p.set_defaults(func=cmd_fixtures)
 
     p = sub.add_parser("sample-data", help="speak sample utterances with espeak-ng and write manifests")
