@@ -41,7 +41,7 @@ install() {
     policy=0; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; policy=1; }
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    [ "$policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
+    if [ "$policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi  # an image's own policy-rc.d stays
   fi
 }
 
