@@ -40,7 +40,8 @@ install() {
     log "installing ${missing[*]}"
     policy=0; [ -e /usr/sbin/policy-rc.d ] || { printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; policy=1; }
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt-get update -qq  # its own line: in an && list, set -e would let a failed update skip the install silently
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     if [ "$policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi  # an image's own policy-rc.d stays
   fi
 }
